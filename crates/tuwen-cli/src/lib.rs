@@ -1,0 +1,5 @@
+//! Library side of the `tuwen` command: the pieces its subcommands are made of, public so that
+//! tests and `cargo xtask` drive exactly what users run.
+
+pub mod device;
+pub mod parity;

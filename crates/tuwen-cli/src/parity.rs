@@ -1,0 +1,330 @@
+//! `tuwen parity DIR`: numerical parity of a tuwen model with a reference implementation.
+//!
+//! A fixture directory holds `config.json` (the reference config; `architectures[0]` names the
+//! model), `model.safetensors` (the reference state dict, reference key names),
+//! `inputs.safetensors` (forward arguments named as the reference's `forward()`; HF mask convention)
+//! and `expected.safetensors` (reference outputs named as the reference's output fields).
+//! Every expected tensor is compared; an output tuwen cannot produce is a failure.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use tuwen_fusion::mask::HF_MASK_VALUE;
+use tuwen_fusion::weights::read_tensors;
+use tuwen_fusion::{
+    AttentionMask, BertConfig, ViLBertConfig, ViLBertInput, VisualBertConfig, VisualBertInput,
+};
+
+/// One compared output.
+#[derive(Clone, Debug)]
+pub struct Comparison {
+    /// Output name (as in `expected.safetensors`).
+    pub name: String,
+    /// Max absolute difference, or why it could not be compared.
+    pub result: Result<f32, String>,
+}
+
+/// The outcome of a parity run.
+#[derive(Clone, Debug)]
+pub struct ParityReport {
+    /// `architectures[0]` of the fixture.
+    pub architecture: String,
+    /// Tolerance used.
+    pub tolerance: f32,
+    /// Per-output comparisons, in name order.
+    pub comparisons: Vec<Comparison>,
+}
+
+impl ParityReport {
+    /// Whether every output was produced, had the right shape and is within tolerance.
+    pub fn passed(&self) -> bool {
+        self.comparisons
+            .iter()
+            .all(|c| matches!(c.result, Ok(d) if d <= self.tolerance))
+    }
+}
+
+impl std::fmt::Display for ParityReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{} (tolerance {:e})", self.architecture, self.tolerance)?;
+        for c in &self.comparisons {
+            match &c.result {
+                Ok(d) => {
+                    let verdict = if *d <= self.tolerance { "ok" } else { "FAIL" };
+                    writeln!(f, "  {:<28} max |diff| {d:.3e}  {verdict}", c.name)?;
+                }
+                Err(why) => writeln!(f, "  {:<28} FAIL: {why}", c.name)?,
+            }
+        }
+        write!(f, "{}", if self.passed() { "PASS" } else { "FAIL" })
+    }
+}
+
+/// Forward inputs of a fixture, with typed accessors that name the file on error.
+struct Inputs {
+    path: PathBuf,
+    tensors: BTreeMap<String, TensorData>,
+    device: Device,
+}
+
+impl Inputs {
+    fn int2(&self, name: &str) -> Result<Option<Tensor<2, Int>>> {
+        self.tensors
+            .get(name)
+            .map(|data| {
+                if data.shape().len() != 2 {
+                    bail!(
+                        "{}: {name} must be 2-d, has shape {:?}",
+                        self.path.display(),
+                        data.shape().to_vec()
+                    );
+                }
+                Ok(Tensor::from_data(data.clone(), &self.device))
+            })
+            .transpose()
+    }
+
+    fn float3(&self, name: &str) -> Result<Tensor<3>> {
+        let data = self
+            .tensors
+            .get(name)
+            .with_context(|| format!("{}: missing input {name}", self.path.display()))?;
+        if data.shape().len() != 3 {
+            bail!(
+                "{}: {name} must be 3-d, has shape {:?}",
+                self.path.display(),
+                data.shape().to_vec()
+            );
+        }
+        Ok(Tensor::from_data(data.clone(), &self.device))
+    }
+
+    fn required_int2(&self, name: &str) -> Result<Tensor<2, Int>> {
+        self.int2(name)?
+            .with_context(|| format!("{}: missing input {name}", self.path.display()))
+    }
+}
+
+/// The outputs a model produced, by reference name.
+type Outputs = BTreeMap<&'static str, TensorData>;
+
+/// Runs the fixture in `dir` on `device` and compares against `expected.safetensors`.
+pub fn run(dir: &Path, device: &Device, tolerance: f32) -> Result<ParityReport> {
+    let config_path = dir.join("config.json");
+    let config_text = std::fs::read_to_string(&config_path)
+        .with_context(|| format!("cannot read {}", config_path.display()))?;
+    let config: serde_json::Value = serde_json::from_str(&config_text)
+        .with_context(|| format!("{} is not valid JSON", config_path.display()))?;
+    let architecture = config["architectures"][0]
+        .as_str()
+        .with_context(|| format!("{}: no architectures[0]", config_path.display()))?
+        .to_string();
+    let inputs_path = dir.join("inputs.safetensors");
+    let inputs = Inputs {
+        tensors: read_tensors(&inputs_path)?,
+        path: inputs_path,
+        device: device.clone(),
+    };
+    let weights = dir.join("model.safetensors");
+    let outputs = match architecture.as_str() {
+        "BertModel" => bert_model(&config_path, &weights, &inputs, device)?,
+        "VisualBertModel" => visual_bert_model(&config_path, &weights, &inputs, device)?,
+        "VisualBertForPreTraining" => {
+            visual_bert_pretraining(&config_path, &weights, &inputs, device)?
+        }
+        "ViLBERTModel" => vilbert_model(&config_path, &weights, &inputs, device)?,
+        "ViLBERTForMultiModalPreTraining" => {
+            vilbert_pretraining(&config_path, &weights, &inputs, device)?
+        }
+        other => bail!(
+            "{}: architecture {other} is not supported",
+            config_path.display()
+        ),
+    };
+    let expected = read_tensors(&dir.join("expected.safetensors"))?;
+    let comparisons = expected
+        .into_iter()
+        .map(|(name, want)| {
+            let result = match outputs.get(name.as_str()) {
+                None => Err(format!("{architecture} does not produce this output")),
+                Some(got) if got.shape() != want.shape() => Err(format!(
+                    "shape {:?}, expected {:?}",
+                    got.shape().to_vec(),
+                    want.shape().to_vec()
+                )),
+                Some(got) => Ok(max_abs_diff(got, &want)),
+            };
+            Comparison { name, result }
+        })
+        .collect();
+    Ok(ParityReport {
+        architecture,
+        tolerance,
+        comparisons,
+    })
+}
+
+fn max_abs_diff(a: &TensorData, b: &TensorData) -> f32 {
+    let a = a.clone().try_into_vec_as::<f32>().unwrap_or_default();
+    let b = b.clone().try_into_vec_as::<f32>().unwrap_or_default();
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| {
+            if x.is_nan() || y.is_nan() {
+                f32::INFINITY
+            } else {
+                (x - y).abs()
+            }
+        })
+        .fold(0.0, f32::max)
+}
+
+fn bert_model(config: &Path, weights: &Path, inputs: &Inputs, device: &Device) -> Result<Outputs> {
+    let model = BertConfig::from_json_file(config)?
+        .init(device)
+        .load_hf_safetensors(weights)?;
+    let ids = inputs.required_int2("input_ids")?;
+    let mask = inputs
+        .int2("attention_mask")?
+        .unwrap_or_else(|| ids.ones_like());
+    let types = inputs
+        .int2("token_type_ids")?
+        .unwrap_or_else(|| ids.zeros_like());
+    let out = model.forward(ids, types, &AttentionMask::padding(mask, HF_MASK_VALUE));
+    Ok(BTreeMap::from([
+        ("last_hidden_state", out.last_hidden_state.into_data()),
+        ("pooler_output", out.pooler_output.into_data()),
+    ]))
+}
+
+/// HF `VisualBertModel.forward` arguments, with HF's defaults for the optional ones.
+fn visual_bert_input(inputs: &Inputs) -> Result<VisualBertInput> {
+    let mut input = VisualBertInput::new(
+        inputs.required_int2("input_ids")?,
+        inputs.float3("visual_embeds")?,
+    );
+    if let Some(t) = inputs.int2("attention_mask")? {
+        input.attention_mask = t;
+    }
+    if let Some(t) = inputs.int2("token_type_ids")? {
+        input.token_type_ids = t;
+    }
+    if let Some(t) = inputs.int2("visual_attention_mask")? {
+        input.visual_attention_mask = t;
+    }
+    if let Some(t) = inputs.int2("visual_token_type_ids")? {
+        input.visual_token_type_ids = t;
+    }
+    Ok(input)
+}
+
+fn visual_bert_model(
+    config: &Path,
+    weights: &Path,
+    inputs: &Inputs,
+    device: &Device,
+) -> Result<Outputs> {
+    let model = VisualBertConfig::from_json_file(config)?
+        .init(device)
+        .load_hf_safetensors(weights)?;
+    let out = model.forward(visual_bert_input(inputs)?);
+    Ok(BTreeMap::from([
+        ("last_hidden_state", out.last_hidden_state.into_data()),
+        ("pooler_output", out.pooler_output.into_data()),
+    ]))
+}
+
+fn visual_bert_pretraining(
+    config: &Path,
+    weights: &Path,
+    inputs: &Inputs,
+    device: &Device,
+) -> Result<Outputs> {
+    let model = VisualBertConfig::from_json_file(config)?
+        .init_pretraining(device)
+        .load_hf_safetensors(weights)?;
+    let out = model.forward(visual_bert_input(inputs)?);
+    Ok(BTreeMap::from([
+        ("prediction_logits", out.prediction_logits.into_data()),
+        (
+            "seq_relationship_logits",
+            out.seq_relationship_logits.into_data(),
+        ),
+        (
+            "last_hidden_state",
+            out.encoder.last_hidden_state.into_data(),
+        ),
+        ("pooler_output", out.encoder.pooler_output.into_data()),
+    ]))
+}
+
+/// Reference `BertModel.forward` arguments of `vilbert.py`, with its defaults.
+fn vilbert_input(inputs: &Inputs) -> Result<ViLBertInput> {
+    let mut input = ViLBertInput::new(
+        inputs.required_int2("input_ids")?,
+        inputs.float3("image_feat")?,
+        inputs.float3("image_loc")?,
+    );
+    if let Some(t) = inputs.int2("token_type_ids")? {
+        input.token_type_ids = t;
+    }
+    if let Some(t) = inputs.int2("attention_mask")? {
+        input.attention_mask = t;
+    }
+    if let Some(t) = inputs.int2("image_attention_mask")? {
+        input.image_attention_mask = t;
+    }
+    Ok(input)
+}
+
+fn vilbert_model(
+    config: &Path,
+    weights: &Path,
+    inputs: &Inputs,
+    device: &Device,
+) -> Result<Outputs> {
+    let model = ViLBertConfig::from_json_file(config)?
+        .init(device)
+        .load_safetensors(weights)?;
+    let out = model.try_forward(vilbert_input(inputs)?)?;
+    Ok(BTreeMap::from([
+        ("sequence_output_t", out.sequence_output_t.into_data()),
+        ("sequence_output_v", out.sequence_output_v.into_data()),
+        ("pooled_output_t", out.pooled_output_t.into_data()),
+        ("pooled_output_v", out.pooled_output_v.into_data()),
+    ]))
+}
+
+fn vilbert_pretraining(
+    config: &Path,
+    weights: &Path,
+    inputs: &Inputs,
+    device: &Device,
+) -> Result<Outputs> {
+    let model = ViLBertConfig::from_json_file(config)?
+        .init_pretraining(device)
+        .load_safetensors(weights)?;
+    let input = vilbert_input(inputs)?;
+    model.bert.check_input(&input)?;
+    let out = model.forward(input);
+    Ok(BTreeMap::from([
+        ("prediction_scores_t", out.prediction_scores_t.into_data()),
+        ("prediction_scores_v", out.prediction_scores_v.into_data()),
+        (
+            "seq_relationship_score",
+            out.seq_relationship_score.into_data(),
+        ),
+        (
+            "sequence_output_t",
+            out.encoder.sequence_output_t.into_data(),
+        ),
+        (
+            "sequence_output_v",
+            out.encoder.sequence_output_v.into_data(),
+        ),
+        ("pooled_output_t", out.encoder.pooled_output_t.into_data()),
+        ("pooled_output_v", out.encoder.pooled_output_v.into_data()),
+    ]))
+}

@@ -1,0 +1,87 @@
+//! Multi-head scaled dot-product attention in the BERT parameter layout.
+//!
+//! Written here rather than taken from `burn-nn`: its `MultiHeadAttention` needs queries, keys and
+//! values of one width and folds the output projection in, while ViLBERT's co-attention queries
+//! one stream (e.g. 768 wide) against keys/values of another (1024 wide) into a third width, and
+//! BERT checkpoints keep the output projection in a separate block with its own LayerNorm.
+
+use burn::module::Module;
+use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
+use burn::tensor::Device;
+use burn::tensor::Tensor;
+use burn::tensor::activation::softmax;
+
+use crate::AttentionMask;
+
+/// Query/key/value projections and the attention itself (HF `BertSelfAttention`).
+#[derive(Module, Debug)]
+pub struct Attention {
+    /// Query projection (`query_width -> all_head_size`).
+    pub query: Linear,
+    /// Key projection (`kv_width -> all_head_size`).
+    pub key: Linear,
+    /// Value projection (`kv_width -> all_head_size`).
+    pub value: Linear,
+    /// Dropout on the attention probabilities.
+    pub dropout: Dropout,
+    n_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    /// New attention with `n_heads` heads over `all_head_size` channels.
+    ///
+    /// # Panics
+    /// If `all_head_size` is not a multiple of `n_heads` (configs are validated before this).
+    pub fn new(
+        query_width: usize,
+        kv_width: usize,
+        all_head_size: usize,
+        n_heads: usize,
+        dropout: f64,
+        device: &Device,
+    ) -> Self {
+        assert_eq!(
+            all_head_size % n_heads,
+            0,
+            "width must be a multiple of heads"
+        );
+        Self {
+            query: LinearConfig::new(query_width, all_head_size).init(device),
+            key: LinearConfig::new(kv_width, all_head_size).init(device),
+            value: LinearConfig::new(kv_width, all_head_size).init(device),
+            dropout: DropoutConfig::new(dropout).init(),
+            n_heads,
+            head_dim: all_head_size / n_heads,
+        }
+    }
+
+    fn heads(&self, x: Tensor<3>) -> Tensor<4> {
+        let [batch, len, _] = x.dims();
+        x.reshape([batch, len, self.n_heads, self.head_dim])
+            .swap_dims(1, 2)
+    }
+
+    /// Attends from `queries` `[B, Sq, query_width]` over `keys_values` `[B, Sk, kv_width]`.
+    /// Returns the context `[B, Sq, all_head_size]` (before any output projection).
+    pub fn forward(
+        &self,
+        queries: Tensor<3>,
+        keys_values: Tensor<3>,
+        mask: &AttentionMask,
+    ) -> Tensor<3> {
+        let [batch, q_len, _] = queries.dims();
+        let q = self.heads(self.query.forward(queries));
+        let k = self.heads(self.key.forward(keys_values.clone()));
+        let v = self.heads(self.value.forward(keys_values));
+        let scores = q
+            .matmul(k.swap_dims(2, 3))
+            .div_scalar((self.head_dim as f32).sqrt())
+            + mask.bias().clone();
+        let probs = self.dropout.forward(softmax(scores, 3));
+        probs
+            .matmul(v)
+            .swap_dims(1, 2)
+            .reshape([batch, q_len, self.n_heads * self.head_dim])
+    }
+}

@@ -1,0 +1,36 @@
+//! Text and vision-language fusion Transformers for tuwen.
+//!
+//! Every model here is backend-free: it is built on a `&Device` chosen by the caller, and the
+//! same weights give the same outputs on every backend (tests check Flex, ndarray and wgpu).
+//!
+//! * [`bert`] — the BERT text encoder (post-LN, GELU, eps 1e-12), loading HF `BertModel`
+//!   safetensors with or without a `bert.` prefix.
+//! * [`visual_bert`] — single-stream fusion (VisualBERT; UNITER/VL-BERT-style box encodings),
+//!   with HF `VisualBertModel` / `VisualBertForPreTraining` import and BERT initialisation.
+//! * [`vilbert`] — two-stream co-attention fusion (ViLBERT), loading the reference checkpoints;
+//!   [`cross`] holds the cross-attention block it shares with LXMERT.
+//! * [`heads`] — pretraining heads (MLM with a decoder tied to the word embeddings, pair heads).
+//! * [`mask`] — attention masks as values (HF convention in, additive bias out).
+//! * [`blocks`] — the Transformer pieces shared by all encoders.
+//! * [`weights`] — strict checkpoint loading: every missing, unused or mis-shaped tensor is an error.
+
+pub mod attention;
+pub mod bert;
+pub mod blocks;
+pub mod cross;
+pub mod heads;
+mod input;
+pub mod mask;
+pub mod vilbert;
+pub mod visual_bert;
+pub mod weights;
+
+pub use attention::Attention;
+pub use bert::{BertConfig, BertModel, BertOutput};
+pub use input::InputError;
+pub use mask::AttentionMask;
+pub use vilbert::{ViLBertConfig, ViLBertForPreTraining, ViLBertInput, ViLBertModel};
+pub use visual_bert::{
+    VisualBertConfig, VisualBertForPreTraining, VisualBertInput, VisualBertModel,
+};
+pub use weights::LoadError;

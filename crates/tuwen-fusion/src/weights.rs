@@ -1,0 +1,365 @@
+//! Checkpoint import: the HF -> tuwen weight-name mapping of each model, kept in one place, and a
+//! strict loader on top of `burn-store` that turns every missing, unused or mis-shaped tensor into
+//! an error naming the file and the tensors.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::store::{KeyRemapper, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
+use burn::tensor::TensorData;
+use safetensors::{Dtype, SafeTensors};
+
+/// Errors while reading configs or loading checkpoints.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A config file is malformed or describes an unsupported model.
+    #[error("invalid config {path}: {reason}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The checkpoint does not match the model.
+    #[error("checkpoint {path} does not match {model}:\n{details}")]
+    Mismatch {
+        /// The checkpoint.
+        path: PathBuf,
+        /// The model being loaded.
+        model: &'static str,
+        /// One line per missing, unused or mis-shaped tensor.
+        details: String,
+    },
+    /// The checkpoint file could not be parsed.
+    #[error("cannot load checkpoint {path}: {reason}")]
+    Format {
+        /// The checkpoint.
+        path: PathBuf,
+        /// The parser's message.
+        reason: String,
+    },
+}
+
+/// How a HF checkpoint's tensor names map onto a tuwen model.
+#[derive(Debug)]
+pub struct HfMapping {
+    /// Model name, for messages.
+    pub model: &'static str,
+    /// Regex renames applied in order to every HF key (`$1` back-references allowed).
+    pub renames: &'static [(&'static str, &'static str)],
+    /// Regexes of (renamed) checkpoint keys that the model does not use by design.
+    pub unused_by_design: &'static [&'static str],
+}
+
+/// Renames shared by every BERT-style encoder stack: HF `encoder.layer.N.{attention.self,
+/// attention.output, intermediate, output}` -> tuwen `encoder.layers.N.{attention.self_attn,
+/// attention.output, ffn.intermediate, ffn.output}`, and `LayerNorm` -> `layer_norm`.
+macro_rules! encoder_renames {
+    () => {
+        encoder_renames!(r"(^|\.)encoder\.layer\.(\d+)\.", "${1}encoder.layers.$2.")
+    };
+    ($from:literal, $to:literal) => {
+        [
+            (
+                concat!($from, r"attention\.self\."),
+                concat!($to, "attention.self_attn."),
+            ),
+            (
+                concat!($from, r"attention\.output\."),
+                concat!($to, "attention.output."),
+            ),
+            (
+                concat!($from, r"intermediate\."),
+                concat!($to, "ffn.intermediate."),
+            ),
+            (concat!($from, r"output\."), concat!($to, "ffn.output.")),
+            (r"\.LayerNorm\.", ".layer_norm."),
+        ]
+    };
+}
+
+const fn concat<const A: usize, const B: usize, const C: usize>(
+    a: [(&'static str, &'static str); A],
+    b: [(&'static str, &'static str); B],
+) -> [(&'static str, &'static str); C] {
+    assert!(A + B == C);
+    let mut out = [("", ""); C];
+    let mut i = 0;
+    while i < A {
+        out[i] = a[i];
+        i += 1;
+    }
+    while i < C {
+        out[i] = b[i - A];
+        i += 1;
+    }
+    out
+}
+
+const BERT_RENAMES: [(&str, &str); 6] = concat([(r"^bert\.", "")], encoder_renames!());
+
+/// HF `BertModel` (and the `bert.` sub-module of the pretraining models).
+pub const BERT: HfMapping = HfMapping {
+    model: "BertModel",
+    renames: &BERT_RENAMES,
+    // A buffer of arange(max_positions), not a parameter.
+    unused_by_design: &[r"(^|\.)embeddings\.position_ids$"],
+};
+
+const VISUAL_BERT_RENAMES: [(&str, &str); 6] = concat(
+    [(
+        r"(^|\.)embeddings\.(word_embeddings|position_embeddings|token_type_embeddings|LayerNorm)\.",
+        "${1}embeddings.text.$2.",
+    )],
+    encoder_renames!(),
+);
+
+/// HF `VisualBertModel`.
+pub const VISUAL_BERT: HfMapping = HfMapping {
+    model: "VisualBertModel",
+    renames: &VISUAL_BERT_RENAMES,
+    unused_by_design: &[r"(^|\.)embeddings\.position_ids$"],
+};
+
+const VISUAL_BERT_PRETRAINING_RENAMES: [(&str, &str); 9] = concat(
+    [
+        (r"^cls\.predictions\.transform\.", "mlm."),
+        (r"^cls\.predictions\.bias$", "mlm.bias"),
+        (r"^cls\.seq_relationship\.", "sentence_image.classifier."),
+    ],
+    VISUAL_BERT_RENAMES,
+);
+
+/// HF `VisualBertForPreTraining`. The decoder is tied to the word embeddings, so a stored copy
+/// (`cls.predictions.decoder.*`, written by some exporters) is unused by design.
+pub const VISUAL_BERT_PRETRAINING: HfMapping = HfMapping {
+    model: "VisualBertForPreTraining",
+    renames: &VISUAL_BERT_PRETRAINING_RENAMES,
+    unused_by_design: &[
+        r"(^|\.)embeddings\.position_ids$",
+        r"^cls\.predictions\.decoder\.(weight|bias)$",
+    ],
+};
+
+const VILBERT_CO_ATTENTION_RENAMES: [(&str, &str); 14] = [
+    (
+        r"(^|\.)encoder\.c_layer\.(\d+)\.biattention\.query2\.",
+        "${1}encoder.c_layers.$2.text_to_image.attention.query.",
+    ),
+    (
+        r"(^|\.)encoder\.c_layer\.(\d+)\.biattention\.key1\.",
+        "${1}encoder.c_layers.$2.text_to_image.attention.key.",
+    ),
+    (
+        r"(^|\.)encoder\.c_layer\.(\d+)\.biattention\.value1\.",
+        "${1}encoder.c_layers.$2.text_to_image.attention.value.",
+    ),
+    (
+        r"(^|\.)encoder\.c_layer\.(\d+)\.biOutput\.dense2\.",
+        "${1}encoder.c_layers.$2.text_to_image.output.dense.",
+    ),
+    (
+        r"(^|\.)encoder\.c_layer\.(\d+)\.biOutput\.LayerNorm2\.",
+        "${1}encoder.c_layers.$2.text_to_image.output.layer_norm.",
+    ),
+    (
+        r"(^|\.)encoder\.c_layer\.(\d+)\.biattention\.query1\.",
+        "${1}encoder.c_layers.$2.image_to_text.attention.query.",
+    ),
+    (
+        r"(^|\.)encoder\.c_layer\.(\d+)\.biattention\.key2\.",
+        "${1}encoder.c_layers.$2.image_to_text.attention.key.",
+    ),
+    (
+        r"(^|\.)encoder\.c_layer\.(\d+)\.biattention\.value2\.",
+        "${1}encoder.c_layers.$2.image_to_text.attention.value.",
+    ),
+    (
+        r"(^|\.)encoder\.c_layer\.(\d+)\.biOutput\.dense1\.",
+        "${1}encoder.c_layers.$2.image_to_text.output.dense.",
+    ),
+    (
+        r"(^|\.)encoder\.c_layer\.(\d+)\.biOutput\.LayerNorm1\.",
+        "${1}encoder.c_layers.$2.image_to_text.output.layer_norm.",
+    ),
+    (
+        r"(^|\.)encoder\.c_layer\.(\d+)\.v_intermediate\.",
+        "${1}encoder.c_layers.$2.v_ffn.intermediate.",
+    ),
+    (
+        r"(^|\.)encoder\.c_layer\.(\d+)\.v_output\.",
+        "${1}encoder.c_layers.$2.v_ffn.output.",
+    ),
+    (
+        r"(^|\.)encoder\.c_layer\.(\d+)\.t_intermediate\.",
+        "${1}encoder.c_layers.$2.t_ffn.intermediate.",
+    ),
+    (
+        r"(^|\.)encoder\.c_layer\.(\d+)\.t_output\.",
+        "${1}encoder.c_layers.$2.t_ffn.output.",
+    ),
+];
+
+const VILBERT_RENAMES: [(&str, &str); 24] = concat(
+    concat::<14, 5, 19>(
+        VILBERT_CO_ATTENTION_RENAMES,
+        encoder_renames!(
+            r"(^|\.)encoder\.v_layer\.(\d+)\.",
+            "${1}encoder.v_layers.$2."
+        ),
+    ),
+    encoder_renames!(),
+);
+
+/// ViLBERT reference `BertModel` (facebookresearch/vilbert-multi-task `vilbert.py`).
+pub const VILBERT: HfMapping = HfMapping {
+    model: "ViLBERTModel",
+    renames: &VILBERT_RENAMES,
+    // The reference creates q_dense1/q_dense2 in every co-attention block and never uses them.
+    unused_by_design: &[r"(^|\.)encoder\.c_layer\.\d+\.biOutput\.q_dense[12]\.(weight|bias)$"],
+};
+
+const VILBERT_PRETRAINING_RENAMES: [(&str, &str); 29] = concat(
+    [
+        (r"^cls\.predictions\.transform\.", "mlm."),
+        (r"^cls\.predictions\.bias$", "mlm.bias"),
+        (r"^cls\.imagePredictions\.transform\.", "region_head."),
+        (r"^cls\.imagePredictions\.decoder\.", "region_head.decoder."),
+        (r"^cls\.bi_seq_relationship\.", "itm.classifier."),
+    ],
+    VILBERT_RENAMES,
+);
+
+/// ViLBERT reference `BertForMultiModalPreTraining`. Its MLM decoder is tied to the word
+/// embeddings, so the stored copy `cls.predictions.decoder.weight` is unused by design.
+pub const VILBERT_PRETRAINING: HfMapping = HfMapping {
+    model: "ViLBERTForMultiModalPreTraining",
+    renames: &VILBERT_PRETRAINING_RENAMES,
+    unused_by_design: &[
+        r"(^|\.)encoder\.c_layer\.\d+\.biOutput\.q_dense[12]\.(weight|bias)$",
+        r"^cls\.predictions\.decoder\.weight$",
+    ],
+};
+
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| LoadError::Config {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// Loads a HF safetensors checkpoint into `module` through `mapping`, strictly.
+pub fn load_hf<M: Module>(mut module: M, path: &Path, mapping: &HfMapping) -> Result<M, LoadError> {
+    let format_err = |reason: String| LoadError::Format {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if !path.is_file() {
+        return Err(LoadError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        });
+    }
+    let remapper = KeyRemapper::from_patterns(mapping.renames.to_vec())
+        .map_err(|e| format_err(format!("bad rename pattern: {e}")))?;
+    let unused_ok: Vec<regex::Regex> = mapping
+        .unused_by_design
+        .iter()
+        .map(|p| regex::Regex::new(p))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format_err(format!("bad pattern: {e}")))?;
+    let mut store = SafetensorsStore::from_file(path)
+        .with_from_adapter(PyTorchToBurnAdapter)
+        .remap(remapper)
+        .allow_partial(true)
+        // Collect shape/dtype errors instead of failing on the first batch, so the report below
+        // lists missing, unused and mis-shaped tensors together.
+        .validate(false);
+    let result = module
+        .load_from(&mut store)
+        .map_err(|e| format_err(e.to_string()))?;
+
+    let mut details = Vec::new();
+    for (tensor, _) in &result.missing {
+        details.push(format!("  missing from checkpoint: {tensor}"));
+    }
+    for tensor in &result.unused {
+        if !unused_ok.iter().any(|re| re.is_match(tensor)) {
+            details.push(format!("  not used by the model: {tensor}"));
+        }
+    }
+    for error in &result.errors {
+        details.push(format!("  {error}"));
+    }
+    const MAX_LINES: usize = 40;
+    if details.len() > MAX_LINES {
+        let more = details.len() - MAX_LINES;
+        details.truncate(MAX_LINES);
+        details.push(format!("  ... and {more} more"));
+    }
+    if details.is_empty() {
+        Ok(module)
+    } else {
+        Err(LoadError::Mismatch {
+            path: path.to_path_buf(),
+            model: mapping.model,
+            details: details.join("\n"),
+        })
+    }
+}
+
+/// Reads every tensor of a safetensors file into host [`TensorData`] (f32, f16 and integer
+/// tensors; f16 is widened to f32). Used for forward inputs and reference outputs of fixtures.
+pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, TensorData>, LoadError> {
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let format_err = |reason: String| LoadError::Format {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| format_err(e.to_string()))?;
+    let mut out = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        let shape = view.shape().to_vec();
+        let raw = view.data();
+        let data = match view.dtype() {
+            Dtype::F32 => TensorData::new(le_values(raw, f32::from_le_bytes), shape),
+            Dtype::F16 => TensorData::new(
+                le_values(raw, |b: [u8; 2]| {
+                    burn::tensor::f16::from_le_bytes(b).to_f32()
+                }),
+                shape,
+            ),
+            Dtype::I64 => TensorData::new(le_values(raw, i64::from_le_bytes), shape),
+            Dtype::I32 => TensorData::new(le_values(raw, i32::from_le_bytes), shape),
+            other => {
+                return Err(format_err(format!(
+                    "tensor {name} has unsupported dtype {other:?}"
+                )));
+            }
+        };
+        out.insert(name, data);
+    }
+    Ok(out)
+}
+
+fn le_values<const N: usize, T>(raw: &[u8], from: impl Fn([u8; N]) -> T) -> Vec<T> {
+    raw.chunks_exact(N)
+        .map(|chunk| from(chunk.try_into().expect("chunk of N bytes")))
+        .collect()
+}

@@ -1,0 +1,205 @@
+//! `cargo xtask`: tuwen's project automation.
+//!
+//! * `cargo xtask test`   — the whole test suite, exactly what CI runs (`.ci/run`): fetches the
+//!   assets, checks formatting and clippy, then runs every test in strict mode (a test whose
+//!   prerequisite — wgpu adapter, asset — is missing fails instead of skipping).
+//! * `cargo xtask assets` — fetches and verifies the real weights and data (see `docs/assets.md`).
+//! * `cargo xtask train`  — the main job: trains on the embedded default dataset.
+//! * `cargo xtask parity DIR [--device flex|ndarray|wgpu] [--tol 1e-4]` — numerical parity of a
+//!   tuwen model with reference outputs (see `tuwen parity`).
+//! * `cargo xtask bench`  — criterion benchmarks.
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "tuwen project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Run the whole test suite (what CI runs).
+    Test {
+        /// Skip `cargo fmt --check` and clippy.
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments passed to `cargo test` (after `--workspace`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Fetch, verify and unpack the real weights and data into $TUWEN_HOME.
+    Assets {
+        /// Cache directory (default: $TUWEN_HOME or ~/.cache/tuwen).
+        #[arg(long)]
+        home: Option<PathBuf>,
+        /// Only this asset (default: all).
+        #[arg(long)]
+        only: Vec<String>,
+    },
+    /// Train a vision-language model on the embedded default dataset.
+    Train {
+        /// Arguments for `tuwen train`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Compare a model with reference outputs in a fixture directory (see `tuwen parity --help`).
+    Parity {
+        /// Fixture directory (config.json, model/inputs/expected.safetensors).
+        dir: PathBuf,
+        /// Backend: flex, ndarray or wgpu.
+        #[arg(long, default_value = "flex")]
+        device: String,
+        /// Maximum absolute difference allowed per output.
+        #[arg(long, default_value = "1e-4")]
+        tol: String,
+    },
+    /// Run the criterion benchmarks and print comparable numbers.
+    Bench {
+        /// Extra arguments for criterion (e.g. a benchmark name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> Result<()> {
+    match task {
+        Task::Test { no_lint, args } => test(no_lint, &args),
+        Task::Assets { home, only } => assets(home, &only),
+        Task::Train { .. } => bail!(
+            "`cargo xtask train` is not implemented yet: the trainer lands with the datasets/trainer \
+             issue. Run `cargo xtask test` for the test suite."
+        ),
+        Task::Parity { dir, device, tol } => {
+            let dir = dir.to_string_lossy().into_owned();
+            cargo(
+                &[
+                    "run",
+                    "--quiet",
+                    "--package",
+                    "tuwen-cli",
+                    "--features",
+                    "flex,ndarray,wgpu",
+                    "--",
+                    "parity",
+                ],
+                &[dir, "--device".into(), device, "--tol".into(), tol],
+                &[],
+            )
+        }
+        // Benches are built in the test profile (dependencies at opt-level 3, see Cargo.toml), so
+        // they reuse the test build instead of a second 20-minute release build of Burn;
+        // `--bench` makes criterion measure instead of smoke-running each routine once.
+        Task::Bench { args } => {
+            let mut extra = vec!["--".to_string(), "--bench".to_string()];
+            extra.extend(args);
+            cargo(&["test", "--workspace", "--benches"], &extra, &[])
+        }
+    }
+}
+
+fn cargo(base: &[&str], extra: &[String], env: &[(&str, &str)]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(&cargo);
+    cmd.args(base).args(extra);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    eprintln!("$ cargo {} {}", base.join(" "), extra.join(" "));
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cargo}"))?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", base.join(" "));
+    }
+    Ok(())
+}
+
+fn test(no_lint: bool, args: &[String]) -> Result<()> {
+    // Tests that need the real weights find them through tuwen_assets::locate.
+    assets(None, &[])?;
+    if !no_lint {
+        cargo(&["fmt", "--all", "--", "--check"], &[], &[])?;
+        cargo(
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+            &[],
+            &[],
+        )?;
+    }
+    cargo(
+        &["test", "--workspace"],
+        args,
+        &[("TUWEN_STRICT_TESTS", "1")],
+    )
+}
+
+fn assets(home: Option<PathBuf>, only: &[String]) -> Result<()> {
+    let home = home.unwrap_or_else(tuwen_assets::home);
+    for name in only {
+        tuwen_assets::asset(name).with_context(|| {
+            let known: Vec<_> = tuwen_assets::ASSETS.iter().map(|a| a.name).collect();
+            format!("unknown asset {name}; known: {}", known.join(", "))
+        })?;
+    }
+    eprintln!("assets in {}", home.display());
+    for asset in tuwen_assets::ASSETS {
+        if !only.is_empty() && !only.iter().any(|n| n == asset.name) {
+            continue;
+        }
+        let status = tuwen_assets::ensure(&home, asset)
+            .with_context(|| format!("asset {} ({})", asset.name, asset.requirement))?;
+        for (path, quarantined) in &status.repaired {
+            eprintln!(
+                "  {}: {} failed verification, quarantined to {}",
+                asset.name,
+                path.display(),
+                quarantined.display()
+            );
+        }
+        let action = if status.downloaded || status.extracted > 0 || status.converted > 0 {
+            format!(
+                "fetched{} ({} extracted, {} converted)",
+                if status.downloaded {
+                    " + downloaded"
+                } else {
+                    ""
+                },
+                status.extracted,
+                status.converted
+            )
+        } else {
+            "present, nothing downloaded".to_string()
+        };
+        println!(
+            "{:<13} {:<40} {} files verified, {action}\n{:<13} {}",
+            asset.name,
+            asset.requirement,
+            status.verified,
+            "",
+            status.dir.display()
+        );
+    }
+    Ok(())
+}
