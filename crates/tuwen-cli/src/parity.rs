@@ -14,7 +14,8 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use tuwen_fusion::mask::HF_MASK_VALUE;
 use tuwen_fusion::weights::read_tensors;
 use tuwen_fusion::{
-    AttentionMask, BertConfig, ViLBertConfig, ViLBertInput, VisualBertConfig, VisualBertInput,
+    AttentionMask, BertConfig, LxmertConfig, LxmertInput, ViLBertConfig, ViLBertInput,
+    VisualBertConfig, VisualBertInput,
 };
 
 /// One compared output.
@@ -134,6 +135,8 @@ pub fn run(dir: &Path, device: &Device, tolerance: f32) -> Result<ParityReport> 
         "VisualBertForPreTraining" => {
             visual_bert_pretraining(&config_path, &weights, &inputs, device)?
         }
+        "LxmertModel" => lxmert_model(&config_path, &weights, &inputs, device)?,
+        "LxmertForPreTraining" => lxmert_pretraining(&config_path, &weights, &inputs, device)?,
         "ViLBERTModel" => vilbert_model(&config_path, &weights, &inputs, device)?,
         "ViLBERTForMultiModalPreTraining" => {
             vilbert_pretraining(&config_path, &weights, &inputs, device)?
@@ -327,4 +330,68 @@ fn vilbert_pretraining(
         ("pooled_output_t", out.encoder.pooled_output_t.into_data()),
         ("pooled_output_v", out.encoder.pooled_output_v.into_data()),
     ]))
+}
+
+/// HF `LxmertModel.forward` arguments, with HF's defaults.
+fn lxmert_input(inputs: &Inputs) -> Result<LxmertInput> {
+    let mut input = LxmertInput::new(
+        inputs.required_int2("input_ids")?,
+        inputs.float3("visual_feats")?,
+        inputs.float3("visual_pos")?,
+    );
+    if let Some(t) = inputs.int2("token_type_ids")? {
+        input.token_type_ids = t;
+    }
+    if let Some(t) = inputs.int2("attention_mask")? {
+        input.attention_mask = t;
+    }
+    if let Some(t) = inputs.int2("visual_attention_mask")? {
+        input.visual_attention_mask = t;
+    }
+    Ok(input)
+}
+
+fn lxmert_model(
+    config: &Path,
+    weights: &Path,
+    inputs: &Inputs,
+    device: &Device,
+) -> Result<Outputs> {
+    let model = LxmertConfig::from_json_file(config)?
+        .init(device)
+        .load_hf_safetensors(weights)?;
+    let out = model.try_forward(lxmert_input(inputs)?)?;
+    Ok(BTreeMap::from([
+        ("language_output", out.language_output.into_data()),
+        ("vision_output", out.vision_output.into_data()),
+        ("pooled_output", out.pooled_output.into_data()),
+    ]))
+}
+
+fn lxmert_pretraining(
+    config: &Path,
+    weights: &Path,
+    inputs: &Inputs,
+    device: &Device,
+) -> Result<Outputs> {
+    let model = LxmertConfig::from_json_file(config)?
+        .init_pretraining(device)
+        .load_hf_safetensors(weights)?;
+    let input = lxmert_input(inputs)?;
+    model.lxmert.check_input(&input)?;
+    let out = model.forward(input);
+    let mut outputs = BTreeMap::from([
+        ("prediction_logits", out.prediction_logits.into_data()),
+        (
+            "cross_relationship_score",
+            out.cross_relationship_score.into_data(),
+        ),
+        ("language_output", out.encoder.language_output.into_data()),
+        ("vision_output", out.encoder.vision_output.into_data()),
+        ("pooled_output", out.encoder.pooled_output.into_data()),
+    ]);
+    if let Some(qa) = out.question_answering_score {
+        outputs.insert("question_answering_score", qa.into_data());
+    }
+    Ok(outputs)
 }

@@ -9,6 +9,8 @@
 //!   with HF `VisualBertModel` / `VisualBertForPreTraining` import and BERT initialisation.
 //! * [`vilbert`] — two-stream co-attention fusion (ViLBERT), loading the reference checkpoints;
 //!   [`cross`] holds the cross-attention block it shares with LXMERT.
+//! * [`lxmert`] — the cross-modality encoder (LXMERT) with HF `LxmertModel` /
+//!   `LxmertForPreTraining` import.
 //! * [`heads`] — pretraining heads (MLM with a decoder tied to the word embeddings, pair heads).
 //! * [`mask`] — attention masks as values (HF convention in, additive bias out).
 //! * [`blocks`] — the Transformer pieces shared by all encoders.
@@ -20,6 +22,7 @@ pub mod blocks;
 pub mod cross;
 pub mod heads;
 mod input;
+pub mod lxmert;
 pub mod mask;
 pub mod vilbert;
 pub mod visual_bert;
@@ -28,7 +31,8 @@ pub mod weights;
 pub use attention::Attention;
 pub use bert::{BertConfig, BertModel, BertOutput};
 pub use input::InputError;
-pub use mask::AttentionMask;
+pub use lxmert::{LxmertConfig, LxmertForPreTraining, LxmertInput, LxmertModel};
+pub use mask::{AttentionMask, UnifiedMode};
 pub use vilbert::{ViLBertConfig, ViLBertForPreTraining, ViLBertInput, ViLBertModel};
 pub use visual_bert::{
     VisualBertConfig, VisualBertForPreTraining, VisualBertInput, VisualBertModel,

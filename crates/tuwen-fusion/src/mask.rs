@@ -5,7 +5,7 @@
 //! The fill value defaults to `f32::MIN`, exactly what HF transformers adds, so that even a row with
 //! every key masked behaves as in the reference (a uniform distribution) instead of giving NaN.
 
-use burn::tensor::{Bool, Int, Tensor};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 /// What HF transformers adds at masked positions (`torch.finfo(float32).min`).
 pub const HF_MASK_VALUE: f32 = f32::MIN;
@@ -38,8 +38,59 @@ impl AttentionMask {
         }
     }
 
+    /// The unified-VLP mask for a single-stream input laid out as `[text (T) | regions (V)]`
+    /// (the order the single-stream encoders concatenate), with HF-convention padding masks
+    /// `text_mask` `[B, T]` and `visual_mask` `[B, V]`.
+    ///
+    /// * [`UnifiedMode::Bidirectional`]: every position attends to every real position (MLM).
+    /// * [`UnifiedMode::Seq2Seq`]: caption tokens attend to every real region and causally to
+    ///   real caption tokens at or before their own position; regions attend only to regions,
+    ///   never to the caption (VLP / Oscar captioning).
+    pub fn unified(
+        text_mask: Tensor<2, Int>,
+        visual_mask: Tensor<2, Int>,
+        mode: UnifiedMode,
+        fill: f32,
+    ) -> Self {
+        let [batch, t] = text_mask.dims();
+        let v = visual_mask.dims()[1];
+        let s = t + v;
+        let device = text_mask.device();
+        // Structure shared by the batch, built on the host: allowed[q * s + k].
+        let allowed: Vec<bool> = (0..s * s)
+            .map(|i| {
+                let (q, k) = (i / s, i % s);
+                match mode {
+                    UnifiedMode::Bidirectional => true,
+                    UnifiedMode::Seq2Seq => match (q < t, k < t) {
+                        (true, true) => k <= q,
+                        (true, false) => true,
+                        (false, true) => false,
+                        (false, false) => true,
+                    },
+                }
+            })
+            .collect();
+        let structure = Tensor::<3, Bool>::from_data(TensorData::new(allowed, [1, s, s]), &device)
+            .expand([batch, s, s]);
+        let keys = Tensor::cat(vec![text_mask, visual_mask], 1)
+            .equal_elem(1)
+            .reshape([batch, 1, s])
+            .expand([batch, s, s]);
+        Self::from_allowed(structure.bool_and(keys), fill)
+    }
+
     /// The additive bias, `[batch, 1, q_len | 1, k_len]`.
     pub fn bias(&self) -> &Tensor<4> {
         &self.bias
     }
+}
+
+/// Attention pattern of [`AttentionMask::unified`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnifiedMode {
+    /// Full attention among real positions.
+    Bidirectional,
+    /// Causal caption, image never attends to the caption.
+    Seq2Seq,
 }

@@ -250,6 +250,71 @@ pub const VILBERT_PRETRAINING: HfMapping = HfMapping {
     ],
 };
 
+const LXMERT_RENAMES: [(&str, &str); 15] = concat(
+    concat::<5, 5, 10>(
+        [
+            (
+                r"(^|\.)encoder\.x_layers\.(\d+)\.visual_attention\.att\.",
+                "${1}encoder.x_layers.$2.cross.attention.",
+            ),
+            (
+                r"(^|\.)encoder\.x_layers\.(\d+)\.visual_attention\.output\.",
+                "${1}encoder.x_layers.$2.cross.output.",
+            ),
+            (
+                r"(^|\.)encoder\.x_layers\.(\d+)\.(lang|visn)_self_att\.self\.",
+                "${1}encoder.x_layers.$2.${3}_self_att.self_attn.",
+            ),
+            (
+                r"(^|\.)encoder\.x_layers\.(\d+)\.(lang|visn)_inter\.",
+                "${1}encoder.x_layers.$2.${3}_ffn.intermediate.",
+            ),
+            (
+                r"(^|\.)encoder\.x_layers\.(\d+)\.(lang|visn)_output\.",
+                "${1}encoder.x_layers.$2.${3}_ffn.output.",
+            ),
+        ],
+        encoder_renames!(
+            r"(^|\.)encoder\.r_layers\.(\d+)\.",
+            "${1}encoder.r_layers.$2."
+        ),
+    ),
+    encoder_renames!(),
+);
+
+/// HF `LxmertModel`.
+pub const LXMERT: HfMapping = HfMapping {
+    model: "LxmertModel",
+    renames: &LXMERT_RENAMES,
+    unused_by_design: &[r"(^|\.)embeddings\.position_ids$"],
+};
+
+const LXMERT_PRETRAINING_RENAMES: [(&str, &str); 22] = concat(
+    [
+        (r"^cls\.predictions\.transform\.", "mlm."),
+        (r"^cls\.predictions\.bias$", "mlm.bias"),
+        (r"^cls\.seq_relationship\.", "matched.classifier."),
+        (
+            r"^obj_predict_head\.decoder_dict\.(obj|attr|feat)\.",
+            "obj_predict_head.$1.",
+        ),
+        (r"^answer_head\.logit_fc\.0\.", "answer_head.dense."),
+        (r"^answer_head\.logit_fc\.2\.", "answer_head.layer_norm."),
+        (r"^answer_head\.logit_fc\.3\.", "answer_head.classifier."),
+    ],
+    LXMERT_RENAMES,
+);
+
+/// HF `LxmertForPreTraining`. The MLM decoder is tied to the word embeddings.
+pub const LXMERT_PRETRAINING: HfMapping = HfMapping {
+    model: "LxmertForPreTraining",
+    renames: &LXMERT_PRETRAINING_RENAMES,
+    unused_by_design: &[
+        r"(^|\.)embeddings\.position_ids$",
+        r"^cls\.predictions\.decoder\.(weight|bias)$",
+    ],
+};
+
 pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, LoadError> {
     let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
         path: path.to_path_buf(),

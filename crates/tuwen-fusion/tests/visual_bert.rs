@@ -175,3 +175,45 @@ fn full_mask_overrides_padding_masks() {
         1e-6,
     );
 }
+
+#[test]
+fn seq2seq_mask_is_causal_on_the_caption_and_hides_it_from_regions() {
+    use tuwen_fusion::UnifiedMode;
+    let device = flex();
+    let model = small().init(&device);
+    let regions = Tensor::<3>::random([1, 2, 10], burn::tensor::Distribution::Default, &device);
+    let run = |ids: Vec<i64>, mode: UnifiedMode| {
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, 4]), &device);
+        let mask = AttentionMask::unified(
+            ids.ones_like(),
+            Tensor::ones([1, 2], &device),
+            mode,
+            HF_MASK_VALUE,
+        );
+        let mut input = VisualBertInput::new(ids, regions.clone());
+        input.mask = Some(mask);
+        model.forward(input).last_hidden_state
+    };
+    let a = run(vec![2, 9, 11, 3], UnifiedMode::Seq2Seq);
+    let b = run(vec![2, 9, 30, 40], UnifiedMode::Seq2Seq); // tokens 2.. differ
+    // Caption positions 0 and 1 only see tokens 0..=1 and the regions.
+    assert_close(
+        "caption prefix",
+        &a.clone().narrow(1, 0, 2),
+        &b.clone().narrow(1, 0, 2),
+        1e-6,
+    );
+    // Regions (positions 4, 5) never see the caption.
+    assert_close(
+        "regions",
+        &a.clone().narrow(1, 4, 2),
+        &b.clone().narrow(1, 4, 2),
+        1e-6,
+    );
+    // A later caption position does see the changed tokens.
+    assert!(tuwen_testkit::max_abs_diff(&a.clone().narrow(1, 3, 1), &b.narrow(1, 3, 1)) > 1e-3);
+    // In bidirectional mode the prefix depends on the later tokens too.
+    let c = run(vec![2, 9, 11, 3], UnifiedMode::Bidirectional);
+    let d = run(vec![2, 9, 30, 40], UnifiedMode::Bidirectional);
+    assert!(tuwen_testkit::max_abs_diff(&c.narrow(1, 0, 1), &d.narrow(1, 0, 1)) > 1e-3);
+}
