@@ -562,6 +562,37 @@ impl ViLBertInput {
     }
 }
 
+impl ViLBertInput {
+    /// Inputs with ViLBERT's global image token prepended to the regions: the mean of the REAL
+    /// region features (padding excluded), location `[0, 0, 1, 1, 1]`, always attended.
+    ///
+    /// `region_feat` `[B, V, D]`, `region_loc` `[B, V, 5]`, `region_mask` `[B, V]` (1 = real);
+    /// the result has `V + 1` regions.
+    pub fn with_global_image_token(
+        input_ids: Tensor<2, Int>,
+        region_feat: Tensor<3>,
+        region_loc: Tensor<3>,
+        region_mask: Tensor<2, Int>,
+    ) -> Self {
+        let [batch, regions, _] = region_feat.dims();
+        let device = region_feat.device();
+        let weights = region_mask.clone().float().reshape([batch, regions, 1]);
+        let count = weights.clone().sum_dim(1).clamp_min(1.0);
+        let global = (region_feat.clone() * weights).sum_dim(1) / count;
+        let global_loc = Tensor::<1>::from_floats([0.0, 0.0, 1.0, 1.0, 1.0], &device)
+            .reshape([1, 1, 5])
+            .expand([batch, 1, 5]);
+        let mask = Tensor::cat(vec![Tensor::ones([batch, 1], &device), region_mask], 1);
+        let mut input = Self::new(
+            input_ids,
+            Tensor::cat(vec![global, region_feat], 1),
+            Tensor::cat(vec![global_loc, region_loc], 1),
+        );
+        input.image_attention_mask = mask;
+        input
+    }
+}
+
 /// Outputs of [`ViLBertModel::forward`], named as the reference's.
 #[derive(Clone, Debug)]
 pub struct ViLBertOutput {
