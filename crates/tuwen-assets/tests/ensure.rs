@@ -49,6 +49,7 @@ fn fake_wheel(home: &Path) -> Asset {
         name: "easy_vqa", // a manifest name, so locate_in accepts it
         description: "test wheel",
         requirement: "tuwen-nonexistent-test-package==1.0",
+        pip_args: &[],
         wheel: "demo-1.0-py3-none-any.whl",
         wheel_sha256: leak(wheel_sha),
         prefix: "demo/data/",

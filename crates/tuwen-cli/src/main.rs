@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tuwen_cli::{device, parity};
 use tuwen_tokenizer::{BertTokenizer, TokenizerOptions};
+use tuwen_vision::{Backbone, Preprocess, imagenet_classes, top_k};
 
 #[derive(Parser)]
 #[command(
@@ -42,6 +43,23 @@ enum Command {
         /// The texts.
         #[arg(required = true)]
         texts: Vec<String>,
+    },
+    /// Print the top-5 ImageNet classes of each image.
+    ///
+    /// Without --weights, the torchvision ImageNet MobileNetV2 from `cargo xtask assets` is used.
+    Classify {
+        /// Backbone: mobilenet_v2, resnet18, resnet34, resnet50, resnet101.
+        #[arg(long, default_value = "mobilenet_v2")]
+        backbone: String,
+        /// A torchvision ImageNet state dict converted to safetensors.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Backend: flex, ndarray, wgpu, cuda (those compiled in).
+        #[arg(long, default_value = "flex")]
+        device: String,
+        /// JPEG/PNG files.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
     },
     /// Compare a model with reference outputs stored in a fixture directory
     /// (config.json, model.safetensors, inputs.safetensors, expected.safetensors).
@@ -93,6 +111,35 @@ fn run(cli: Cli) -> Result<()> {
             for text in &texts {
                 let enc = tok.encode(text)?;
                 writeln!(out, "{}", serde_json::to_string(&enc.ids)?)?;
+            }
+            Ok(())
+        }
+        Command::Classify {
+            backbone,
+            weights,
+            device,
+            images,
+        } => {
+            let device = device::parse(&device)?;
+            let weights = match weights {
+                Some(w) => w,
+                None if backbone == "mobilenet_v2" => {
+                    tuwen_assets::locate("mobilenet_v2", "mobilenet_v2.safetensors")
+                        .context("no --weights given and the default MobileNetV2 is missing")?
+                }
+                None => anyhow::bail!("--weights is required for {backbone} (no bundled weights)"),
+            };
+            let model = Backbone::from_torchvision(&backbone, &weights, 1000, &device)?;
+            let classes = imagenet_classes();
+            let preprocess = Preprocess::default();
+            let mut out = std::io::stdout().lock();
+            for path in &images {
+                let pixels = preprocess.load_batch(&[path], &device)?;
+                let ranked = top_k(model.forward(pixels), 5);
+                writeln!(out, "{}", path.display())?;
+                for (index, prob) in &ranked[0] {
+                    writeln!(out, "  {prob:.4}  {}", classes[*index])?;
+                }
             }
             Ok(())
         }

@@ -17,6 +17,8 @@ use tuwen_fusion::{
     AttentionMask, BertConfig, LxmertConfig, LxmertInput, ViLBertConfig, ViLBertInput,
     VisualBertConfig, VisualBertInput,
 };
+use tuwen_regions::RoiAlign;
+use tuwen_vision::Backbone;
 
 /// One compared output.
 #[derive(Clone, Debug)]
@@ -102,6 +104,21 @@ impl Inputs {
         Ok(Tensor::from_data(data.clone(), &self.device))
     }
 
+    fn float4(&self, name: &str) -> Result<Tensor<4>> {
+        let data = self
+            .tensors
+            .get(name)
+            .with_context(|| format!("{}: missing input {name}", self.path.display()))?;
+        if data.shape().len() != 4 {
+            bail!(
+                "{}: {name} must be 4-d, has shape {:?}",
+                self.path.display(),
+                data.shape().to_vec()
+            );
+        }
+        Ok(Tensor::from_data(data.clone(), &self.device))
+    }
+
     fn required_int2(&self, name: &str) -> Result<Tensor<2, Int>> {
         self.int2(name)?
             .with_context(|| format!("{}: missing input {name}", self.path.display()))
@@ -128,7 +145,18 @@ pub fn run(dir: &Path, device: &Device, tolerance: f32) -> Result<ParityReport> 
         path: inputs_path,
         device: device.clone(),
     };
-    let weights = dir.join("model.safetensors");
+    // Large models ship a synthetic state dict (tensor list + seed) instead of the checkpoint.
+    let synthetic = dir.join("model.synthetic.json");
+    let scratch;
+    let weights = if !dir.join("model.safetensors").exists() && synthetic.is_file() {
+        scratch = tempfile::tempdir().context("cannot create a temporary directory")?;
+        let path = scratch.path().join("model.safetensors");
+        std::fs::write(&path, tuwen_weights::synthetic::materialize(&synthetic)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        path
+    } else {
+        dir.join("model.safetensors")
+    };
     let outputs = match architecture.as_str() {
         "BertModel" => bert_model(&config_path, &weights, &inputs, device)?,
         "VisualBertModel" => visual_bert_model(&config_path, &weights, &inputs, device)?,
@@ -140,6 +168,10 @@ pub fn run(dir: &Path, device: &Device, tolerance: f32) -> Result<ParityReport> 
         "ViLBERTModel" => vilbert_model(&config_path, &weights, &inputs, device)?,
         "ViLBERTForMultiModalPreTraining" => {
             vilbert_pretraining(&config_path, &weights, &inputs, device)?
+        }
+        "torchvision.ops.roi_align" => roi_align(&config, &inputs)?,
+        arch if arch.starts_with("torchvision.") => {
+            torchvision_backbone(arch, &config, &weights, &inputs, device)?
         }
         other => bail!(
             "{}: architecture {other} is not supported",
@@ -394,4 +426,48 @@ fn lxmert_pretraining(
         outputs.insert("question_answering_score", qa.into_data());
     }
     Ok(outputs)
+}
+
+/// `torchvision.mobilenet_v2` / `torchvision.resnet{18,34,50,101}`: `pixel_values` -> `logits`.
+fn torchvision_backbone(
+    arch: &str,
+    config: &serde_json::Value,
+    weights: &Path,
+    inputs: &Inputs,
+    device: &Device,
+) -> Result<Outputs> {
+    let classes = config["num_classes"]
+        .as_u64()
+        .context("config.json: torchvision fixtures need num_classes")? as usize;
+    let model = Backbone::from_torchvision(arch, weights, classes, device)?;
+    let logits = model.forward(inputs.float4("pixel_values")?);
+    Ok(BTreeMap::from([("logits", logits.into_data())]))
+}
+
+/// `torchvision.ops.roi_align`: `input` `[N, C, H, W]`, `boxes` `[K, 5]` -> `output`.
+fn roi_align(config: &serde_json::Value, inputs: &Inputs) -> Result<Outputs> {
+    let size: Vec<usize> = serde_json::from_value(config["output_size"].clone())
+        .context("config.json: output_size must be [h, w]")?;
+    let [h, w] = size[..] else {
+        bail!("config.json: output_size must be [h, w]");
+    };
+    let op = RoiAlign {
+        output_size: [h, w],
+        spatial_scale: config["spatial_scale"]
+            .as_f64()
+            .context("config.json: spatial_scale")? as f32,
+        sampling_ratio: config["sampling_ratio"]
+            .as_i64()
+            .context("config.json: sampling_ratio")? as i32,
+        aligned: config["aligned"]
+            .as_bool()
+            .context("config.json: aligned")?,
+    };
+    let boxes = inputs
+        .tensors
+        .get("boxes")
+        .with_context(|| format!("{}: missing input boxes", inputs.path.display()))?;
+    let boxes = Tensor::<2>::from_data(boxes.clone(), &inputs.device);
+    let output = op.forward(inputs.float4("input")?, boxes)?;
+    Ok(BTreeMap::from([("output", output.into_data())]))
 }

@@ -44,3 +44,39 @@ fn tokenize_with_a_missing_vocab_names_the_file() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/vocab.txt"), "{err}");
 }
+
+#[test]
+fn classify_prints_top5_labels_and_names_bad_files() {
+    let photo = match tuwen_assets::locate("photos", "coffee.png") {
+        Ok(p) => p,
+        Err(e) => {
+            return tuwen_testkit::skip_or_fail(
+                "classify_prints_top5_labels_and_names_bad_files",
+                &e.to_string(),
+            );
+        }
+    };
+    if let Err(e) = tuwen_assets::locate("mobilenet_v2", "mobilenet_v2.safetensors") {
+        return tuwen_testkit::skip_or_fail(
+            "classify_prints_top5_labels_and_names_bad_files",
+            &e.to_string(),
+        );
+    }
+    let out = tuwen().arg("classify").arg(&photo).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 6, "{text}");
+    assert!(lines[1].ends_with("espresso"), "{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("broken.jpg");
+    std::fs::write(&bad, "not a jpeg").unwrap();
+    let out = tuwen().arg("classify").arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("broken.jpg"));
+}
