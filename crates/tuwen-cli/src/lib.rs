@@ -2,4 +2,5 @@
 //! tests and `cargo xtask` drive exactly what users run.
 
 pub mod device;
+pub mod extract;
 pub mod parity;

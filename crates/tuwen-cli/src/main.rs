@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use tuwen_cli::{device, parity};
+use tuwen_cli::{device, extract, parity};
+use tuwen_regions::{ExtractorConfig, StoreDtype};
 use tuwen_tokenizer::{BertTokenizer, TokenizerOptions};
 use tuwen_vision::{Backbone, Preprocess, imagenet_classes, top_k};
 
@@ -60,6 +61,34 @@ enum Command {
         /// JPEG/PNG files.
         #[arg(required = true)]
         images: Vec<PathBuf>,
+    },
+    /// Extract region features of images into a feature store (resumable; bad images are
+    /// reported, skipped and counted).
+    ExtractRegions {
+        /// A directory of JPEG/PNG images, or a text file listing image paths.
+        #[arg(long)]
+        images: PathBuf,
+        /// The store directory (created or resumed).
+        #[arg(long)]
+        out: PathBuf,
+        /// Backbone: mobilenet_v2, resnet18, resnet34, resnet50, resnet101.
+        #[arg(long, default_value = "mobilenet_v2")]
+        backbone: String,
+        /// torchvision ImageNet weights (safetensors); default: the MobileNetV2 asset.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Ground-truth boxes: {"image_id": [[x1, y1, x2, y2], ...]} in original pixels.
+        #[arg(long)]
+        boxes: Option<PathBuf>,
+        /// Regions per image.
+        #[arg(long, default_value_t = 36)]
+        max_regions: usize,
+        /// Store precision: f16 or f32.
+        #[arg(long, default_value = "f16")]
+        dtype: String,
+        /// Backend: flex, ndarray, wgpu, cuda (those compiled in).
+        #[arg(long, default_value = "flex")]
+        device: String,
     },
     /// Compare a model with reference outputs stored in a fixture directory
     /// (config.json, model.safetensors, inputs.safetensors, expected.safetensors).
@@ -121,14 +150,7 @@ fn run(cli: Cli) -> Result<()> {
             images,
         } => {
             let device = device::parse(&device)?;
-            let weights = match weights {
-                Some(w) => w,
-                None if backbone == "mobilenet_v2" => {
-                    tuwen_assets::locate("mobilenet_v2", "mobilenet_v2.safetensors")
-                        .context("no --weights given and the default MobileNetV2 is missing")?
-                }
-                None => anyhow::bail!("--weights is required for {backbone} (no bundled weights)"),
-            };
+            let weights = default_weights(&backbone, weights)?;
             let model = Backbone::from_torchvision(&backbone, &weights, 1000, &device)?;
             let classes = imagenet_classes();
             let preprocess = Preprocess::default();
@@ -143,6 +165,38 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::ExtractRegions {
+            images,
+            out,
+            backbone,
+            weights,
+            boxes,
+            max_regions,
+            dtype,
+            device,
+        } => {
+            let device = device::parse(&device)?;
+            let weights = default_weights(&backbone, weights)?;
+            let dtype = match dtype.as_str() {
+                "f16" => StoreDtype::F16,
+                "f32" => StoreDtype::F32,
+                other => anyhow::bail!("--dtype {other}: expected f16 or f32"),
+            };
+            let options = extract::ExtractOptions {
+                images: &images,
+                out: &out,
+                backbone: Backbone::from_torchvision(&backbone, &weights, 1000, &device)?,
+                boxes: boxes.as_deref().map(extract::read_boxes).transpose()?,
+                dtype,
+                config: ExtractorConfig {
+                    max_regions,
+                    ..ExtractorConfig::default()
+                },
+                device,
+            };
+            extract::run(options)?;
+            Ok(())
+        }
         Command::Parity { dir, device, tol } => {
             let device = device::parse(&device)?;
             let report = parity::run(&dir, &device, tol)
@@ -151,5 +205,17 @@ fn run(cli: Cli) -> Result<()> {
             anyhow::ensure!(report.passed(), "parity failed for {}", dir.display());
             Ok(())
         }
+    }
+}
+
+/// `--weights`, or the bundled ImageNet MobileNetV2 from the assets.
+fn default_weights(backbone: &str, weights: Option<PathBuf>) -> Result<PathBuf> {
+    match weights {
+        Some(w) => Ok(w),
+        None if backbone == "mobilenet_v2" => {
+            tuwen_assets::locate("mobilenet_v2", "mobilenet_v2.safetensors")
+                .context("no --weights given and the default MobileNetV2 is missing")
+        }
+        None => anyhow::bail!("--weights is required for {backbone} (no bundled weights)"),
     }
 }

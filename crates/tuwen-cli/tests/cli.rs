@@ -80,3 +80,79 @@ fn classify_prints_top5_labels_and_names_bad_files() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("broken.jpg"));
 }
+
+#[test]
+fn extract_regions_writes_a_readable_store_resumes_and_survives_bad_images() {
+    let test = "extract_regions_writes_a_readable_store_resumes_and_survives_bad_images";
+    let (coffee, chelsea) = match (
+        tuwen_assets::locate("photos", "coffee.png"),
+        tuwen_assets::locate("photos", "chelsea.png"),
+    ) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => return tuwen_testkit::skip_or_fail(test, &e.to_string()),
+    };
+    if let Err(e) = tuwen_assets::locate("mobilenet_v2", "mobilenet_v2.safetensors") {
+        return tuwen_testkit::skip_or_fail(test, &e.to_string());
+    }
+    let images = tempfile::tempdir().unwrap();
+    std::fs::copy(&coffee, images.path().join("coffee.png")).unwrap();
+    std::fs::copy(&chelsea, images.path().join("chelsea.png")).unwrap();
+    std::fs::write(
+        images.path().join("corrupt.jpg"),
+        b"\xff\xd8\xff\xe0 truncated",
+    )
+    .unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let boxes = images.path().join("boxes.json");
+    std::fs::write(
+        &boxes,
+        r#"{"chelsea": [[120, 20, 360, 280], [0, 0, 451, 300]]}"#,
+    )
+    .unwrap();
+    let run = || {
+        tuwen()
+            .args(["extract-regions", "--max-regions", "8", "--images"])
+            .arg(images.path())
+            .arg("--out")
+            .arg(store.path())
+            .arg("--boxes")
+            .arg(&boxes)
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("corrupt.jpg")
+            && err.contains("2 extracted, 0 already in the store, 1 failed"),
+        "{err}"
+    );
+
+    let reader = tuwen_regions::StoreReader::open(store.path()).unwrap();
+    assert_eq!(reader.len(), 2);
+    let cat = reader.get("chelsea").unwrap();
+    assert_eq!(cat.image_size, [451, 300]);
+    assert_eq!(cat.len(), 2, "ground-truth boxes are used as given");
+    assert_eq!(cat.dim, 1280);
+    assert_eq!(cat.classes, 1000);
+    let cup = reader.get("coffee").unwrap();
+    assert!(cup.len() >= 2 && cup.len() <= 8, "{} regions", cup.len());
+    // The whole-image proposal of the coffee photo is classified as espresso.
+    let classes = tuwen_vision::imagenet_classes();
+    let best = cup.class_probs.chunks_exact(1000).map(|row| {
+        row.iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap()
+            .0
+    });
+    assert!(best.map(|i| classes[i]).any(|c| c == "espresso"));
+
+    let again = run();
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        err.contains("0 extracted, 2 already in the store, 1 failed"),
+        "{err}"
+    );
+}

@@ -105,6 +105,29 @@ impl Preprocess {
         image::imageops::crop_imm(&resized, left, top, crop, crop).to_image()
     }
 
+    /// Resizes so the shorter side is `shorter` pixels, keeping the aspect ratio, without cropping
+    /// (region extraction needs the whole image).
+    pub fn resize_shorter(image: &RgbImage, shorter: u32) -> RgbImage {
+        let (w, h) = image.dimensions();
+        let scale = shorter as f64 / w.min(h).max(1) as f64;
+        let (nw, nh) = (
+            ((w as f64 * scale).round() as u32).max(1),
+            ((h as f64 * scale).round() as u32).max(1),
+        );
+        DynamicImage::ImageRgb8(image.clone())
+            .resize_exact(nw, nh, FilterType::Triangle)
+            .to_rgb8()
+    }
+
+    /// One image as a normalised `[1, 3, H, W]` tensor, without resizing.
+    pub fn tensor(&self, image: &RgbImage, device: &Device) -> Tensor<4> {
+        let (w, h) = image.dimensions();
+        Tensor::from_data(
+            TensorData::new(self.normalize(image), [1, 3, h as usize, w as usize]),
+            device,
+        )
+    }
+
     /// Normalised CHW values of an already resized/cropped image.
     pub fn normalize(&self, image: &RgbImage) -> Vec<f32> {
         let (w, h) = image.dimensions();
