@@ -119,6 +119,14 @@ impl Inputs {
         Ok(Tensor::from_data(data.clone(), &self.device))
     }
 
+    /// Replaces `slot` (a default) with the optional input `name` when the fixture has it.
+    fn int2_into(&self, name: &str, slot: &mut Tensor<2, Int>) -> Result<()> {
+        if let Some(t) = self.int2(name)? {
+            *slot = t;
+        }
+        Ok(())
+    }
+
     fn required_int2(&self, name: &str) -> Result<Tensor<2, Int>> {
         self.int2(name)?
             .with_context(|| format!("{}: missing input {name}", self.path.display()))
@@ -240,18 +248,10 @@ fn visual_bert_input(inputs: &Inputs) -> Result<VisualBertInput> {
         inputs.required_int2("input_ids")?,
         inputs.float3("visual_embeds")?,
     );
-    if let Some(t) = inputs.int2("attention_mask")? {
-        input.attention_mask = t;
-    }
-    if let Some(t) = inputs.int2("token_type_ids")? {
-        input.token_type_ids = t;
-    }
-    if let Some(t) = inputs.int2("visual_attention_mask")? {
-        input.visual_attention_mask = t;
-    }
-    if let Some(t) = inputs.int2("visual_token_type_ids")? {
-        input.visual_token_type_ids = t;
-    }
+    inputs.int2_into("attention_mask", &mut input.attention_mask)?;
+    inputs.int2_into("token_type_ids", &mut input.token_type_ids)?;
+    inputs.int2_into("visual_attention_mask", &mut input.visual_attention_mask)?;
+    inputs.int2_into("visual_token_type_ids", &mut input.visual_token_type_ids)?;
     Ok(input)
 }
 
@@ -302,15 +302,9 @@ fn vilbert_input(inputs: &Inputs) -> Result<ViLBertInput> {
         inputs.float3("image_feat")?,
         inputs.float3("image_loc")?,
     );
-    if let Some(t) = inputs.int2("token_type_ids")? {
-        input.token_type_ids = t;
-    }
-    if let Some(t) = inputs.int2("attention_mask")? {
-        input.attention_mask = t;
-    }
-    if let Some(t) = inputs.int2("image_attention_mask")? {
-        input.image_attention_mask = t;
-    }
+    inputs.int2_into("token_type_ids", &mut input.token_type_ids)?;
+    inputs.int2_into("attention_mask", &mut input.attention_mask)?;
+    inputs.int2_into("image_attention_mask", &mut input.image_attention_mask)?;
     Ok(input)
 }
 
@@ -371,15 +365,9 @@ fn lxmert_input(inputs: &Inputs) -> Result<LxmertInput> {
         inputs.float3("visual_feats")?,
         inputs.float3("visual_pos")?,
     );
-    if let Some(t) = inputs.int2("token_type_ids")? {
-        input.token_type_ids = t;
-    }
-    if let Some(t) = inputs.int2("attention_mask")? {
-        input.attention_mask = t;
-    }
-    if let Some(t) = inputs.int2("visual_attention_mask")? {
-        input.visual_attention_mask = t;
-    }
+    inputs.int2_into("token_type_ids", &mut input.token_type_ids)?;
+    inputs.int2_into("attention_mask", &mut input.attention_mask)?;
+    inputs.int2_into("visual_attention_mask", &mut input.visual_attention_mask)?;
     Ok(input)
 }
 

@@ -79,12 +79,7 @@ impl Default for BertConfig {
 impl BertConfig {
     /// Reads a HF `config.json`.
     pub fn from_json_file(path: impl AsRef<Path>) -> Result<Self, LoadError> {
-        let config: Self = weights::read_json(path.as_ref())?;
-        config.validate().map_err(|reason| LoadError::Config {
-            path: path.as_ref().to_path_buf(),
-            reason,
-        })?;
-        Ok(config)
+        weights::read_config(path.as_ref(), Self::validate)
     }
 
     /// Checks the values a model can be built from.

@@ -30,6 +30,7 @@ use crate::bert::{BertConfig, BertEmbeddings, Pooler};
 use crate::blocks::{AttentionBlock, FeedForward, LayerDims, TransformerLayer};
 use crate::cross::{CrossAttentionBlock, CrossDims};
 use crate::heads::{MlmHead, PairHead};
+use crate::input::ShapeCheck;
 use crate::mask::HF_MASK_VALUE;
 use crate::weights::{self, LoadError};
 use crate::{AttentionMask, InputError};
@@ -120,12 +121,7 @@ impl Default for LxmertConfig {
 impl LxmertConfig {
     /// Reads a HF `config.json`.
     pub fn from_json_file(path: impl AsRef<Path>) -> Result<Self, LoadError> {
-        let config: Self = weights::read_json(path.as_ref())?;
-        config.validate().map_err(|reason| LoadError::Config {
-            path: path.as_ref().to_path_buf(),
-            reason,
-        })?;
-        Ok(config)
+        weights::read_config(path.as_ref(), Self::validate)
     }
 
     /// Checks the values a model can be built from.
@@ -376,47 +372,29 @@ impl LxmertModel {
         let want_width = self.encoder.visn_fc.visn_fc.weight.dims()[0];
         let pos_width = self.encoder.visn_fc.box_fc.weight.dims()[0];
         let max_text = self.embeddings.position_embeddings.weight.dims()[0];
-        let mut problems = Vec::new();
-        if fb != batch {
-            problems.push(format!(
-                "visual_feats batch {fb} != input_ids batch {batch}"
-            ));
-        }
-        if width != want_width {
-            problems.push(format!(
-                "visual_feats width {width} != visual_feat_dim {want_width}"
-            ));
-        }
-        if text > max_text {
-            problems.push(format!(
-                "{text} text tokens exceed max_position_embeddings {max_text}"
-            ));
-        }
-        for (name, dims, want) in [
-            ("token_type_ids", input.token_type_ids.dims(), [batch, text]),
-            ("attention_mask", input.attention_mask.dims(), [batch, text]),
-            (
-                "visual_attention_mask",
-                input.visual_attention_mask.dims(),
-                [batch, regions],
-            ),
-        ] {
-            if dims != want {
-                problems.push(format!("{name} has shape {dims:?}, expected {want:?}"));
-            }
-        }
-        if input.visual_pos.dims() != [batch, regions, pos_width] {
-            problems.push(format!(
-                "visual_pos has shape {:?}, expected {:?}",
-                input.visual_pos.dims(),
-                [batch, regions, pos_width]
-            ));
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(InputError::new("LxmertModel", problems))
-        }
+        let mut check = ShapeCheck::new("LxmertModel");
+        check.require(fb == batch, || {
+            format!("visual_feats batch {fb} != input_ids batch {batch}")
+        });
+        check.require(width == want_width, || {
+            format!("visual_feats width {width} != visual_feat_dim {want_width}")
+        });
+        check.require(text <= max_text, || {
+            format!("{text} text tokens exceed max_position_embeddings {max_text}")
+        });
+        check.dims("token_type_ids", input.token_type_ids.dims(), [batch, text]);
+        check.dims("attention_mask", input.attention_mask.dims(), [batch, text]);
+        check.dims(
+            "visual_attention_mask",
+            input.visual_attention_mask.dims(),
+            [batch, regions],
+        );
+        check.dims(
+            "visual_pos",
+            input.visual_pos.dims(),
+            [batch, regions, pos_width],
+        );
+        check.finish()
     }
 
     /// Encodes; shape problems are returned as errors.

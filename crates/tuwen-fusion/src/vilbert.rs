@@ -32,6 +32,7 @@ use crate::bert::{BertConfig, BertEmbeddings};
 use crate::blocks::{FeedForward, LayerDims, TransformerLayer};
 use crate::cross::{CrossAttentionBlock, CrossDims};
 use crate::heads::{MlmHead, PairHead};
+use crate::input::ShapeCheck;
 use crate::mask::BERT_MASK_VALUE;
 use crate::weights::{self, LoadError};
 use crate::{AttentionMask, InputError};
@@ -146,12 +147,7 @@ impl Default for ViLBertConfig {
 impl ViLBertConfig {
     /// Reads a reference-style JSON config.
     pub fn from_json_file(path: impl AsRef<Path>) -> Result<Self, LoadError> {
-        let config: Self = weights::read_json(path.as_ref())?;
-        config.validate().map_err(|reason| LoadError::Config {
-            path: path.as_ref().to_path_buf(),
-            reason,
-        })?;
-        Ok(config)
+        weights::read_config(path.as_ref(), Self::validate)
     }
 
     /// Checks what the reference asserts, plus the options tuwen does not implement.
@@ -628,48 +624,28 @@ impl ViLBertModel {
         let [fb, regions, width] = input.image_feat.dims();
         let want_width = self.v_embeddings.image_embeddings.weight.dims()[0];
         let max_text = self.embeddings.position_embeddings.weight.dims()[0];
-        let mut problems = Vec::new();
-        if fb != batch {
-            problems.push(format!("image_feat batch {fb} != input_ids batch {batch}"));
-        }
-        if width != want_width {
-            problems.push(format!(
-                "image_feat width {width} != v_feature_size {want_width}"
-            ));
-        }
-        if text > max_text {
-            problems.push(format!(
-                "{text} text tokens exceed max_position_embeddings {max_text}"
-            ));
-        }
-        if regions == 0 {
-            problems.push("at least one region (the global image token) is required".into());
-        }
-        let loc = input.image_loc.dims();
-        if loc != [batch, regions, 5] {
-            problems.push(format!(
-                "image_loc has shape {loc:?}, expected {:?}",
-                [batch, regions, 5]
-            ));
-        }
-        for (name, dims, want) in [
-            ("token_type_ids", input.token_type_ids.dims(), [batch, text]),
-            ("attention_mask", input.attention_mask.dims(), [batch, text]),
-            (
-                "image_attention_mask",
-                input.image_attention_mask.dims(),
-                [batch, regions],
-            ),
-        ] {
-            if dims != want {
-                problems.push(format!("{name} has shape {dims:?}, expected {want:?}"));
-            }
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(InputError::new("ViLBertModel", problems))
-        }
+        let mut check = ShapeCheck::new("ViLBertModel");
+        check.require(fb == batch, || {
+            format!("image_feat batch {fb} != input_ids batch {batch}")
+        });
+        check.require(width == want_width, || {
+            format!("image_feat width {width} != v_feature_size {want_width}")
+        });
+        check.require(text <= max_text, || {
+            format!("{text} text tokens exceed max_position_embeddings {max_text}")
+        });
+        check.require(regions > 0, || {
+            "at least one region (the global image token) is required".into()
+        });
+        check.dims("image_loc", input.image_loc.dims(), [batch, regions, 5]);
+        check.dims("token_type_ids", input.token_type_ids.dims(), [batch, text]);
+        check.dims("attention_mask", input.attention_mask.dims(), [batch, text]);
+        check.dims(
+            "image_attention_mask",
+            input.image_attention_mask.dims(),
+            [batch, regions],
+        );
+        check.finish()
     }
 
     /// Encodes; shape problems are returned as errors.

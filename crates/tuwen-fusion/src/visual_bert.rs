@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bert::{BertConfig, BertEmbeddings, BertEncoder, Pooler};
 use crate::heads::{MlmHead, PairHead};
+use crate::input::ShapeCheck;
 use crate::mask::HF_MASK_VALUE;
 use crate::weights::{self, LoadError};
 use crate::{AttentionMask, InputError};
@@ -85,12 +86,7 @@ impl Default for VisualBertConfig {
 impl VisualBertConfig {
     /// Reads a HF `config.json`.
     pub fn from_json_file(path: impl AsRef<Path>) -> Result<Self, LoadError> {
-        let config: Self = weights::read_json(path.as_ref())?;
-        config.validate().map_err(|reason| LoadError::Config {
-            path: path.as_ref().to_path_buf(),
-            reason,
-        })?;
-        Ok(config)
+        weights::read_config(path.as_ref(), Self::validate)
     }
 
     /// Checks the values a model can be built from.
@@ -230,69 +226,52 @@ impl VisualBertModel {
         let emb = &self.embeddings;
         let want_width = emb.visual_projection.weight.dims()[0];
         let max_text = emb.text.position_embeddings.weight.dims()[0];
-        let mut problems = Vec::new();
-        if vb != batch {
-            problems.push(format!(
-                "visual_embeds batch {vb} != input_ids batch {batch}"
-            ));
-        }
-        if width != want_width {
-            problems.push(format!(
-                "visual_embeds width {width} != visual_embedding_dim {want_width}"
-            ));
-        }
-        if text > max_text {
-            problems.push(format!(
-                "{text} text tokens exceed max_position_embeddings {max_text}"
-            ));
-        }
-        for (name, dims, want) in [
-            ("token_type_ids", input.token_type_ids.dims(), [batch, text]),
-            ("attention_mask", input.attention_mask.dims(), [batch, text]),
-            (
-                "visual_attention_mask",
-                input.visual_attention_mask.dims(),
-                [batch, regions],
-            ),
-            (
-                "visual_token_type_ids",
-                input.visual_token_type_ids.dims(),
-                [batch, regions],
-            ),
-        ] {
-            if dims != want {
-                problems.push(format!("{name} has shape {dims:?}, expected {want:?}"));
-            }
-        }
+        let mut check = ShapeCheck::new("VisualBertModel");
+        check.require(vb == batch, || {
+            format!("visual_embeds batch {vb} != input_ids batch {batch}")
+        });
+        check.require(width == want_width, || {
+            format!("visual_embeds width {width} != visual_embedding_dim {want_width}")
+        });
+        check.require(text <= max_text, || {
+            format!("{text} text tokens exceed max_position_embeddings {max_text}")
+        });
+        check.dims("token_type_ids", input.token_type_ids.dims(), [batch, text]);
+        check.dims("attention_mask", input.attention_mask.dims(), [batch, text]);
+        check.dims(
+            "visual_attention_mask",
+            input.visual_attention_mask.dims(),
+            [batch, regions],
+        );
+        check.dims(
+            "visual_token_type_ids",
+            input.visual_token_type_ids.dims(),
+            [batch, regions],
+        );
         match (&emb.visual_location, &input.visual_locations) {
             (Some(loc), Some(boxes)) => {
-                let want = [batch, regions, loc.weight.dims()[0]];
-                if boxes.dims() != want {
-                    problems.push(format!(
-                        "visual_locations has shape {:?}, expected {want:?}",
-                        boxes.dims()
-                    ));
-                }
+                check.dims(
+                    "visual_locations",
+                    boxes.dims(),
+                    [batch, regions, loc.weight.dims()[0]],
+                );
             }
             (None, None) => {}
-            (Some(_), None) => problems
-                .push("this model has a location encoding: visual_locations is required".into()),
-            (None, Some(_)) => {
-                problems.push("visual_locations given to a model without location encoding".into())
-            }
+            (Some(_), None) => check.require(false, || {
+                "this model has a location encoding: visual_locations is required".into()
+            }),
+            (None, Some(_)) => check.require(false, || {
+                "visual_locations given to a model without location encoding".into()
+            }),
         }
         if let Some(mask) = &input.mask {
             let total = text + regions;
             let [mb, _, q, k] = mask.bias().dims();
-            if mb != batch || k != total || (q != 1 && q != total) {
-                problems.push(format!("mask has shape [{mb}, _, {q}, {k}], expected [{batch}, _, {total} or 1, {total}]"));
-            }
+            check.require(mb == batch && k == total && (q == 1 || q == total), || {
+                format!("mask has shape [{mb}, _, {q}, {k}], expected [{batch}, _, {total} or 1, {total}]")
+            });
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(InputError::new("VisualBertModel", problems))
-        }
+        check.finish()
     }
 
     /// Encodes text and regions; [`VisualBertModel::check_input`] errors are returned.

@@ -1,7 +1,9 @@
 //! The HF / reference -> tuwen weight-name mapping of every fusion model, kept in one place.
 //! The strict loading machinery is `tuwen-weights`, re-exported here.
 
-pub use tuwen_weights::{HfMapping, LoadError, load_hf, load_renamed, read_json, read_tensors};
+pub use tuwen_weights::{
+    HfMapping, LoadError, load_hf, load_renamed, read_config, read_json, read_tensors,
+};
 
 /// Renames shared by every BERT-style encoder stack: HF `encoder.layer.N.{attention.self,
 /// attention.output, intermediate, output}` -> tuwen `encoder.layers.N.{attention.self_attn,

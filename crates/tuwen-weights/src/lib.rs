@@ -68,6 +68,19 @@ pub struct HfMapping {
     pub unused_by_design: &'static [&'static str],
 }
 
+/// Reads a JSON config and checks it with `validate`; both failures name the file.
+pub fn read_config<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    validate: impl Fn(&T) -> Result<(), String>,
+) -> Result<T, LoadError> {
+    let config: T = read_json(path)?;
+    validate(&config).map_err(|reason| LoadError::Config {
+        path: path.to_path_buf(),
+        reason,
+    })?;
+    Ok(config)
+}
+
 /// Reads a JSON config file.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, LoadError> {
     let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
