@@ -1,0 +1,42 @@
+//! Pretraining and task objectives over tuwen's fusion encoders.
+//!
+//! * [`mlm`] — masked language modelling: BERT's 15% / 80-10-10 masking (seeded, never special
+//!   tokens or padding) and a loss computed only at masked positions (hidden states are gathered
+//!   BEFORE the vocabulary projection of the tied head).
+//! * [`itm`] — image-text matching with the label polarity as a type ([`itm::MatchLabel`]) and
+//!   explicit conversion for each head's convention, random and ITC-hard negatives.
+//! * [`itc`] — contrastive alignment (CLIP/ALBEF): projections, learnable clamped temperature,
+//!   symmetric InfoNCE.
+//! * [`vqa`] — soft-score answer classification (BCE scaled by the number of answers).
+//!
+//! Every loss returns a [`LossOutput`]: a batch with nothing to learn from (no masked token, no
+//! positive) gives a zero loss and `empty = true`, never NaN.
+
+pub mod itc;
+pub mod itm;
+pub mod mlm;
+pub mod vqa;
+
+use burn::tensor::{Device, Tensor};
+
+/// A loss value with how many items it averages over.
+#[derive(Clone, Debug)]
+pub struct LossOutput {
+    /// Scalar loss `[1]` (zero when `empty`).
+    pub loss: Tensor<1>,
+    /// Items the loss averages over (masked tokens, pairs, questions).
+    pub count: usize,
+    /// True when the batch had nothing to learn from; `loss` is then an exact zero.
+    pub empty: bool,
+}
+
+impl LossOutput {
+    /// The zero loss of an empty batch.
+    pub fn empty(device: &Device) -> Self {
+        Self {
+            loss: Tensor::zeros([1], device),
+            count: 0,
+            empty: true,
+        }
+    }
+}

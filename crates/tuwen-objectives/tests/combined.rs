@@ -1,0 +1,195 @@
+//! Objectives combined on real encoders: forward + backward of a whole pretraining step on every
+//! backend (Flex, ndarray, wgpu), finite and reaching every head.
+
+use burn::tensor::{Int, Tensor, TensorData};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tuwen_fusion::{BertConfig, ViLBertConfig, ViLBertInput, VisualBertConfig, VisualBertInput};
+use tuwen_objectives::itc::{ItcConfig, ItcHead};
+use tuwen_objectives::itm::{MatchLabel, Polarity, itm_loss, random_negatives};
+use tuwen_objectives::mlm::{MaskingConfig, mask_tokens, mlm_loss};
+use tuwen_testkit::devices;
+
+const B: usize = 3;
+const T: usize = 6;
+const V: usize = 4;
+
+fn ids() -> Vec<i64> {
+    (0..B * T)
+        .map(|i| {
+            if i % T == 0 {
+                2
+            } else if i % T == T - 1 {
+                3
+            } else {
+                5 + (i * 7 % 40) as i64
+            }
+        })
+        .collect()
+}
+
+fn finite(x: f32, what: &str) -> f32 {
+    assert!(x.is_finite(), "{what} is not finite");
+    x
+}
+
+#[test]
+fn mlm_itm_itc_step_on_vilbert_and_mlm_itm_on_visual_bert() {
+    for backend in devices("mlm_itm_itc_step_on_vilbert_and_mlm_itm_on_visual_bert") {
+        let device = backend.device.clone().autodiff();
+        let mut rng = StdRng::seed_from_u64(1);
+        let raw = ids();
+        let attention = vec![1i64; B * T];
+        let masking = MaskingConfig {
+            mask_prob: 0.5,
+            ..MaskingConfig::default()
+        };
+        let masked = mask_tokens(
+            &raw,
+            &attention,
+            &[0, 1, 2, 3, 4],
+            50,
+            4,
+            &masking,
+            &mut rng,
+        );
+        assert!(!masked.positions.is_empty());
+        let input_ids =
+            Tensor::<2, Int>::from_data(TensorData::new(masked.input_ids.clone(), [B, T]), &device);
+        // ITM: rows 1.. are treated as mismatched pairs (their captions would be swapped for
+        // random negatives by a batcher); row 0 is a matched pair.
+        assert!(random_negatives(B, &mut rng).is_some());
+        let labels: Vec<MatchLabel> = (0..B)
+            .map(|i| {
+                if i == 0 {
+                    MatchLabel::Match
+                } else {
+                    MatchLabel::Mismatch
+                }
+            })
+            .collect();
+
+        // Two-stream: ViLBERT with MLM + ITM (ViLBERT polarity) + ITC on the pooled vectors.
+        let config = ViLBertConfig {
+            vocab_size: 50,
+            hidden_size: 16,
+            num_hidden_layers: 2,
+            num_attention_heads: 2,
+            intermediate_size: 24,
+            max_position_embeddings: 16,
+            v_feature_size: 10,
+            v_hidden_size: 12,
+            v_num_hidden_layers: 1,
+            v_num_attention_heads: 2,
+            v_intermediate_size: 12,
+            v_biattention_id: vec![1],
+            t_biattention_id: vec![1],
+            v_target_size: 7,
+            bi_hidden_size: 8,
+            bi_num_attention_heads: 2,
+            ..ViLBertConfig::default()
+        };
+        let model = config.init_pretraining(&device);
+        let itc = ItcHead::new(
+            8,
+            8,
+            &ItcConfig {
+                embed_dim: 6,
+                ..ItcConfig::default()
+            },
+            &device,
+        );
+        let feats = Tensor::<3>::random([B, V, 10], burn::tensor::Distribution::Default, &device);
+        let locs = Tensor::<3>::random([B, V, 5], burn::tensor::Distribution::Default, &device);
+        let out = model.forward(ViLBertInput::new(input_ids.clone(), feats, locs));
+        let words = model.bert.embeddings.word_embeddings.weight.val();
+        let mlm = mlm_loss(
+            &model.mlm,
+            out.encoder.sequence_output_t.clone(),
+            words,
+            &masked.positions,
+            &masked.labels,
+            None,
+        );
+        let (itm, _) = itm_loss(
+            out.seq_relationship_score.clone(),
+            &labels,
+            Polarity::VILBERT,
+        );
+        let contrast = itc.forward(
+            out.encoder.pooled_output_v.clone(),
+            out.encoder.pooled_output_t.clone(),
+        );
+        let total = mlm.loss.loss + itm.loss + contrast.loss.loss;
+        finite(total.clone().into_scalar::<f32>(), "ViLBERT loss");
+        let grads = total.backward();
+        for (name, grad) in [
+            ("mlm head", model.mlm.dense.weight.val().grad(&grads)),
+            ("itm head", model.itm.classifier.weight.val().grad(&grads)),
+            (
+                "co-attention",
+                model.bert.encoder.c_layers[0]
+                    .image_to_text
+                    .attention
+                    .query
+                    .weight
+                    .val()
+                    .grad(&grads),
+            ),
+            ("itc projection", itc.image_proj.weight.val().grad(&grads)),
+        ] {
+            let g = grad.unwrap_or_else(|| panic!("[{}] no gradient for {name}", backend.name));
+            finite(g.abs().sum().into_scalar::<f32>(), name);
+        }
+
+        // Single-stream: VisualBERT with MLM (masked positions of the text part) + ITM.
+        let vb = VisualBertConfig {
+            bert: BertConfig {
+                vocab_size: 50,
+                hidden_size: 16,
+                num_hidden_layers: 2,
+                num_attention_heads: 2,
+                intermediate_size: 24,
+                max_position_embeddings: 16,
+                ..BertConfig::default()
+            },
+            visual_embedding_dim: 10,
+            ..VisualBertConfig::default()
+        }
+        .init_pretraining(&device);
+        let regions = Tensor::<3>::random([B, V, 10], burn::tensor::Distribution::Default, &device);
+        let out = vb.forward(VisualBertInput::new(input_ids, regions));
+        let text = out.encoder.last_hidden_state.clone().narrow(1, 0, T);
+        let words = vb.visual_bert.embeddings.text.word_embeddings.weight.val();
+        let mlm = mlm_loss(
+            &vb.mlm,
+            text,
+            words,
+            &masked.positions,
+            &masked.labels,
+            Some(0.1),
+        );
+        let (itm, _) = itm_loss(out.seq_relationship_logits, &labels, Polarity::VISUAL_BERT);
+        let total = mlm.loss.loss + itm.loss;
+        finite(total.clone().into_scalar::<f32>(), "VisualBERT loss");
+        let grads = total.backward();
+        assert!(
+            vb.sentence_image
+                .classifier
+                .weight
+                .val()
+                .grad(&grads)
+                .is_some()
+        );
+        assert!(
+            vb.visual_bert
+                .embeddings
+                .visual_projection
+                .weight
+                .val()
+                .grad(&grads)
+                .is_some()
+        );
+        println!("[{}] combined steps ok", backend.name);
+    }
+}
