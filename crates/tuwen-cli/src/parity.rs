@@ -11,12 +11,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use tuwen_fusion::heads::MlmHead;
 use tuwen_fusion::mask::HF_MASK_VALUE;
 use tuwen_fusion::weights::read_tensors;
 use tuwen_fusion::{
     AttentionMask, BertConfig, LxmertConfig, LxmertInput, ViLBertConfig, ViLBertInput,
     VisualBertConfig, VisualBertInput,
 };
+use tuwen_objectives::itm::{MatchLabel, Polarity, itm_loss};
+use tuwen_objectives::mlm::{IGNORE, mlm_loss};
 use tuwen_regions::RoiAlign;
 use tuwen_vision::Backbone;
 
@@ -125,6 +128,18 @@ impl Inputs {
             *slot = t;
         }
         Ok(())
+    }
+
+    /// An optional integer input as host values (label arguments).
+    fn host_i64(&self, name: &str) -> Result<Option<Vec<i64>>> {
+        self.tensors
+            .get(name)
+            .map(|data| {
+                data.clone()
+                    .try_into_vec_as::<i64>()
+                    .map_err(|e| anyhow::anyhow!("{}: {name}: {e:?}", self.path.display()))
+            })
+            .transpose()
     }
 
     fn required_int2(&self, name: &str) -> Result<Tensor<2, Int>> {
@@ -280,8 +295,28 @@ fn visual_bert_pretraining(
     let model = VisualBertConfig::from_json_file(config)?
         .init_pretraining(device)
         .load_hf_safetensors(weights)?;
-    let out = model.forward(visual_bert_input(inputs)?);
-    Ok(BTreeMap::from([
+    let input = visual_bert_input(inputs)?;
+    model.visual_bert.check_input(&input)?;
+    let out = model.forward(input);
+    let words = model
+        .visual_bert
+        .embeddings
+        .text
+        .word_embeddings
+        .weight
+        .val();
+    let loss = pretraining_loss(
+        inputs,
+        &model.mlm,
+        out.encoder.last_hidden_state.clone(),
+        words,
+        (
+            "sentence_image_labels",
+            out.seq_relationship_logits.clone(),
+            Polarity::VISUAL_BERT,
+        ),
+    )?;
+    let mut outputs = BTreeMap::from([
         ("prediction_logits", out.prediction_logits.into_data()),
         (
             "seq_relationship_logits",
@@ -292,7 +327,11 @@ fn visual_bert_pretraining(
             out.encoder.last_hidden_state.into_data(),
         ),
         ("pooler_output", out.encoder.pooler_output.into_data()),
-    ]))
+    ]);
+    if let Some(loss) = loss {
+        outputs.insert("loss", loss);
+    }
+    Ok(outputs)
 }
 
 /// Reference `BertModel.forward` arguments of `vilbert.py`, with its defaults.
@@ -400,6 +439,18 @@ fn lxmert_pretraining(
     let input = lxmert_input(inputs)?;
     model.lxmert.check_input(&input)?;
     let out = model.forward(input);
+    let words = model.lxmert.embeddings.word_embeddings.weight.val();
+    let loss = pretraining_loss(
+        inputs,
+        &model.mlm,
+        out.encoder.language_output.clone(),
+        words,
+        (
+            "matched_label",
+            out.cross_relationship_score.clone(),
+            Polarity::LXMERT,
+        ),
+    )?;
     let mut outputs = BTreeMap::from([
         ("prediction_logits", out.prediction_logits.into_data()),
         (
@@ -412,6 +463,9 @@ fn lxmert_pretraining(
     ]);
     if let Some(qa) = out.question_answering_score {
         outputs.insert("question_answering_score", qa.into_data());
+    }
+    if let Some(loss) = loss {
+        outputs.insert("loss", loss);
     }
     Ok(outputs)
 }
@@ -458,4 +512,35 @@ fn roi_align(config: &serde_json::Value, inputs: &Inputs) -> Result<Outputs> {
     let boxes = Tensor::<2>::from_data(boxes.clone(), &inputs.device);
     let output = op.forward(inputs.float4("input")?, boxes)?;
     Ok(BTreeMap::from([("output", output.into_data())]))
+}
+
+/// The HF pretraining loss when the fixture carries label arguments: MLM cross-entropy over the
+/// positions whose `labels` are not -100, plus the 2-way matching cross-entropy when the matching
+/// labels (`pair.0`, in the head's own index convention `pair.2`) are given. `None` without labels.
+fn pretraining_loss(
+    inputs: &Inputs,
+    head: &MlmHead,
+    hidden: Tensor<3>,
+    word_embeddings: Tensor<2>,
+    pair: (&str, Tensor<2>, Polarity),
+) -> Result<Option<TensorData>> {
+    let (pair_name, pair_logits, polarity) = pair;
+    let mlm = inputs.host_i64("labels")?.map(|labels| {
+        let positions: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] != IGNORE).collect();
+        mlm_loss(head, hidden, word_embeddings, &positions, &labels, None)
+            .loss
+            .loss
+    });
+    let matching = inputs.host_i64(pair_name)?.map(|ids| {
+        let labels: Vec<MatchLabel> = ids.iter().map(|&i| polarity.label(i)).collect();
+        itm_loss(pair_logits, &labels, polarity).0.loss
+    });
+    let total = match (mlm, matching) {
+        (Some(a), Some(b)) => Some(a + b),
+        (a, b) => a.or(b),
+    };
+    Ok(total.map(|t| {
+        let value: f32 = t.into_scalar();
+        TensorData::new(vec![value], Vec::<usize>::new())
+    }))
 }
