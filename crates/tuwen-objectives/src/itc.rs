@@ -84,11 +84,7 @@ impl ItcHead {
                 similarity,
             };
         }
-        let targets = Tensor::<1, Int>::arange(0..b as i64, &device);
-        let ce = CrossEntropyLossConfig::new().init(&device);
-        let loss = (ce.forward(similarity.clone(), targets.clone())
-            + ce.forward(similarity.clone().transpose(), targets))
-        .div_scalar(2.0);
+        let loss = symmetric_infonce(similarity.clone());
         ItcOutput {
             loss: LossOutput {
                 loss,
@@ -98,6 +94,17 @@ impl ItcHead {
             similarity,
         }
     }
+}
+
+/// Symmetric InfoNCE of a `[B, B]` similarity matrix whose diagonal holds the positives:
+/// the mean of the image->text and text->image cross-entropies.
+pub fn symmetric_infonce(similarity: Tensor<2>) -> Tensor<1> {
+    let device = similarity.device();
+    let [b, _] = similarity.dims();
+    let targets = Tensor::<1, Int>::arange(0..b as i64, &device);
+    let ce = CrossEntropyLossConfig::new().init(&device);
+    (ce.forward(similarity.clone(), targets.clone()) + ce.forward(similarity.transpose(), targets))
+        .div_scalar(2.0)
 }
 
 /// Rows scaled to unit L2 norm (eps 1e-12, as `F.normalize`).

@@ -7,6 +7,8 @@
 //!   explicit conversion for each head's convention, random and ITC-hard negatives.
 //! * [`itc`] — contrastive alignment (CLIP/ALBEF): projections, learnable clamped temperature,
 //!   symmetric InfoNCE.
+//! * [`mrm`] — masked region modelling: region masking (ViLBERT / LXMERT recipes), MRFR, MRC-KL, MRC.
+//! * [`ot`] — word-region alignment by optimal transport (UNITER's IPOT), in f32.
 //! * [`vqa`] — soft-score answer classification (BCE scaled by the number of answers).
 //!
 //! Every loss returns a [`LossOutput`]: a batch with nothing to learn from (no masked token, no
@@ -15,6 +17,8 @@
 pub mod itc;
 pub mod itm;
 pub mod mlm;
+pub mod mrm;
+pub mod ot;
 pub mod vqa;
 
 use burn::tensor::{Device, Tensor};

@@ -308,3 +308,63 @@ fn vqa_soft_bce_matches_the_formula_and_its_gradient() {
         "argmax answers 2 and 1 score 0.0 and 1.0: {acc}"
     );
 }
+
+#[test]
+fn region_masking_follows_the_recipes_and_never_touches_padding_or_the_global_token() {
+    use tuwen_objectives::mrm::{RegionMaskingConfig, mask_regions};
+    let (batch, regions, dim) = (300, 20, 3);
+    let features: Vec<f32> = (0..batch * regions * dim).map(|i| 1.0 + i as f32).collect();
+    let mask: Vec<i64> = (0..batch * regions)
+        .map(|i| i64::from(i % regions < 16))
+        .collect();
+    for config in [RegionMaskingConfig::VILBERT, RegionMaskingConfig::LXMERT] {
+        let out = mask_regions(
+            &features,
+            &mask,
+            batch,
+            dim,
+            true,
+            &config,
+            &mut StdRng::seed_from_u64(4),
+        );
+        let eligible = mask
+            .iter()
+            .enumerate()
+            .filter(|&(i, &m)| m == 1 && i % regions != 0)
+            .count();
+        let rate = out.positions.len() as f64 / eligible as f64;
+        assert!((rate - 0.15).abs() < 0.015, "rate {rate}");
+        let (mut zeroed, mut kept, mut swapped) = (0, 0, 0);
+        for &p in &out.positions {
+            assert!(
+                mask[p] == 1 && p % regions != 0,
+                "padding or global token masked"
+            );
+            let row = &out.features[p * dim..(p + 1) * dim];
+            if row.iter().all(|&x| x == 0.0) {
+                zeroed += 1;
+            } else if row == &features[p * dim..(p + 1) * dim] {
+                kept += 1;
+            } else {
+                swapped += 1;
+            }
+        }
+        let n = out.positions.len() as f64;
+        assert!(
+            (zeroed as f64 / n - config.zero_prob).abs() < 0.04,
+            "{config:?}: zeroed {}",
+            zeroed as f64 / n
+        );
+        assert!(
+            (swapped as f64 / n - config.swap_prob).abs() < 0.04,
+            "{config:?}: swapped {}",
+            swapped as f64 / n
+        );
+        assert!(kept > 0);
+        for (i, (a, b)) in out.features.iter().zip(&features).enumerate() {
+            if !out.positions.contains(&(i / dim)) {
+                assert_eq!(a, b, "an unchosen region changed");
+            }
+        }
+    }
+}

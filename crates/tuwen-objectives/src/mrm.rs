@@ -1,0 +1,147 @@
+//! Masked region modelling: regions are masked (zeroed, swapped with another image's feature, or
+//! kept) and the model predicts them back, by feature regression (MRFR, MSE to the original
+//! feature), by matching the extractor's class distribution (MRC-KL) or its hard label (MRC).
+//! Losses are computed only at masked regions.
+
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Int, Tensor};
+use rand::Rng;
+
+use crate::LossOutput;
+use crate::mlm::int_tensor;
+
+/// Region masking probabilities.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RegionMaskingConfig {
+    /// Fraction of real regions chosen.
+    pub mask_prob: f64,
+    /// Of the chosen: fraction whose feature is zeroed.
+    pub zero_prob: f64,
+    /// Of the chosen: fraction whose feature is replaced by a region of another image of the
+    /// batch; the rest are kept unchanged.
+    pub swap_prob: f64,
+}
+
+impl RegionMaskingConfig {
+    /// ViLBERT: 15%; 90% zeroed, 10% kept.
+    pub const VILBERT: Self = Self {
+        mask_prob: 0.15,
+        zero_prob: 0.9,
+        swap_prob: 0.0,
+    };
+    /// LXMERT: 15%; 80% zeroed, 10% another image's feature, 10% kept.
+    pub const LXMERT: Self = Self {
+        mask_prob: 0.15,
+        zero_prob: 0.8,
+        swap_prob: 0.1,
+    };
+}
+
+/// Masked region features, row-major `[batch, regions, dim]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MaskedRegions {
+    /// Features after masking.
+    pub features: Vec<f32>,
+    /// Flat indices (`image * regions + region`) of the chosen regions, ascending.
+    pub positions: Vec<usize>,
+}
+
+/// Masks regions of `features` (`[batch * regions * dim]`). Padded regions (`region_mask == 0`)
+/// and, with `skip_first`, region 0 of every image (ViLBERT's global token) are never chosen.
+pub fn mask_regions(
+    features: &[f32],
+    region_mask: &[i64],
+    batch: usize,
+    dim: usize,
+    skip_first: bool,
+    config: &RegionMaskingConfig,
+    rng: &mut impl Rng,
+) -> MaskedRegions {
+    let regions = region_mask.len() / batch.max(1);
+    let mut out = MaskedRegions {
+        features: features.to_vec(),
+        positions: Vec::new(),
+    };
+    for (flat, &real) in region_mask.iter().enumerate() {
+        let (image, region) = (flat / regions, flat % regions);
+        if real == 0 || (skip_first && region == 0) || !rng.random_bool(config.mask_prob) {
+            continue;
+        }
+        out.positions.push(flat);
+        let row = flat * dim..(flat + 1) * dim;
+        let r: f64 = rng.random();
+        if r < config.zero_prob {
+            out.features[row].fill(0.0);
+        } else if r < config.zero_prob + config.swap_prob && batch > 1 {
+            let other = (image + rng.random_range(1..batch)) % batch;
+            let candidates: Vec<usize> = (0..regions)
+                .filter(|&j| region_mask[other * regions + j] != 0)
+                .collect();
+            if let Some(&j) = candidates.get(rng.random_range(0..candidates.len().max(1))) {
+                let src = (other * regions + j) * dim;
+                let copy = features[src..src + dim].to_vec();
+                out.features[row].copy_from_slice(&copy);
+            }
+        }
+    }
+    out
+}
+
+fn gather(x: Tensor<3>, positions: &[usize]) -> Tensor<2> {
+    let [b, v, d] = x.dims();
+    let device = x.device();
+    x.reshape([b * v, d]).select(
+        0,
+        int_tensor(positions.iter().map(|&p| p as i64).collect(), &device),
+    )
+}
+
+/// MRFR: mean squared error between predicted `[B, V, D]` and original features at `positions`.
+pub fn mrfr_loss(predicted: Tensor<3>, original: Tensor<3>, positions: &[usize]) -> LossOutput {
+    if positions.is_empty() {
+        return LossOutput::empty(&predicted.device());
+    }
+    let diff = gather(predicted, positions) - gather(original.detach(), positions);
+    LossOutput {
+        loss: diff.powf_scalar(2.0).mean().reshape([1]),
+        count: positions.len(),
+        empty: false,
+    }
+}
+
+/// MRC-KL: `KL(target || softmax(logits))` summed over classes, averaged over masked regions
+/// (ViLBERT / UNITER), with the extractor's class distributions as targets.
+pub fn mrc_kl_loss(logits: Tensor<3>, target_probs: Tensor<3>, positions: &[usize]) -> LossOutput {
+    if positions.is_empty() {
+        return LossOutput::empty(&logits.device());
+    }
+    let logp = log_softmax(gather(logits, positions), 1);
+    let t = gather(target_probs.detach(), positions);
+    // t * (log t - log p), with 0 log 0 = 0.
+    let log_t = t.clone().clamp_min(1e-30).log();
+    let kl = (t * (log_t - logp)).sum_dim(1);
+    LossOutput {
+        loss: kl.mean().reshape([1]),
+        count: positions.len(),
+        empty: false,
+    }
+}
+
+/// MRC: cross-entropy against the hard label `argmax(target_probs)` at masked regions.
+pub fn mrc_loss(logits: Tensor<3>, target_probs: Tensor<3>, positions: &[usize]) -> LossOutput {
+    let device = logits.device();
+    if positions.is_empty() {
+        return LossOutput::empty(&device);
+    }
+    let targets: Tensor<1, Int> = gather(target_probs, positions)
+        .argmax(1)
+        .reshape([positions.len()]);
+    LossOutput {
+        loss: CrossEntropyLossConfig::new()
+            .init(&device)
+            .forward(gather(logits, positions), targets),
+        count: positions.len(),
+        empty: false,
+    }
+}
