@@ -11,6 +11,8 @@
 //!   [`cross`] holds the cross-attention block it shares with LXMERT.
 //! * [`lxmert`] — the cross-modality encoder (LXMERT) with HF `LxmertModel` /
 //!   `LxmertForPreTraining` import.
+//! * [`decoder`] — a Transformer caption decoder over fused encoder states (T5-style Seq2Seq),
+//!   with tied output projection and greedy generation.
 //! * [`heads`] — pretraining heads (MLM with a decoder tied to the word embeddings, pair heads).
 //! * [`mask`] — attention masks as values (HF convention in, additive bias out).
 //! * [`blocks`] — the Transformer pieces shared by all encoders.
@@ -20,6 +22,7 @@ pub mod attention;
 pub mod bert;
 pub mod blocks;
 pub mod cross;
+pub mod decoder;
 pub mod heads;
 mod input;
 pub mod lxmert;

@@ -7,6 +7,9 @@
 //!   explicit conversion for each head's convention, random and ITC-hard negatives.
 //! * [`itc`] — contrastive alignment (CLIP/ALBEF): projections, learnable clamped temperature,
 //!   symmetric InfoNCE.
+//! * [`lm`] — captioning losses: next-token prediction through the unified seq2seq mask of a
+//!   single-stream encoder (VLP/Oscar), and through a separate decoder (Seq2Seq); label smoothing,
+//!   padding ignored.
 //! * [`mrm`] — masked region modelling: region masking (ViLBERT / LXMERT recipes), MRFR, MRC-KL, MRC.
 //! * [`ot`] — word-region alignment by optimal transport (UNITER's IPOT), in f32.
 //! * [`vqa`] — soft-score answer classification (BCE scaled by the number of answers).
@@ -16,6 +19,7 @@
 
 pub mod itc;
 pub mod itm;
+pub mod lm;
 pub mod mlm;
 pub mod mrm;
 pub mod ot;

@@ -4,10 +4,16 @@
 use burn::tensor::{Int, Tensor, TensorData};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use tuwen_fusion::{BertConfig, ViLBertConfig, ViLBertInput, VisualBertConfig, VisualBertInput};
+use tuwen_fusion::mask::HF_MASK_VALUE;
+use tuwen_fusion::{
+    AttentionMask, BertConfig, UnifiedMode, ViLBertConfig, ViLBertInput, VisualBertConfig,
+    VisualBertInput,
+};
 use tuwen_objectives::itc::{ItcConfig, ItcHead};
 use tuwen_objectives::itm::{MatchLabel, Polarity, itm_loss, random_negatives};
+use tuwen_objectives::lm::lm_loss;
 use tuwen_objectives::mlm::{MaskingConfig, mask_tokens, mlm_loss};
+use tuwen_objectives::mrm::mrc_kl_loss;
 use tuwen_testkit::devices;
 
 const B: usize = 3;
@@ -34,8 +40,8 @@ fn finite(x: f32, what: &str) -> f32 {
 }
 
 #[test]
-fn mlm_itm_itc_step_on_vilbert_and_mlm_itm_on_visual_bert() {
-    for backend in devices("mlm_itm_itc_step_on_vilbert_and_mlm_itm_on_visual_bert") {
+fn mlm_itm_mrm_itc_on_vilbert_and_mlm_itm_lm_on_visual_bert() {
+    for backend in devices("mlm_itm_mrm_itc_on_vilbert_and_mlm_itm_lm_on_visual_bert") {
         let device = backend.device.clone().autodiff();
         let mut rng = StdRng::seed_from_u64(1);
         let raw = ids();
@@ -120,7 +126,17 @@ fn mlm_itm_itc_step_on_vilbert_and_mlm_itm_on_visual_bert() {
             out.encoder.pooled_output_v.clone(),
             out.encoder.pooled_output_t.clone(),
         );
-        let total = mlm.loss.loss + itm.loss + contrast.loss.loss;
+        // MRM: region-class KL at a few (non-global) regions against detector-style distributions.
+        let targets = burn::tensor::activation::softmax(
+            Tensor::<3>::random([B, V, 7], burn::tensor::Distribution::Default, &device),
+            2,
+        );
+        let mrm = mrc_kl_loss(
+            out.prediction_scores_v.clone(),
+            targets,
+            &[1, V + 2, 2 * V + 3],
+        );
+        let total = mlm.loss.loss + itm.loss + contrast.loss.loss + mrm.loss;
         finite(total.clone().into_scalar::<f32>(), "ViLBERT loss");
         let grads = total.backward();
         for (name, grad) in [
@@ -137,6 +153,10 @@ fn mlm_itm_itc_step_on_vilbert_and_mlm_itm_on_visual_bert() {
                     .grad(&grads),
             ),
             ("itc projection", itc.image_proj.weight.val().grad(&grads)),
+            (
+                "region head",
+                model.region_head.decoder.weight.val().grad(&grads),
+            ),
         ] {
             let g = grad.unwrap_or_else(|| panic!("[{}] no gradient for {name}", backend.name));
             finite(g.abs().sum().into_scalar::<f32>(), name);
@@ -170,7 +190,25 @@ fn mlm_itm_itc_step_on_vilbert_and_mlm_itm_on_visual_bert() {
             Some(0.1),
         );
         let (itm, _) = itm_loss(out.seq_relationship_logits, &labels, Polarity::VISUAL_BERT);
-        let total = mlm.loss.loss + itm.loss;
+        // LM: the same encoder under the unified seq2seq mask predicts each next caption token.
+        let mut lm_input = VisualBertInput::new(
+            Tensor::from_data(TensorData::new(raw.clone(), [B, T]), &device),
+            Tensor::<3>::random([B, V, 10], burn::tensor::Distribution::Default, &device),
+        );
+        lm_input.mask = Some(AttentionMask::unified(
+            lm_input.attention_mask.clone(),
+            lm_input.visual_attention_mask.clone(),
+            UnifiedMode::Seq2Seq,
+            HF_MASK_VALUE,
+        ));
+        let lm_hidden = vb
+            .visual_bert
+            .forward(lm_input)
+            .last_hidden_state
+            .narrow(1, 0, T);
+        let words = vb.visual_bert.embeddings.text.word_embeddings.weight.val();
+        let lm = lm_loss(&vb.mlm, lm_hidden, words, &raw, &attention, Some(0.1));
+        let total = mlm.loss.loss + itm.loss + lm.loss.loss;
         finite(total.clone().into_scalar::<f32>(), "VisualBERT loss");
         let grads = total.backward();
         assert!(
