@@ -5,6 +5,8 @@
 //!   BEFORE the vocabulary projection of the tied head).
 //! * [`itm`] — image-text matching with the label polarity as a type ([`itm::MatchLabel`]) and
 //!   explicit conversion for each head's convention, random and ITC-hard negatives.
+//! * [`grounding`] — supervised region-phrase grounding: alignment over regions + box regression
+//!   (smooth-L1 + GIoU).
 //! * [`itc`] — contrastive alignment (CLIP/ALBEF): projections, learnable clamped temperature,
 //!   symmetric InfoNCE.
 //! * [`lm`] — captioning losses: next-token prediction through the unified seq2seq mask of a
@@ -14,12 +16,16 @@
 //! * [`ot`] — word-region alignment by optimal transport (UNITER's IPOT), in f32.
 //! * [`vqa`] — soft-score answer classification (BCE scaled by the number of answers).
 //!
+//! * [`mixing`] — weighted sum per step or task sampling by ratio, every loss logged separately.
+//!
 //! Every loss returns a [`LossOutput`]: a batch with nothing to learn from (no masked token, no
 //! positive) gives a zero loss and `empty = true`, never NaN.
 
+pub mod grounding;
 pub mod itc;
 pub mod itm;
 pub mod lm;
+pub mod mixing;
 pub mod mlm;
 pub mod mrm;
 pub mod ot;
