@@ -197,12 +197,9 @@ impl LxmertConfig {
                     .visual_feat_loss
                     .then(|| LinearConfig::new(h, self.visual_feat_dim).init(device)),
             }),
-            answer_head: self.task_qa.then(|| AnswerHead {
-                dense: LinearConfig::new(h, 2 * h).init(device),
-                activation: Gelu::new(),
-                layer_norm: LayerNormConfig::new(2 * h).with_epsilon(EPS).init(device),
-                classifier: LinearConfig::new(2 * h, self.num_qa_labels).init(device),
-            }),
+            answer_head: self
+                .task_qa
+                .then(|| AnswerHead::new(h, self.num_qa_labels, device)),
         }
     }
 }
@@ -522,6 +519,19 @@ pub struct AnswerHead {
 }
 
 impl AnswerHead {
+    /// A head from `hidden`-wide pooled vectors to `answers` logits (the VQA head of LXMERT and
+    /// VisualBERT: `hidden -> 2 hidden -> GELU -> LayerNorm -> answers`).
+    pub fn new(hidden: usize, answers: usize, device: &Device) -> Self {
+        Self {
+            dense: LinearConfig::new(hidden, 2 * hidden).init(device),
+            activation: Gelu::new(),
+            layer_norm: LayerNormConfig::new(2 * hidden)
+                .with_epsilon(EPS)
+                .init(device),
+            classifier: LinearConfig::new(2 * hidden, answers).init(device),
+        }
+    }
+
     /// Answer logits `[B, num_qa_labels]`.
     pub fn forward(&self, pooled: Tensor<2>) -> Tensor<2> {
         let h = self

@@ -3,9 +3,11 @@
 //! feature), by matching the extractor's class distribution (MRC-KL) or its hard label (MRC).
 //! Losses are computed only at masked regions.
 
+use burn::module::{Module, Param};
 use burn::nn::loss::CrossEntropyLossConfig;
+use burn::nn::{Gelu, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Device, Int, Tensor};
 use rand::Rng;
 
 use crate::LossOutput;
@@ -143,5 +145,47 @@ pub fn mrc_loss(logits: Tensor<3>, target_probs: Tensor<3>, positions: &[usize])
             .forward(gather(logits, positions), targets),
         count: positions.len(),
         empty: false,
+    }
+}
+
+/// UNITER's feature-regression head: dense -> GELU -> LayerNorm, then an output projection TIED to
+/// the transpose of the region input projection (`features -> hidden`), plus its own bias. Like
+/// the MLM head it holds no output matrix: [`MrfrHead::forward`] takes the input projection.
+#[derive(Module, Debug)]
+pub struct MrfrHead {
+    /// `hidden -> hidden`.
+    pub dense: Linear,
+    /// GELU.
+    pub activation: Gelu,
+    /// LayerNorm.
+    pub layer_norm: LayerNorm,
+    /// Output bias over feature dimensions.
+    pub bias: Param<Tensor<1>>,
+}
+
+impl MrfrHead {
+    /// A head for `hidden`-wide states regressing `feature_dim`-wide features.
+    pub fn new(hidden: usize, feature_dim: usize, device: &Device) -> Self {
+        Self {
+            dense: LinearConfig::new(hidden, hidden).init(device),
+            activation: Gelu::new(),
+            layer_norm: LayerNormConfig::new(hidden)
+                .with_epsilon(1e-12)
+                .init(device),
+            bias: Param::from_tensor(Tensor::zeros([feature_dim], device)),
+        }
+    }
+
+    /// Regressed features `[B, V, feature_dim]` from states `[B, V, hidden]`, using the encoder's
+    /// region input projection weight (Burn layout `[feature_dim, hidden]`).
+    pub fn forward(&self, hidden: Tensor<3>, input_projection: Tensor<2>) -> Tensor<3> {
+        let [b, v, h] = hidden.dims();
+        let x = self
+            .layer_norm
+            .forward(self.activation.forward(self.dense.forward(hidden)));
+        let f = input_projection.dims()[0];
+        (x.reshape([b * v, h]).matmul(input_projection.transpose())
+            + self.bias.val().unsqueeze::<2>())
+        .reshape([b, v, f])
     }
 }

@@ -1,6 +1,7 @@
 //! VQA as multi-label answer classification with soft scores (BUTD / LXMERT / VisualBERT):
 //! target `min(1, annotators agreeing / 3)` per answer, binary cross-entropy with logits averaged
-//! over every entry and multiplied by the number of answers (the reference scaling).
+//! over every entry and multiplied by the number of answers (the reference scaling). The answer
+//! head itself is `tuwen_fusion::lxmert::AnswerHead` (shared by LXMERT and VisualBERT's VQA model).
 
 use burn::tensor::Tensor;
 use burn::tensor::activation::log_sigmoid;

@@ -368,3 +368,27 @@ fn region_masking_follows_the_recipes_and_never_touches_padding_or_the_global_to
         }
     }
 }
+
+#[test]
+fn mrfr_head_is_tied_to_the_region_input_projection() {
+    use burn::module::Module;
+    use tuwen_objectives::mrm::{MrfrHead, mrfr_loss};
+    let device = flex().autodiff();
+    let projection = burn::nn::LinearConfig::new(10, 8).init(&device); // features -> hidden
+    let head = MrfrHead::new(8, 10, &device);
+    assert_eq!(
+        head.num_params(),
+        8 * 8 + 8 + 2 * 8 + 10,
+        "no feature x hidden output matrix of its own"
+    );
+    let hidden = Tensor::<3>::random([2, 3, 8], burn::tensor::Distribution::Default, &device);
+    let predicted = head.forward(hidden, projection.weight.val());
+    assert_eq!(predicted.dims(), [2, 3, 10]);
+    let original = Tensor::<3>::random([2, 3, 10], burn::tensor::Distribution::Default, &device);
+    let loss = mrfr_loss(predicted, original, &[0, 4]);
+    let grads = loss.loss.backward();
+    assert!(
+        projection.weight.val().grad(&grads).is_some(),
+        "the tied projection is trained by MRFR"
+    );
+}
