@@ -1,0 +1,8 @@
+//! Datasets for tuwen.
+//!
+//! * [`scene`] — the built-in scene generator, the embedded default dataset: deterministic by
+//!   seed, no network. Images with 1-4 coloured shapes, captions with attributes, counts and
+//!   spatial relations, ground-truth boxes and labels, phrase -> box links and VQA pairs, in
+//!   disjoint train / validation / held-out test splits.
+
+pub mod scene;
