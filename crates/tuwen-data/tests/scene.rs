@@ -32,11 +32,7 @@ fn boxes_labels_captions_and_answers_agree_with_the_scene() {
         let s = cfg.generate(1, Split::Train, i);
         assert!((1..=4).contains(&s.objects.len()));
         for o in &s.objects {
-            // The object's colour appears at the centre of its box (no later object hides most of it).
-            let (cx, cy) = (
-                ((o.bbox.x1 + o.bbox.x2) / 2.0) as u32,
-                ((o.bbox.y1 + o.bbox.y2) / 2.0) as u32 + 2,
-            );
+            // The object's colour appears inside its box (no other object hides all of it).
             let rgb = COLORS[o.color].1;
             let b = o.bbox;
             let found = (b.y1 as u32..b.y2 as u32)
