@@ -90,7 +90,11 @@ fn boxes_labels_captions_and_answers_agree_with_the_scene() {
 fn dump_samples() {
     let dir = std::env::var("TUWEN_SCENE_DUMP").unwrap_or_else(|_| "/tmp".into());
     for i in 0..4 {
-        let s = SceneConfig { image_size: 128, ..SceneConfig::default() }.generate(1, Split::Train, i);
+        let s = SceneConfig {
+            image_size: 128,
+            ..SceneConfig::default()
+        }
+        .generate(1, Split::Train, i);
         s.image.save(format!("{dir}/scene{i}.png")).unwrap();
         println!("scene{i}: {:?} {:?}", s.captions, s.qa);
     }
