@@ -6,10 +6,10 @@
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::sigmoid;
-use burn::tensor::{Bool, Device, Int, Tensor};
+use burn::tensor::{Bool, Device, Tensor};
 
 use crate::LossOutput;
-use crate::mlm::int_tensor;
+use crate::cross_entropy;
 
 /// Scores regions for phrases and regresses boxes from phrases.
 #[derive(Module, Debug)]
@@ -76,17 +76,14 @@ impl GroundingHead {
             .reshape([n, v])
             .div_scalar((d as f32).sqrt())
             .mask_fill(region_pad, -1e9);
-        let targets: Tensor<1, Int> = int_tensor(gold_region.to_vec(), &device);
-        let alignment = burn::nn::loss::CrossEntropyLossConfig::new()
-            .init(&device)
-            .forward(scores, targets);
+        let (alignment, _, _) = cross_entropy(scores, gold_region.to_vec(), None);
         let item = |loss: Tensor<1>| LossOutput {
             loss,
             count: n,
             empty: false,
         };
         GroundingOutput {
-            alignment: item(alignment),
+            alignment,
             box_l1: item(
                 smooth_l1(boxes.clone(), gold_boxes.clone())
                     .mean()

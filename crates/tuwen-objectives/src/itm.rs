@@ -2,13 +2,11 @@
 //! LXMERT: 1, ViLBERT's `is_next`: 1 means MISmatch), so the label is a type and every head states
 //! its convention.
 
-use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::Tensor;
 use burn::tensor::activation::softmax;
 use rand::Rng;
 
-use crate::LossOutput;
-use crate::mlm::int_tensor;
+use crate::{LossOutput, cross_entropy};
 
 /// Whether a caption belongs to an image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,28 +61,8 @@ pub fn itm_loss(logits: Tensor<2>, labels: &[MatchLabel], polarity: Polarity) ->
         return (LossOutput::empty(&device), 0.0);
     }
     let targets: Vec<i64> = labels.iter().map(|&l| polarity.index(l)).collect();
-    let predicted: Vec<i64> = logits
-        .clone()
-        .argmax(1)
-        .into_data()
-        .try_into_vec_as()
-        .unwrap_or_default();
-    let correct = predicted
-        .iter()
-        .zip(&targets)
-        .filter(|(p, t)| p == t)
-        .count();
-    let loss = CrossEntropyLossConfig::new()
-        .init(&device)
-        .forward(logits, int_tensor(targets, &device));
-    (
-        LossOutput {
-            loss,
-            count: labels.len(),
-            empty: false,
-        },
-        correct as f32 / labels.len() as f32,
-    )
+    let (loss, _, accuracy) = cross_entropy(logits, targets, None);
+    (loss, accuracy)
 }
 
 /// For each of `batch` images, the index of another item of the batch whose caption becomes its

@@ -31,7 +31,8 @@ pub mod mrm;
 pub mod ot;
 pub mod vqa;
 
-use burn::tensor::{Device, Tensor};
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 /// A loss value with how many items it averages over.
 #[derive(Clone, Debug)]
@@ -53,4 +54,46 @@ impl LossOutput {
             empty: true,
         }
     }
+}
+
+/// A 1-d integer tensor of `values`.
+pub(crate) fn int_tensor(values: Vec<i64>, device: &Device) -> Tensor<1, Int> {
+    let n = values.len();
+    Tensor::from_data(TensorData::new(values, [n]), device)
+}
+
+/// Mean cross-entropy (optional label smoothing) of `logits` `[N, C]` against `targets` (N > 0),
+/// with the argmax predictions and their accuracy: the classification step every objective
+/// shares.
+pub(crate) fn cross_entropy(
+    logits: Tensor<2>,
+    targets: Vec<i64>,
+    smoothing: Option<f32>,
+) -> (LossOutput, Vec<i64>, f32) {
+    let device = logits.device();
+    let predictions: Vec<i64> = logits
+        .clone()
+        .argmax(1)
+        .into_data()
+        .try_into_vec_as()
+        .unwrap_or_default();
+    let correct = predictions
+        .iter()
+        .zip(&targets)
+        .filter(|(p, t)| p == t)
+        .count();
+    let count = targets.len();
+    let loss = CrossEntropyLossConfig::new()
+        .with_smoothing(smoothing)
+        .init(&device)
+        .forward(logits, int_tensor(targets, &device));
+    (
+        LossOutput {
+            loss,
+            count,
+            empty: false,
+        },
+        predictions,
+        correct as f32 / count.max(1) as f32,
+    )
 }

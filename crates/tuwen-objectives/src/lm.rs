@@ -3,12 +3,11 @@
 //! token), or from a separate caption decoder (Seq2Seq). Padding is ignored; label smoothing is
 //! optional.
 
-use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::Tensor;
 use tuwen_fusion::heads::MlmHead;
 
-use crate::LossOutput;
-use crate::mlm::{IGNORE, MlmOutput, int_tensor, mlm_loss};
+use crate::mlm::{IGNORE, MlmOutput, mlm_loss};
+use crate::{LossOutput, cross_entropy, int_tensor};
 
 /// Next-token targets of captions `ids` / `attention` (`[batch * len]`, row-major): position `i`
 /// predicts `ids[i + 1]` when that token is real. Returns `(positions, labels)` with labels
@@ -68,27 +67,6 @@ pub fn seq2seq_loss(
     let index = int_tensor(positions.iter().map(|&p| p as i64).collect(), &device);
     let gathered = logits.reshape([b * t, v]).select(0, index);
     let targets: Vec<i64> = positions.iter().map(|&p| labels[p]).collect();
-    let predicted: Vec<i64> = gathered
-        .clone()
-        .argmax(1)
-        .into_data()
-        .try_into_vec_as()
-        .unwrap_or_default();
-    let correct = predicted
-        .iter()
-        .zip(&targets)
-        .filter(|(p, t)| p == t)
-        .count();
-    let loss = CrossEntropyLossConfig::new()
-        .with_smoothing(smoothing)
-        .init(&device)
-        .forward(gathered, int_tensor(targets.clone(), &device));
-    (
-        LossOutput {
-            loss,
-            count: targets.len(),
-            empty: false,
-        },
-        correct as f32 / targets.len() as f32,
-    )
+    let (loss, _, accuracy) = cross_entropy(gathered, targets, smoothing);
+    (loss, accuracy)
 }

@@ -1,11 +1,10 @@
 //! Masked language modelling (Devlin et al., 2019), as every VLP model pretrains its text side.
 
-use burn::nn::loss::CrossEntropyLossConfig;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::Tensor;
 use rand::Rng;
 use tuwen_fusion::heads::MlmHead;
 
-use crate::LossOutput;
+use crate::{LossOutput, cross_entropy, int_tensor};
 
 /// HF's ignore index for labels.
 pub const IGNORE: i64 = -100;
@@ -126,33 +125,10 @@ pub fn mlm_loss(
     let gathered = hidden.reshape([b * t, h]).select(0, index);
     let logits = head.forward(gathered, word_embeddings);
     let targets: Vec<i64> = positions.iter().map(|&p| labels[p]).collect();
-    let predictions: Vec<i64> = logits
-        .clone()
-        .argmax(1)
-        .into_data()
-        .try_into_vec_as::<i64>()
-        .unwrap_or_default();
-    let correct = predictions
-        .iter()
-        .zip(&targets)
-        .filter(|(p, t)| p == t)
-        .count();
-    let loss = CrossEntropyLossConfig::new()
-        .with_smoothing(smoothing)
-        .init(&device)
-        .forward(logits, int_tensor(targets.clone(), &device));
+    let (loss, predictions, accuracy) = cross_entropy(logits, targets, smoothing);
     MlmOutput {
-        loss: LossOutput {
-            loss,
-            count: targets.len(),
-            empty: false,
-        },
-        accuracy: correct as f32 / targets.len() as f32,
+        loss,
         predictions,
+        accuracy,
     }
-}
-
-pub(crate) fn int_tensor(values: Vec<i64>, device: &Device) -> Tensor<1, Int> {
-    let n = values.len();
-    Tensor::from_data(TensorData::new(values, [n]), device)
 }

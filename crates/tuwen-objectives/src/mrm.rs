@@ -11,7 +11,7 @@ use burn::tensor::{Device, Int, Tensor};
 use rand::Rng;
 
 use crate::LossOutput;
-use crate::mlm::int_tensor;
+use crate::int_tensor;
 
 /// Region masking probabilities.
 #[derive(Clone, Copy, Debug, PartialEq)]
