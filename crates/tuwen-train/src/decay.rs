@@ -1,0 +1,91 @@
+//! Decoupled weight decay (Loshchilov & Hutter) restricted to the parameters BERT-style training
+//! decays: everything except LayerNorm scales/shifts, biases and embedding tables. Run the AdamW
+//! (or Adam) step with weight decay 0, then [`apply_weight_decay`] with the same learning rate.
+
+use std::collections::HashSet;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::tensor::Tensor;
+
+/// Whether a parameter at `path` inside a module of type `container` is exempt from decay.
+pub fn exempt(path: &[String], container: &str) -> bool {
+    let name = path.last().map(String::as_str).unwrap_or_default();
+    container.contains("LayerNorm")
+        || container.contains("Embedding")
+        || container.contains("BatchNorm")
+        || matches!(name, "bias" | "beta" | "gamma")
+        || path
+            .iter()
+            .any(|p| p.contains("norm") || p.contains("embeddings"))
+}
+
+/// Walks the module keeping the stack of `(field, container)` pairs the derive macro reports;
+/// at a parameter the top of the stack is its own field name and owning struct.
+#[derive(Default)]
+struct Collect {
+    stack: Vec<(String, String)>,
+    decayed: HashSet<ParamId>,
+}
+
+impl ModuleVisitor for Collect {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.stack
+            .push((name.to_string(), container_type.to_string()));
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.stack.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let path: Vec<String> = self.stack.iter().map(|(n, _)| n.clone()).collect();
+        let container = self
+            .stack
+            .last()
+            .map(|(_, c)| c.as_str())
+            .unwrap_or_default();
+        if !exempt(&path, container) {
+            self.decayed.insert(param.id);
+        }
+    }
+}
+
+/// Ids of the parameters that are decayed.
+pub fn decayed_params<M: Module>(module: &M) -> HashSet<ParamId> {
+    let mut c = Collect::default();
+    module.visit(&mut c);
+    c.decayed
+}
+
+struct Decay<'a> {
+    ids: &'a HashSet<ParamId>,
+    factor: f64,
+}
+
+impl ModuleMapper for Decay<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if self.ids.contains(&param.id) {
+            let factor = self.factor;
+            param.map(|t| t.mul_scalar(factor))
+        } else {
+            param
+        }
+    }
+}
+
+/// `p <- p (1 - lr * weight_decay)` for the parameters in `ids` (see [`decayed_params`]).
+pub fn apply_weight_decay<M: Module>(
+    module: M,
+    ids: &HashSet<ParamId>,
+    lr: f64,
+    weight_decay: f64,
+) -> M {
+    if weight_decay == 0.0 {
+        return module;
+    }
+    let mut d = Decay {
+        ids,
+        factor: 1.0 - lr * weight_decay,
+    };
+    module.map(&mut d)
+}

@@ -1,0 +1,11 @@
+//! Training machinery for tuwen's step-based pretraining loop.
+//!
+//! * [`schedule`] — warmup then linear or cosine decay, as a pure function of the step.
+//! * [`clip`] — clipping by the GLOBAL gradient norm over all parameters (Burn's
+//!   `GradientClipping::Norm` clips each tensor separately).
+//! * [`decay`] — decoupled weight decay that skips LayerNorm parameters, biases and embeddings,
+//!   applied next to an AdamW step configured without decay.
+
+pub mod clip;
+pub mod decay;
+pub mod schedule;
