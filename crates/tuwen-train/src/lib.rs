@@ -1,11 +1,13 @@
 //! Training machinery for tuwen's step-based pretraining loop.
 //!
+//! * [`checkpoint`] — model + optimiser + training state, written atomically.
 //! * [`schedule`] — warmup then linear or cosine decay, as a pure function of the step.
 //! * [`clip`] — clipping by the GLOBAL gradient norm over all parameters (Burn's
 //!   `GradientClipping::Norm` clips each tensor separately).
 //! * [`decay`] — decoupled weight decay that skips LayerNorm parameters, biases and embeddings,
 //!   applied next to an AdamW step configured without decay.
 
+pub mod checkpoint;
 pub mod clip;
 pub mod decay;
 pub mod schedule;

@@ -1,0 +1,146 @@
+//! Checkpoints: model record + optimiser record + training state (step, data position, RNG, ...),
+//! written atomically. A checkpoint is a directory `NAME/` with `model.bpk`, `optimizer.bpk` and
+//! `state.json`; it is assembled in a temporary directory and swapped in with renames, so a crash
+//! at any point leaves either the previous checkpoint or the new one, never a mix or nothing.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::optim::{ModuleOptimizer, OptimizerRecord};
+use burn::store::ModuleRecord;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Errors of checkpointing; each names the path.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// Filesystem error.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A checkpoint file is unreadable or does not fit.
+    #[error("{path}: {reason}")]
+    Format {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
+    move |source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn format(path: &Path, reason: impl std::fmt::Display) -> CheckpointError {
+    CheckpointError::Format {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Writes checkpoint `name` under `dir` atomically (callers skip NaN steps before saving, so a
+/// checkpoint never holds a diverged model).
+pub fn save<M: Module, S: Serialize>(
+    dir: &Path,
+    name: &str,
+    model: &M,
+    optimizer: &ModuleOptimizer,
+    state: &S,
+) -> Result<PathBuf, CheckpointError> {
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    let target = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let old = dir.join(format!(".{name}.old"));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    let model_path = tmp.join("model.bpk");
+    model
+        .clone()
+        .into_record()
+        .save(&model_path)
+        .map_err(|e| format(&model_path, e))?;
+    let optim_path = tmp.join("optimizer.bpk");
+    optimizer
+        .to_record()
+        .save(&optim_path)
+        .map_err(|e| format(&optim_path, e))?;
+    let state_path = tmp.join("state.json");
+    let text = serde_json::to_string_pretty(state).map_err(|e| format(&state_path, e))?;
+    fs::write(&state_path, text).map_err(io(&state_path))?;
+    for file in ["model.bpk", "optimizer.bpk", "state.json"] {
+        let p = tmp.join(file);
+        fs::File::open(&p)
+            .and_then(|f| f.sync_all())
+            .map_err(io(&p))?;
+    }
+    // Swap: target -> old, tmp -> target, drop old. `load` falls back to `old` if a crash hits
+    // between the two renames.
+    if old.exists() {
+        fs::remove_dir_all(&old).map_err(io(&old))?;
+    }
+    if target.exists() {
+        fs::rename(&target, &old).map_err(io(&target))?;
+    }
+    fs::rename(&tmp, &target).map_err(io(&tmp))?;
+    if old.exists() {
+        fs::remove_dir_all(&old).map_err(io(&old))?;
+    }
+    Ok(target)
+}
+
+/// A loaded checkpoint.
+pub struct Loaded<M, S> {
+    /// The model with the checkpoint's weights.
+    pub model: M,
+    /// The optimiser with the checkpoint's state.
+    pub optimizer: ModuleOptimizer,
+    /// The training state.
+    pub state: S,
+    /// Where it was read from.
+    pub path: PathBuf,
+}
+
+/// Loads checkpoint `name` under `dir` into `model` / `optimizer` (freshly built, same
+/// architecture). `Ok(None)` when no checkpoint exists.
+pub fn load<M: Module, S: DeserializeOwned>(
+    dir: &Path,
+    name: &str,
+    model: M,
+    optimizer: ModuleOptimizer,
+) -> Result<Option<Loaded<M, S>>, CheckpointError> {
+    let mut path = dir.join(name);
+    if !path.is_dir() {
+        let old = dir.join(format!(".{name}.old"));
+        if !old.is_dir() {
+            return Ok(None);
+        }
+        path = old;
+    }
+    let model_path = path.join("model.bpk");
+    let record = ModuleRecord::load(&model_path).map_err(|e| format(&model_path, e))?;
+    let model = model
+        .try_load_record(record)
+        .map_err(|e| format(&model_path, format!("does not fit the model: {e}")))?;
+    let optim_path = path.join("optimizer.bpk");
+    let optim_record = OptimizerRecord::load(&optim_path).map_err(|e| format(&optim_path, e))?;
+    let state_path = path.join("state.json");
+    let text = fs::read_to_string(&state_path).map_err(io(&state_path))?;
+    let state = serde_json::from_str(&text).map_err(|e| format(&state_path, e))?;
+    Ok(Some(Loaded {
+        model,
+        optimizer: optimizer.load_record(optim_record),
+        state,
+        path,
+    }))
+}
