@@ -1,6 +1,9 @@
 //! Training machinery for tuwen's step-based pretraining loop.
 //!
 //! * [`checkpoint`] — model + optimiser + training state, written atomically.
+//! * [`guard`] — NaN/inf steps skipped and counted, abort after too many in a row.
+//! * [`metrics`] — `metrics.jsonl` and SVG plots of every series.
+//! * [`retrieval`] — Recall@1/5/10 with ITC ranking and ITM re-ranking of the top-k only.
 //! * [`schedule`] — warmup then linear or cosine decay, as a pure function of the step.
 //! * [`clip`] — clipping by the GLOBAL gradient norm over all parameters (Burn's
 //!   `GradientClipping::Norm` clips each tensor separately).
@@ -10,4 +13,7 @@
 pub mod checkpoint;
 pub mod clip;
 pub mod decay;
+pub mod guard;
+pub mod metrics;
+pub mod retrieval;
 pub mod schedule;
