@@ -1,5 +1,6 @@
 //! Training machinery for tuwen's step-based pretraining loop.
 //!
+//! * [`batch`] — MLM + ITM batches from the built-in scenes (GT-box regions, 5-d locations).
 //! * [`checkpoint`] — model + optimiser + training state, written atomically.
 //! * [`guard`] — NaN/inf steps skipped and counted, abort after too many in a row.
 //! * [`metrics`] — `metrics.jsonl` and SVG plots of every series.
@@ -10,6 +11,7 @@
 //! * [`decay`] — decoupled weight decay that skips LayerNorm parameters, biases and embeddings,
 //!   applied next to an AdamW step configured without decay.
 
+pub mod batch;
 pub mod checkpoint;
 pub mod clip;
 pub mod decay;
