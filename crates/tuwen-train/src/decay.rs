@@ -1,6 +1,7 @@
 //! Decoupled weight decay (Loshchilov & Hutter) restricted to the parameters BERT-style training
 //! decays: everything except LayerNorm scales/shifts, biases and embedding tables. Run the AdamW
-//! (or Adam) step with weight decay 0, then [`apply_weight_decay`] with the same learning rate.
+//! (or Adam) step with weight decay 0 after [`apply_weight_decay`] with the same learning rate
+//! (PyTorch's AdamW order: decay, then the Adam update).
 
 use std::collections::HashSet;
 
@@ -66,7 +67,12 @@ impl ModuleMapper for Decay<'_> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         if self.ids.contains(&param.id) {
             let factor = self.factor;
-            param.map(|t| t.mul_scalar(factor))
+            // A new leaf: the decayed value must not link back into the last step's graph.
+            param.map(|t| {
+                let tracked = t.is_require_grad();
+                let t = t.mul_scalar(factor).detach();
+                if tracked { t.require_grad() } else { t }
+            })
         } else {
             param
         }

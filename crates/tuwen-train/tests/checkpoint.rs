@@ -163,3 +163,101 @@ fn a_checkpoint_of_another_model_is_a_clear_error() {
     };
     assert!(err.to_string().contains("model.bpk"), "{err}");
 }
+
+#[test]
+fn visual_bert_with_adamw_resumes_exactly() {
+    use burn::optim::AdamWConfig;
+    use tuwen_fusion::visual_bert::LocationEncoding;
+    use tuwen_fusion::{VisualBertConfig, VisualBertForPreTraining, VisualBertInput};
+    let device = flex().autodiff();
+    let cfg = VisualBertConfig {
+        bert: config(),
+        visual_embedding_dim: 6,
+        visual_location: LocationEncoding::XyxyArea5,
+        ..VisualBertConfig::default()
+    };
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 5, 7, 2], [1, 4]), &device);
+    let mut input = VisualBertInput::new(ids, Tensor::ones([1, 2, 6], &device));
+    input.visual_locations = Some(Tensor::ones([1, 2, 5], &device));
+    let step = |m: VisualBertForPreTraining, o: &mut ModuleOptimizer| {
+        let loss = m
+            .forward(input.clone())
+            .prediction_logits
+            .sum()
+            .powf_scalar(2.0);
+        let v = loss.clone().detach().into_scalar::<f32>();
+        let g = GradientsParams::from_grads(loss.backward(), &m);
+        (o.step(1e-2, m, g), v)
+    };
+    let mut model = cfg.init_pretraining(&device);
+    let mut optim = AdamWConfig::new().init();
+    for _ in 0..2 {
+        model = step(model, &mut optim).0;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    checkpoint::save(
+        dir.path(),
+        "last",
+        &model,
+        &optim,
+        &State {
+            step: 0,
+            data_position: 0,
+        },
+    )
+    .unwrap();
+    let mut a = Vec::new();
+    for _ in 0..2 {
+        let (m, v) = step(model, &mut optim);
+        model = m;
+        a.push(v);
+    }
+    let loaded = checkpoint::load::<_, State>(
+        dir.path(),
+        "last",
+        cfg.init_pretraining(&device),
+        AdamWConfig::new().init(),
+    )
+    .unwrap()
+    .unwrap();
+    let (mut model, mut optim) = (loaded.model, loaded.optimizer);
+    let mut b = Vec::new();
+    for _ in 0..2 {
+        let (m, v) = step(model, &mut optim);
+        model = m;
+        b.push(v);
+    }
+    assert_eq!(a, b);
+}
+
+#[test]
+fn the_decay_set_is_the_same_after_loading() {
+    let device = flex().autodiff();
+    let model = config().init(&device);
+    let dir = tempfile::tempdir().unwrap();
+    let before = tuwen_train::decay::decayed_params(&model);
+    checkpoint::save(
+        dir.path(),
+        "last",
+        &model,
+        &AdamConfig::new().init(),
+        &State {
+            step: 0,
+            data_position: 0,
+        },
+    )
+    .unwrap();
+    let loaded = checkpoint::load::<_, State>(
+        dir.path(),
+        "last",
+        config().init(&device),
+        AdamConfig::new().init(),
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        tuwen_train::decay::decayed_params(&loaded.model),
+        before,
+        "parameter ids survive the round trip"
+    );
+}
