@@ -82,8 +82,9 @@ fn run(task: Task) -> Result<()> {
         Task::Test { no_lint, args } => test(no_lint, &args),
         Task::Assets { home, only } => assets(home, &only),
         Task::Train { .. } => bail!(
-            "`cargo xtask train` is not implemented yet: the trainer lands with the datasets/trainer \
-             issue. Run `cargo xtask test` for the test suite."
+            "`cargo xtask train` is not wired yet. The default run exists as the library function \
+             tuwen_train::pretrain::run; until this command calls it, measure it with \
+             `cargo test --workspace --test pretrain default_run -- --ignored --nocapture`."
         ),
         Task::Parity { dir, device, tol } => {
             let dir = dir.to_string_lossy().into_owned();

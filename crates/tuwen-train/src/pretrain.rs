@@ -15,10 +15,11 @@ use serde::{Deserialize, Serialize};
 use tuwen_data::scene::{SceneConfig, Split};
 use tuwen_fusion::visual_bert::LocationEncoding;
 use tuwen_fusion::{BertConfig, VisualBertConfig, VisualBertForPreTraining};
+use tuwen_objectives::LossOutput;
 use tuwen_objectives::itm::{Polarity, itm_loss};
-use tuwen_objectives::mlm::{MaskingConfig, mlm_loss};
+use tuwen_objectives::mlm::{MaskingConfig, MlmOutput, mlm_loss};
 
-use crate::batch::SceneBatcher;
+use crate::batch::{PretrainBatch, SceneBatcher};
 use crate::checkpoint;
 use crate::clip::clip_global_norm;
 use crate::decay::{apply_weight_decay, decayed_params};
@@ -64,7 +65,7 @@ impl Default for PretrainConfig {
     fn default() -> Self {
         Self {
             seed: 1,
-            steps: 1500,
+            steps: 6000,
             batch_size: 32,
             learning_rate: 5e-4,
             warmup_steps: 100,
@@ -73,7 +74,7 @@ impl Default for PretrainConfig {
             hidden_size: 128,
             layers: 4,
             heads: 4,
-            eval_every: 250,
+            eval_every: 500,
             log_every: 25,
             eval_scenes: 256,
             max_nan_steps: 10,
@@ -135,6 +136,37 @@ fn model_config(cfg: &PretrainConfig, vocab: usize, feature_dim: usize) -> Visua
     }
 }
 
+/// MLM and ITM outputs of `model` on `batch` (the same computation for training and evaluation).
+fn objectives(
+    model: &VisualBertForPreTraining,
+    batch: &PretrainBatch,
+) -> (MlmOutput, LossOutput, f32) {
+    let [_, len] = batch.input.input_ids.dims();
+    let out = model.forward(batch.input.clone());
+    let text = out.encoder.last_hidden_state.narrow(1, 0, len);
+    let emb = model
+        .visual_bert
+        .embeddings
+        .text
+        .word_embeddings
+        .weight
+        .val();
+    let mlm = mlm_loss(
+        &model.mlm,
+        text,
+        emb,
+        &batch.mlm_positions,
+        &batch.mlm_labels,
+        None,
+    );
+    let (itm, itm_accuracy) = itm_loss(
+        out.seq_relationship_logits,
+        &batch.itm,
+        Polarity::VISUAL_BERT,
+    );
+    (mlm, itm, itm_accuracy)
+}
+
 /// Evaluates on `scenes` held-out test scenes.
 pub fn evaluate(
     model: &VisualBertForPreTraining,
@@ -175,31 +207,9 @@ pub fn evaluate(
         let Ok(batch) = eval_batcher.batch(Split::Test, chunk, &mut rng, device) else {
             continue;
         };
-        let [_, len] = batch.input.input_ids.dims();
-        let out = model.forward(batch.input.clone());
-        let (_, acc) = itm_loss(
-            out.seq_relationship_logits.clone(),
-            &batch.itm,
-            Polarity::VISUAL_BERT,
-        );
+        let (mlm, _, acc) = objectives(model, &batch);
         itm_ok += acc * batch.itm.len() as f32;
         itm_n += batch.itm.len() as f32;
-        let text = out.encoder.last_hidden_state.clone().narrow(1, 0, len);
-        let emb = model
-            .visual_bert
-            .embeddings
-            .text
-            .word_embeddings
-            .weight
-            .val();
-        let mlm = mlm_loss(
-            &model.mlm,
-            text,
-            emb,
-            &batch.mlm_positions,
-            &batch.mlm_labels,
-            None,
-        );
         for (&p, &pred) in batch.mlm_positions.iter().zip(&mlm.predictions) {
             let gold = batch.mlm_labels[p];
             mlm_n += 1.0;
@@ -292,29 +302,7 @@ pub fn run(
         let batch = batcher
             .batch(Split::Train, &indices, &mut rng, &ad)
             .map_err(|e| e.to_string())?;
-        let [_, len] = batch.input.input_ids.dims();
-        let out = model.forward(batch.input.clone());
-        let text = out.encoder.last_hidden_state.clone().narrow(1, 0, len);
-        let emb = model
-            .visual_bert
-            .embeddings
-            .text
-            .word_embeddings
-            .weight
-            .val();
-        let mlm = mlm_loss(
-            &model.mlm,
-            text,
-            emb,
-            &batch.mlm_positions,
-            &batch.mlm_labels,
-            None,
-        );
-        let (itm, itm_acc) = itm_loss(
-            out.seq_relationship_logits.clone(),
-            &batch.itm,
-            Polarity::VISUAL_BERT,
-        );
+        let (mlm, itm, itm_acc) = objectives(&model, &batch);
         let loss = mlm.loss.loss.clone() + itm.loss.clone();
         let (mlm_v, itm_v) = (
             mlm.loss.loss.into_scalar::<f32>(),

@@ -77,3 +77,18 @@ fn an_interrupted_and_resumed_run_matches_an_uninterrupted_one() {
         "same loss sequence, bit for bit"
     );
 }
+
+/// The default run, for measuring (not part of CI): `cargo test --workspace --test pretrain
+/// default_run -- --ignored --nocapture`. Prints progress and the held-out metrics.
+#[test]
+#[ignore = "the full default run takes minutes; run explicitly to measure"]
+fn default_run() {
+    let dir = std::env::var("TUWEN_RUN_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::env::temp_dir().join("tuwen-default-run"));
+    let summary = run(&PretrainConfig::default(), &dir, &flex(), None, |line| {
+        println!("{line}")
+    })
+    .unwrap();
+    println!("final: {:?} in {:.0} s", summary.eval, summary.seconds);
+}
