@@ -19,6 +19,8 @@ use tuwen_objectives::LossOutput;
 use tuwen_objectives::itm::{Polarity, itm_loss};
 use tuwen_objectives::mlm::{MaskingConfig, MlmOutput, mlm_loss};
 
+use tuwen_tokenizer::{BertTokenizer, TokenizerOptions};
+
 use crate::batch::{PretrainBatch, SceneBatcher};
 use crate::checkpoint;
 use crate::clip::clip_global_norm;
@@ -245,8 +247,18 @@ pub fn run(
     )
     .map_err(|e| format!("{}: {e}", config_path.display()))?;
     let scenes = SceneConfig::default();
-    let tokenizer =
-        SceneBatcher::train_tokenizer(&scenes, cfg.seed, 2000).map_err(|e| e.to_string())?;
+    // The vocabulary is part of the run: trained once, saved, and reloaded on resume (WordPiece
+    // training breaks frequency ties in hash order, so retraining could renumber tokens).
+    let vocab_path = dir.join("vocab.txt");
+    let tokenizer = if vocab_path.is_file() {
+        BertTokenizer::from_vocab(&vocab_path, TokenizerOptions::default().with_max_len(24))
+    } else {
+        SceneBatcher::train_tokenizer(&scenes, cfg.seed, 2000).and_then(|t| {
+            t.save_vocab(&vocab_path)?;
+            Ok(t)
+        })
+    }
+    .map_err(|e| e.to_string())?;
     let batcher = SceneBatcher {
         tokenizer,
         scenes,
