@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use tuwen_fusion::heads::MlmHead;
+use tuwen_fusion::lxmert::LxmertOutput;
 use tuwen_fusion::mask::HF_MASK_VALUE;
+use tuwen_fusion::vilbert::ViLBertOutput;
+use tuwen_fusion::visual_bert::VisualBertOutput;
 use tuwen_fusion::weights::read_tensors;
 use tuwen_fusion::{
     AttentionMask, BertConfig, LxmertConfig, LxmertInput, ViLBertConfig, ViLBertInput,
@@ -279,11 +282,17 @@ fn visual_bert_model(
     let model = VisualBertConfig::from_json_file(config)?
         .init(device)
         .load_hf_safetensors(weights)?;
-    let out = model.forward(visual_bert_input(inputs)?);
-    Ok(BTreeMap::from([
+    Ok(visual_bert_outputs(
+        model.try_forward(visual_bert_input(inputs)?)?,
+    ))
+}
+
+/// `VisualBertModel` outputs by HF name.
+fn visual_bert_outputs(out: VisualBertOutput) -> Outputs {
+    BTreeMap::from([
         ("last_hidden_state", out.last_hidden_state.into_data()),
         ("pooler_output", out.pooler_output.into_data()),
-    ]))
+    ])
 }
 
 fn visual_bert_pretraining(
@@ -316,18 +325,12 @@ fn visual_bert_pretraining(
             Polarity::VISUAL_BERT,
         ),
     )?;
-    let mut outputs = BTreeMap::from([
-        ("prediction_logits", out.prediction_logits.into_data()),
-        (
-            "seq_relationship_logits",
-            out.seq_relationship_logits.into_data(),
-        ),
-        (
-            "last_hidden_state",
-            out.encoder.last_hidden_state.into_data(),
-        ),
-        ("pooler_output", out.encoder.pooler_output.into_data()),
-    ]);
+    let mut outputs = visual_bert_outputs(out.encoder);
+    outputs.insert("prediction_logits", out.prediction_logits.into_data());
+    outputs.insert(
+        "seq_relationship_logits",
+        out.seq_relationship_logits.into_data(),
+    );
     if let Some(loss) = loss {
         outputs.insert("loss", loss);
     }
@@ -356,13 +359,17 @@ fn vilbert_model(
     let model = ViLBertConfig::from_json_file(config)?
         .init(device)
         .load_safetensors(weights)?;
-    let out = model.try_forward(vilbert_input(inputs)?)?;
-    Ok(BTreeMap::from([
+    Ok(vilbert_outputs(model.try_forward(vilbert_input(inputs)?)?))
+}
+
+/// ViLBERT encoder outputs by reference name.
+fn vilbert_outputs(out: ViLBertOutput) -> Outputs {
+    BTreeMap::from([
         ("sequence_output_t", out.sequence_output_t.into_data()),
         ("sequence_output_v", out.sequence_output_v.into_data()),
         ("pooled_output_t", out.pooled_output_t.into_data()),
         ("pooled_output_v", out.pooled_output_v.into_data()),
-    ]))
+    ])
 }
 
 fn vilbert_pretraining(
@@ -377,24 +384,14 @@ fn vilbert_pretraining(
     let input = vilbert_input(inputs)?;
     model.bert.check_input(&input)?;
     let out = model.forward(input);
-    Ok(BTreeMap::from([
-        ("prediction_scores_t", out.prediction_scores_t.into_data()),
-        ("prediction_scores_v", out.prediction_scores_v.into_data()),
-        (
-            "seq_relationship_score",
-            out.seq_relationship_score.into_data(),
-        ),
-        (
-            "sequence_output_t",
-            out.encoder.sequence_output_t.into_data(),
-        ),
-        (
-            "sequence_output_v",
-            out.encoder.sequence_output_v.into_data(),
-        ),
-        ("pooled_output_t", out.encoder.pooled_output_t.into_data()),
-        ("pooled_output_v", out.encoder.pooled_output_v.into_data()),
-    ]))
+    let mut outputs = vilbert_outputs(out.encoder);
+    outputs.insert("prediction_scores_t", out.prediction_scores_t.into_data());
+    outputs.insert("prediction_scores_v", out.prediction_scores_v.into_data());
+    outputs.insert(
+        "seq_relationship_score",
+        out.seq_relationship_score.into_data(),
+    );
+    Ok(outputs)
 }
 
 /// HF `LxmertModel.forward` arguments, with HF's defaults.
@@ -419,12 +416,16 @@ fn lxmert_model(
     let model = LxmertConfig::from_json_file(config)?
         .init(device)
         .load_hf_safetensors(weights)?;
-    let out = model.try_forward(lxmert_input(inputs)?)?;
-    Ok(BTreeMap::from([
+    Ok(lxmert_outputs(model.try_forward(lxmert_input(inputs)?)?))
+}
+
+/// `LxmertModel` outputs by HF name.
+fn lxmert_outputs(out: LxmertOutput) -> Outputs {
+    BTreeMap::from([
         ("language_output", out.language_output.into_data()),
         ("vision_output", out.vision_output.into_data()),
         ("pooled_output", out.pooled_output.into_data()),
-    ]))
+    ])
 }
 
 fn lxmert_pretraining(
@@ -451,16 +452,12 @@ fn lxmert_pretraining(
             Polarity::LXMERT,
         ),
     )?;
-    let mut outputs = BTreeMap::from([
-        ("prediction_logits", out.prediction_logits.into_data()),
-        (
-            "cross_relationship_score",
-            out.cross_relationship_score.into_data(),
-        ),
-        ("language_output", out.encoder.language_output.into_data()),
-        ("vision_output", out.encoder.vision_output.into_data()),
-        ("pooled_output", out.encoder.pooled_output.into_data()),
-    ]);
+    let mut outputs = lxmert_outputs(out.encoder);
+    outputs.insert("prediction_logits", out.prediction_logits.into_data());
+    outputs.insert(
+        "cross_relationship_score",
+        out.cross_relationship_score.into_data(),
+    );
     if let Some(qa) = out.question_answering_score {
         outputs.insert("question_answering_score", qa.into_data());
     }
