@@ -206,3 +206,43 @@ fn max_len_too_small_is_rejected() {
     .unwrap_err();
     assert!(matches!(err, TokenizerError::Options(_)), "{err}");
 }
+
+#[test]
+fn word_vocabulary_is_deterministic_frequency_ordered_and_covers_unseen_words() {
+    let a = BertTokenizer::word_vocabulary(corpus().iter(), 1000, true).unwrap();
+    let b = BertTokenizer::word_vocabulary(corpus().iter(), 1000, true).unwrap();
+    assert_eq!(a, b, "same corpus, same tokens in the same order");
+    assert_eq!(a[..5], ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]);
+    // "." ends every caption and "a" occurs twice in every other one: both 192 times, the
+    // most frequent words; the tie keeps alphabetical order.
+    assert_eq!(a[5..7], [".", "a"]);
+    let pos = |t: &str| a.iter().position(|x| x == t).unwrap();
+    assert!(pos("blue") < pos("green"), "equal counts: alphabetical");
+    assert!(a.contains(&"##q".to_string()) && a.contains(&"q".to_string()));
+
+    let tok = BertTokenizer::from_tokens(&a, TokenizerOptions::default()).unwrap();
+    let s = *tok.special_tokens();
+    assert_eq!((s.pad, s.unk, s.cls, s.sep, s.mask), (0, 1, 2, 3, 4));
+    let enc = tok.encode("Two purple stars left of a star.").unwrap();
+    assert!(!enc.ids.contains(&s.unk));
+    assert!(enc.ids.contains(&tok.token_to_id("purple").unwrap()));
+    // Unseen words fall back to characters.
+    let unseen = tok.encode("quit").unwrap();
+    assert!(!unseen.ids.contains(&s.unk));
+    assert_eq!(tok.decode(&unseen.ids, true).unwrap(), "quit");
+
+    // Only the most frequent words when capped.
+    let capped = BertTokenizer::word_vocabulary(corpus().iter(), 3, true).unwrap();
+    assert_eq!(capped[5..8], [".", "a", "and"]);
+    assert!(!capped.contains(&"purple".to_string()));
+}
+
+#[test]
+fn a_token_list_with_duplicates_is_rejected() {
+    let tokens: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "red", "red"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let err = BertTokenizer::from_tokens(&tokens, TokenizerOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("\"red\" appears twice"), "{err}");
+}

@@ -14,7 +14,7 @@ use tuwen_fusion::VisualBertInput;
 use tuwen_objectives::itm::MatchLabel;
 use tuwen_objectives::mlm::{IGNORE, MaskingConfig, mask_tokens};
 use tuwen_regions::{BoxXyxy, LocationEncoding};
-use tuwen_tokenizer::{BertTokenizer, TokenizerError, TokenizerOptions, TrainOptions};
+use tuwen_tokenizer::{BertTokenizer, TokenizerError, TokenizerOptions};
 
 /// Average RGB of `pool x pool` cells of `bbox` (pixels, clipped), centred to [-0.5, 0.5].
 pub fn pooled_pixels(image: &RgbImage, bbox: BoxXyxy, pool: usize) -> Vec<f32> {
@@ -87,7 +87,8 @@ pub struct SceneBatcher {
 }
 
 impl SceneBatcher {
-    /// A WordPiece vocabulary trained on the captions and questions of `scenes` training scenes.
+    /// The whole-word vocabulary of the captions and questions of `scenes` training scenes
+    /// (deterministic: the same ids every run, see [`BertTokenizer::word_vocabulary`]).
     pub fn train_tokenizer(
         config: &SceneConfig,
         seed: u64,
@@ -99,16 +100,8 @@ impl SceneBatcher {
             corpus.extend(s.captions);
             corpus.extend(s.qa.into_iter().map(|q| q.question));
         }
-        let train = TrainOptions {
-            vocab_size: 200,
-            min_frequency: 1,
-            limit_alphabet: None,
-        };
-        BertTokenizer::train(
-            corpus.iter(),
-            &train,
-            TokenizerOptions::default().with_max_len(24),
-        )
+        let tokens = BertTokenizer::word_vocabulary(&corpus, 1000, true)?;
+        BertTokenizer::from_tokens(&tokens, TokenizerOptions::default().with_max_len(24))
     }
 
     /// Width of a region vector.

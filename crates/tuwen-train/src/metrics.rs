@@ -14,19 +14,76 @@ pub struct MetricsLog {
     path: PathBuf,
     file: File,
     series: BTreeMap<String, Points>,
+    lines: usize,
 }
 
 impl MetricsLog {
-    /// Opens (appending to) `dir/metrics.jsonl`.
+    /// Starts `dir/metrics.jsonl` afresh (a stale file from an earlier run is truncated).
     pub fn open(dir: &Path) -> std::io::Result<Self> {
+        Self::resume(dir, 0)
+    }
+
+    /// Continues `dir/metrics.jsonl` after a checkpoint that was written when the log held
+    /// `keep_lines` lines ([`MetricsLog::lines`]): later lines (steps the resumed run will repeat)
+    /// are dropped, the kept ones are reloaded so plots cover the whole run.
+    pub fn resume(dir: &Path, keep_lines: usize) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("metrics.jsonl");
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let mut series: BTreeMap<String, Points> = BTreeMap::new();
+        let mut kept = String::new();
+        let mut lines = 0;
+        if keep_lines > 0 {
+            let text = std::fs::read_to_string(&path)?;
+            for (i, line) in text.lines().take(keep_lines).enumerate() {
+                let bad = |why: String| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("{} line {}: {why}", path.display(), i + 1),
+                    )
+                };
+                let value: serde_json::Value =
+                    serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+                let object = value
+                    .as_object()
+                    .ok_or_else(|| bad("not a JSON object".into()))?;
+                let step = object
+                    .get("step")
+                    .and_then(serde_json::Value::as_u64)
+                    .ok_or_else(|| bad("no integer \"step\"".into()))?;
+                for (name, v) in object.iter().filter(|(k, _)| *k != "step") {
+                    let v = v.as_f64().unwrap_or(f64::NAN);
+                    series.entry(name.clone()).or_default().push((step, v));
+                }
+                kept.push_str(line);
+                kept.push('\n');
+                lines += 1;
+            }
+            if lines < keep_lines {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "{} has {lines} lines, the checkpoint expects at least {keep_lines}",
+                        path.display()
+                    ),
+                ));
+            }
+        }
+        // Rewrite the kept prefix (temp file + rename, like checkpoints), then append.
+        let tmp = dir.join(".metrics.jsonl.tmp");
+        std::fs::write(&tmp, &kept)?;
+        std::fs::rename(&tmp, &path)?;
+        let file = OpenOptions::new().append(true).open(&path)?;
         Ok(Self {
             path,
             file,
-            series: BTreeMap::new(),
+            series,
+            lines,
         })
+    }
+
+    /// Lines written so far (store it with a checkpoint to resume the log exactly).
+    pub fn lines(&self) -> usize {
+        self.lines
     }
 
     /// Path of the JSONL file.
@@ -48,6 +105,7 @@ impl MetricsLog {
                 .push((step, value));
         }
         writeln!(self.file, "{}", serde_json::Value::Object(line))?;
+        self.lines += 1;
         self.file.flush()
     }
 

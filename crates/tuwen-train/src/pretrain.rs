@@ -4,6 +4,7 @@
 //! evaluation, metrics and atomic checkpoints.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use burn::module::Module;
@@ -104,6 +105,8 @@ pub struct RunState {
     pub skipped: usize,
     /// Last held-out metrics.
     pub eval: EvalMetrics,
+    /// Lines of `metrics.jsonl` written when the checkpoint was taken.
+    pub metrics_lines: usize,
 }
 
 /// Summary of a finished run.
@@ -229,6 +232,24 @@ pub fn evaluate(
     }
 }
 
+/// Serialises users of the backends' global random generators within this process.
+static DEVICE_RNG: Mutex<()> = Mutex::new(());
+
+/// Seeds `device` (and its autodiff view) and holds the process-wide lock until the guard
+/// drops: Burn's generator is global per backend, so two runs initialising or stepping at once
+/// (parallel tests, several runs in one program) would otherwise interleave their draws.
+fn seeded(device: &Device, seed: u64) -> MutexGuard<'static, ()> {
+    let guard = DEVICE_RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    device.seed(seed);
+    device.clone().autodiff().seed(seed);
+    guard
+}
+
+/// The generator seed of one training step.
+fn step_seed(seed: u64, step: usize) -> u64 {
+    seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (step as u64).wrapping_add(1)
+}
+
 /// Runs (or resumes, when `dir` holds a checkpoint) a pretraining run; `progress` receives one
 /// line per logged step. `stop_after` ends the run early after that many steps in total (as an
 /// interruption would; tests use it to check that resuming is exact).
@@ -247,8 +268,8 @@ pub fn run(
     )
     .map_err(|e| format!("{}: {e}", config_path.display()))?;
     let scenes = SceneConfig::default();
-    // The vocabulary is part of the run: trained once, saved, and reloaded on resume (WordPiece
-    // training breaks frequency ties in hash order, so retraining could renumber tokens).
+    // The vocabulary is part of the run: built once (deterministically), saved, and reloaded on
+    // resume, so a run directory stays self-contained.
     let vocab_path = dir.join("vocab.txt");
     let tokenizer = if vocab_path.is_file() {
         BertTokenizer::from_vocab(&vocab_path, TokenizerOptions::default().with_max_len(24))
@@ -268,14 +289,16 @@ pub fn run(
         mismatch_prob: 0.5,
     };
     let ad = device.clone().autodiff();
-    // Seeded initialisation: the same config gives the same run.
-    device.seed(cfg.seed);
-    ad.seed(cfg.seed);
     let mcfg = model_config(cfg, batcher.tokenizer.vocab_size(), batcher.feature_dim());
-    let mut model = mcfg.init_pretraining(&ad);
+    // Seeded initialisation: the same config gives the same run.
+    let mut model = {
+        let _rng = seeded(device, cfg.seed);
+        mcfg.init_pretraining(&ad)
+    };
     let adamw = AdamWConfig::new().with_weight_decay(0.0).with_epsilon(1e-8);
     let mut optim = adamw.init();
     let mut state = RunState::default();
+    let mut resumed = false;
     let ckpt_dir = dir.join("checkpoints");
     if let Some(loaded) =
         checkpoint::load::<_, RunState>(&ckpt_dir, "last", model.clone(), adamw.init())
@@ -289,6 +312,7 @@ pub fn run(
         model = loaded.model;
         optim = loaded.optimizer;
         state = loaded.state;
+        resumed = true;
     }
     let schedule = LrSchedule {
         peak: cfg.learning_rate,
@@ -300,7 +324,12 @@ pub fn run(
     let decayed = decayed_params(&model);
     let mut guard = NanGuard::new(cfg.max_nan_steps);
     guard.skipped = state.skipped;
-    let mut log = MetricsLog::open(dir).map_err(|e| e.to_string())?;
+    let mut log = if resumed {
+        MetricsLog::resume(dir, state.metrics_lines)
+    } else {
+        MetricsLog::open(dir)
+    }
+    .map_err(|e| e.to_string())?;
     let start = Instant::now();
     let first = state.step;
     let end = stop_after.unwrap_or(cfg.steps).min(cfg.steps);
@@ -314,7 +343,11 @@ pub fn run(
         let batch = batcher
             .batch(Split::Train, &indices, &mut rng, &ad)
             .map_err(|e| e.to_string())?;
-        let (mlm, itm, itm_acc) = objectives(&model, &batch);
+        let (mlm, itm, itm_acc) = {
+            // Random draws inside the step (dropout) are a function of (seed, step) too.
+            let _rng = seeded(device, step_seed(cfg.seed, step));
+            objectives(&model, &batch)
+        };
         let loss = mlm.loss.loss.clone() + itm.loss.clone();
         let (mlm_v, itm_v) = (
             mlm.loss.loss.into_scalar::<f32>(),
@@ -368,6 +401,7 @@ pub fn run(
             )
             .map_err(|e| e.to_string())?;
             progress(&format!("eval at step {}: {:?}", state.step, state.eval));
+            state.metrics_lines = log.lines();
             checkpoint::save(&ckpt_dir, "last", &model, &optim, &state)
                 .map_err(|e| e.to_string())?;
         }

@@ -80,3 +80,43 @@ fn retrieval_reranks_only_the_top_k_and_computes_recall() {
     });
     assert!(flat.image_to_text[0] < 1.0);
 }
+
+#[test]
+fn a_resumed_log_drops_the_lines_after_the_checkpoint_and_keeps_the_earlier_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = MetricsLog::open(dir.path()).unwrap();
+    for step in 0..5u64 {
+        log.log(step, &[("train/mlm", step as f64)]).unwrap();
+    }
+    // A checkpoint was written after 3 lines; the run died after 5.
+    drop(log);
+    let mut log = MetricsLog::resume(dir.path(), 3).unwrap();
+    assert_eq!(log.lines(), 3);
+    log.log(3, &[("train/mlm", 30.0)]).unwrap();
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    let steps: Vec<(u64, f64)> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| {
+            (
+                v["step"].as_u64().unwrap(),
+                v["train/mlm"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(steps, vec![(0, 0.0), (1, 1.0), (2, 2.0), (3, 30.0)]);
+    log.plot(dir.path()).unwrap();
+    let svg = std::fs::read_to_string(dir.path().join("train.svg")).unwrap();
+    assert!(svg.contains("step 0"), "the plot covers the reloaded steps");
+
+    // A log shorter than the checkpoint says is an error naming the file.
+    let err = MetricsLog::resume(dir.path(), 10).unwrap_err().to_string();
+    assert!(
+        err.contains("metrics.jsonl") && err.contains("expects at least 10"),
+        "{err}"
+    );
+    // So is a corrupt line.
+    std::fs::write(dir.path().join("metrics.jsonl"), "{\"step\":0}\nnot json\n").unwrap();
+    let err = MetricsLog::resume(dir.path(), 2).unwrap_err().to_string();
+    assert!(err.contains("metrics.jsonl line 2"), "{err}");
+}
