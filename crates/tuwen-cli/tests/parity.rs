@@ -9,7 +9,7 @@ use tuwen_testkit::devices;
 const TOL: f32 = 1e-4;
 
 fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity")
+    tuwen_testkit::package_path("tests/fixtures/parity")
 }
 
 fn fixtures() -> Vec<PathBuf> {

@@ -1,11 +1,11 @@
 //! The loaders on small files in each format's exact layout, including malformed input.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use tuwen_data::formats::{self, FormatError, OnMalformed};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures")).join(name)
+    tuwen_testkit::package_path("tests/fixtures").join(name)
 }
 
 #[test]

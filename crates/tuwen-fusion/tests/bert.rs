@@ -80,10 +80,9 @@ fn minilm_matches_hf_transformers_on_real_sentences() {
         Ok(p) => p.parent().unwrap().to_path_buf(),
         Err(e) => return skip_or_fail(test, &e.to_string()),
     };
-    let fixture = read_tensors(std::path::Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/minilm_reference.safetensors"
-    )))
+    let fixture = read_tensors(&tuwen_testkit::package_path(
+        "tests/fixtures/minilm_reference.safetensors",
+    ))
     .unwrap();
     for backend in devices(test) {
         let device = &backend.device;

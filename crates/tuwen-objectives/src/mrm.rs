@@ -189,3 +189,16 @@ impl MrfrHead {
         .reshape([b, v, f])
     }
 }
+
+/// MRC with hard labels given directly: cross-entropy of `logits` `[B, V, C]` at `positions`
+/// (flat `image * V + region`) against `labels[position]`, with the accuracy of the argmax.
+/// For data whose regions carry ground-truth classes (no detector distribution to argmax).
+pub fn mrc_label_loss(logits: Tensor<3>, labels: &[i64], positions: &[usize]) -> (LossOutput, f32) {
+    let device = logits.device();
+    if positions.is_empty() {
+        return (LossOutput::empty(&device), 0.0);
+    }
+    let targets = positions.iter().map(|&p| labels[p]).collect();
+    let (loss, _, accuracy) = crate::cross_entropy(gather(logits, positions), targets, None);
+    (loss, accuracy)
+}

@@ -1,7 +1,6 @@
 //! Objectives against PyTorch reference values (`fixtures/make_reference.py`).
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
@@ -13,11 +12,8 @@ use tuwen_testkit::{assert_close, devices};
 const TOL: f32 = 1e-5;
 
 fn reference() -> BTreeMap<String, TensorData> {
-    let path = Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/reference.safetensors"
-    ));
-    tuwen_fusion::weights::read_tensors(path).unwrap()
+    let path = tuwen_testkit::package_path("tests/fixtures/reference.safetensors");
+    tuwen_fusion::weights::read_tensors(&path).unwrap()
 }
 
 fn scalar(x: Tensor<1>) -> f32 {

@@ -1,23 +1,20 @@
 //! BUTD TSV import/export on a committed sample in the exact reference layout.
 
-use std::path::Path;
+use std::path::PathBuf;
 
 use tuwen_regions::StoreDtype;
 use tuwen_regions::store::{StoreReader, StoreWriter};
 use tuwen_regions::tsv::{self, OnMalformed, TsvError};
 
-fn sample() -> &'static Path {
-    Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/butd_sample.tsv"
-    ))
+fn sample() -> PathBuf {
+    tuwen_testkit::package_path("tests/fixtures/butd_sample.tsv")
 }
 
 #[test]
 fn malformed_line_fails_with_file_and_line_or_is_skipped_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let mut writer = StoreWriter::open(dir.path(), StoreDtype::F32, 16).unwrap();
-    let err = tsv::import(sample(), &mut writer, OnMalformed::Fail).unwrap_err();
+    let err = tsv::import(&sample(), &mut writer, OnMalformed::Fail).unwrap_err();
     let TsvError::Malformed { line, .. } = &err else {
         panic!("{err}")
     };
@@ -30,7 +27,7 @@ fn malformed_line_fails_with_file_and_line_or_is_skipped_and_counted() {
 
     let dir = tempfile::tempdir().unwrap();
     let mut writer = StoreWriter::open(dir.path(), StoreDtype::F32, 16).unwrap();
-    let summary = tsv::import(sample(), &mut writer, OnMalformed::Skip).unwrap();
+    let summary = tsv::import(&sample(), &mut writer, OnMalformed::Skip).unwrap();
     writer.finish().unwrap();
     assert_eq!((summary.imported, summary.skipped), (3, 1));
     let store = StoreReader::open(dir.path()).unwrap();
@@ -51,7 +48,7 @@ fn malformed_line_fails_with_file_and_line_or_is_skipped_and_counted() {
 fn export_then_import_round_trips_features_boxes_and_scores() {
     let a = tempfile::tempdir().unwrap();
     let mut writer = StoreWriter::open(a.path(), StoreDtype::F32, 2).unwrap();
-    tsv::import(sample(), &mut writer, OnMalformed::Skip).unwrap();
+    tsv::import(&sample(), &mut writer, OnMalformed::Skip).unwrap();
     writer.finish().unwrap();
     let first = StoreReader::open(a.path()).unwrap();
     let exported = a.path().join("out.tsv");

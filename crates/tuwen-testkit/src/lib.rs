@@ -114,3 +114,13 @@ pub fn assert_close<const D: usize>(
         "{what}: max |diff| = {diff:e} exceeds tolerance {tol:e}"
     );
 }
+
+/// `relative` under the directory of the package whose test is running, read from
+/// `CARGO_MANIFEST_DIR` at run time (cargo sets it for tests): unlike `env!`, this does not bake
+/// the checkout's path into a test binary that another checkout sharing the target directory
+/// may reuse.
+pub fn package_path(relative: &str) -> std::path::PathBuf {
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .expect("CARGO_MANIFEST_DIR is set by cargo when it runs tests");
+    std::path::PathBuf::from(dir).join(relative)
+}

@@ -24,10 +24,7 @@ struct Case {
 }
 
 fn fixture() -> Fixture {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/bert_base_uncased.json"
-    );
+    let path = tuwen_testkit::package_path("tests/fixtures/bert_base_uncased.json");
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 

@@ -1,20 +1,41 @@
-//! Pretraining batches from the built-in scenes for a single-stream encoder: captions tokenised
-//! and masked for MLM, half of the pairs mismatched for ITM, and one region per object (from the
-//! ground-truth boxes the generator supplies) plus a whole-image token.
+//! Pretraining batches from the built-in scenes: captions tokenised and masked for MLM, pairs
+//! mismatched for ITM, one region per object (from the ground-truth boxes the generator
+//! supplies) after a whole-image region, and masked regions labelled with their object's class
+//! (shape x colour) for masked region classification.
 //!
-//! Region vectors are the box's pixels average-pooled to a `pool x pool` RGB grid (centred to
-//! [-0.5, 0.5]): exact and cheap for synthetic shapes, where a pretrained CNN adds little; real
-//! images use `tuwen_regions` features instead. Locations are the 5-d ViLBERT encoding.
+//! A batch is built on the host ([`HostBatch`], plain vectors: loader threads build them ahead of
+//! the step) and moved to a device ([`HostBatch::to_device`]). [`HostBatch::split`] cuts it into
+//! row ranges for gradient accumulation and data parallelism: the same examples, labels and
+//! masks as the whole batch, so the accumulated update equals the whole-batch update.
+//!
+//! Region vectors are either the box's pixels average-pooled to a `pool x pool` RGB grid
+//! (centred to [-0.5, 0.5]; exact and cheap for synthetic shapes) or CNN features
+//! ([`RegionFeatures`]). Locations are the 5-d ViLBERT encoding.
+
+use std::ops::Range;
+use std::sync::Arc;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use image::RgbImage;
 use rand::Rng;
-use tuwen_data::scene::{Scene, SceneConfig, Split};
-use tuwen_fusion::VisualBertInput;
+use tuwen_data::scene::{COLORS, Scene, SceneConfig, Split};
+use tuwen_fusion::{ViLBertInput, VisualBertInput};
 use tuwen_objectives::itm::MatchLabel;
 use tuwen_objectives::mlm::{IGNORE, MaskingConfig, mask_tokens};
+use tuwen_objectives::mrm::{RegionMaskingConfig, mask_regions};
 use tuwen_regions::{BoxXyxy, LocationEncoding};
 use tuwen_tokenizer::{BertTokenizer, TokenizerError, TokenizerOptions};
+
+/// Region classes of the scenes for masked region classification: shape x colour.
+pub const REGION_CLASSES: usize = 3 * COLORS.len();
+
+/// Features of a scene's regions from something other than pooled pixels (e.g. a CNN).
+pub trait RegionFeatures: Send + Sync + std::fmt::Debug {
+    /// Width of one region vector.
+    fn dim(&self) -> usize;
+    /// One vector per box of `boxes` (pixels) of `scene` (`split`, `index`), row-major.
+    fn features(&self, split: Split, index: u64, scene: &Scene, boxes: &[BoxXyxy]) -> Vec<f32>;
+}
 
 /// Average RGB of `pool x pool` cells of `bbox` (pixels, clipped), centred to [-0.5, 0.5].
 pub fn pooled_pixels(image: &RgbImage, bbox: BoxXyxy, pool: usize) -> Vec<f32> {
@@ -56,20 +77,7 @@ pub fn pooled_pixels(image: &RgbImage, bbox: BoxXyxy, pool: usize) -> Vec<f32> {
     out
 }
 
-/// A batch for MLM + ITM on a single-stream encoder.
-#[derive(Clone, Debug)]
-pub struct PretrainBatch {
-    /// Encoder input (masked caption ids, region features, 5-d locations, masks).
-    pub input: VisualBertInput,
-    /// Flat MLM positions (matched pairs only).
-    pub mlm_positions: Vec<usize>,
-    /// Flat MLM labels (`IGNORE` elsewhere).
-    pub mlm_labels: Vec<i64>,
-    /// ITM labels per row.
-    pub itm: Vec<MatchLabel>,
-}
-
-/// Builds [`PretrainBatch`]es from generated scenes.
+/// Builds [`HostBatch`]es from generated scenes.
 #[derive(Clone, Debug)]
 pub struct SceneBatcher {
     /// Scene generator.
@@ -84,6 +92,12 @@ pub struct SceneBatcher {
     pub masking: MaskingConfig,
     /// Probability that a pair's caption is replaced by another scene's.
     pub mismatch_prob: f64,
+    /// Region masking for masked region classification (`None`: no region objective).
+    pub region_masking: Option<RegionMaskingConfig>,
+    /// Distinct scenes per split (0: unbounded; example `i` shows scene `i % scenes_per_split`).
+    pub scenes_per_split: u64,
+    /// Region vectors other than pooled pixels.
+    pub region_features: Option<Arc<dyn RegionFeatures>>,
 }
 
 impl SceneBatcher {
@@ -93,6 +107,7 @@ impl SceneBatcher {
         config: &SceneConfig,
         seed: u64,
         scenes: u64,
+        max_len: usize,
     ) -> Result<BertTokenizer, TokenizerError> {
         let mut corpus = Vec::new();
         for i in 0..scenes {
@@ -101,55 +116,219 @@ impl SceneBatcher {
             corpus.extend(s.qa.into_iter().map(|q| q.question));
         }
         let tokens = BertTokenizer::word_vocabulary(&corpus, 1000, true)?;
-        BertTokenizer::from_tokens(&tokens, TokenizerOptions::default().with_max_len(24))
+        BertTokenizer::from_tokens(&tokens, TokenizerOptions::default().with_max_len(max_len))
     }
 
     /// Width of a region vector.
     pub fn feature_dim(&self) -> usize {
-        3 * self.pool * self.pool
+        match &self.region_features {
+            Some(f) => f.dim(),
+            None => 3 * self.pool * self.pool,
+        }
+    }
+
+    /// The scene of example `index` of `split`, with its scene index.
+    pub fn scene(&self, split: Split, index: u64) -> (u64, Scene) {
+        let index = match self.scenes_per_split {
+            0 => index,
+            n => index % n,
+        };
+        (index, self.scenes.generate(self.seed, split, index))
     }
 
     /// Region vectors, 5-d locations and count of a scene: the whole image first, then each object.
-    pub fn regions(&self, scene: &Scene) -> (Vec<f32>, Vec<f32>, usize) {
+    pub fn regions(&self, split: Split, index: u64, scene: &Scene) -> (Vec<f32>, Vec<f32>, usize) {
         let (w, h) = scene.image.dimensions();
         let whole = BoxXyxy::new(0.0, 0.0, w as f32, h as f32);
         let boxes: Vec<BoxXyxy> = std::iter::once(whole)
             .chain(scene.objects.iter().map(|o| o.bbox))
             .collect();
-        let feats = boxes
-            .iter()
-            .flat_map(|b| pooled_pixels(&scene.image, *b, self.pool))
-            .collect();
+        let feats = match &self.region_features {
+            Some(f) => f.features(split, index, scene, &boxes),
+            None => boxes
+                .iter()
+                .flat_map(|b| pooled_pixels(&scene.image, *b, self.pool))
+                .collect(),
+        };
         let locs = boxes
             .iter()
             .flat_map(|b| b.encode(LocationEncoding::XyxyArea5, w as f32, h as f32))
             .collect();
         (feats, locs, boxes.len())
     }
+}
 
-    /// The batch of scenes `indices` of `split`.
-    pub fn batch(
+/// A batch on the host: what the objectives need, as row-major vectors.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostBatch {
+    /// Pairs.
+    pub rows: usize,
+    /// Padded caption length.
+    pub text_len: usize,
+    /// Padded regions per image (whole image first).
+    pub regions: usize,
+    /// Width of a region vector.
+    pub feature_dim: usize,
+    /// `[rows, text_len]` token ids after MLM masking.
+    pub input_ids: Vec<i64>,
+    /// `[rows, text_len]` 1 for real tokens.
+    pub attention: Vec<i64>,
+    /// `[rows, regions, feature_dim]` region vectors after region masking.
+    pub features: Vec<f32>,
+    /// `[rows, regions, 5]` box encodings.
+    pub locations: Vec<f32>,
+    /// `[rows, regions]` 1 for real regions.
+    pub region_mask: Vec<i64>,
+    /// Flat MLM positions (`row * text_len + token`; matched pairs only).
+    pub mlm_positions: Vec<usize>,
+    /// `[rows * text_len]` MLM labels (`IGNORE` elsewhere).
+    pub mlm_labels: Vec<i64>,
+    /// ITM label per row.
+    pub itm: Vec<MatchLabel>,
+    /// Flat masked-region positions (`row * regions + region`; matched pairs only).
+    pub region_positions: Vec<usize>,
+    /// `[rows * regions]` class of each region's object (`IGNORE` for the whole image, padding).
+    pub region_labels: Vec<i64>,
+}
+
+impl HostBatch {
+    /// Rows `range` as a batch of their own (same padding; positions re-indexed).
+    pub fn slice(&self, range: Range<usize>) -> HostBatch {
+        let (t, r, d) = (self.text_len, self.regions, self.feature_dim);
+        let rows = range.len();
+        let within = |positions: &[usize], width: usize| -> Vec<usize> {
+            positions
+                .iter()
+                .filter(|&&p| range.contains(&(p / width)))
+                .map(|&p| p - range.start * width)
+                .collect()
+        };
+        HostBatch {
+            rows,
+            text_len: t,
+            regions: r,
+            feature_dim: d,
+            input_ids: self.input_ids[range.start * t..range.end * t].to_vec(),
+            attention: self.attention[range.start * t..range.end * t].to_vec(),
+            features: self.features[range.start * r * d..range.end * r * d].to_vec(),
+            locations: self.locations[range.start * r * 5..range.end * r * 5].to_vec(),
+            region_mask: self.region_mask[range.start * r..range.end * r].to_vec(),
+            mlm_positions: within(&self.mlm_positions, t),
+            mlm_labels: self.mlm_labels[range.start * t..range.end * t].to_vec(),
+            itm: self.itm[range.clone()].to_vec(),
+            region_positions: within(&self.region_positions, r),
+            region_labels: self.region_labels[range.start * r..range.end * r].to_vec(),
+        }
+    }
+
+    /// `parts` contiguous row ranges of near-equal size (the first ones one row larger).
+    pub fn split(&self, parts: usize) -> Vec<HostBatch> {
+        let parts = parts.clamp(1, self.rows.max(1));
+        let (base, extra) = (self.rows / parts, self.rows % parts);
+        let mut start = 0;
+        (0..parts)
+            .map(|i| {
+                let len = base + usize::from(i < extra);
+                let part = self.slice(start..start + len);
+                start += len;
+                part
+            })
+            .collect()
+    }
+
+    /// The batch as tensors on `device`.
+    pub fn to_device(&self, device: &Device) -> PretrainBatch {
+        let int = |v: &[i64], shape: [usize; 2]| {
+            Tensor::<2, Int>::from_data(TensorData::new(v.to_vec(), shape), device)
+        };
+        let (b, t, r, d) = (self.rows, self.text_len, self.regions, self.feature_dim);
+        PretrainBatch {
+            input_ids: int(&self.input_ids, [b, t]),
+            attention_mask: int(&self.attention, [b, t]),
+            features: Tensor::from_data(TensorData::new(self.features.clone(), [b, r, d]), device),
+            locations: Tensor::from_data(
+                TensorData::new(self.locations.clone(), [b, r, 5]),
+                device,
+            ),
+            region_mask: int(&self.region_mask, [b, r]),
+            mlm_positions: self.mlm_positions.clone(),
+            mlm_labels: self.mlm_labels.clone(),
+            itm: self.itm.clone(),
+            region_positions: self.region_positions.clone(),
+            region_labels: self.region_labels.clone(),
+        }
+    }
+}
+
+/// A batch on a device.
+#[derive(Clone, Debug)]
+pub struct PretrainBatch {
+    /// `[B, T]` token ids after MLM masking.
+    pub input_ids: Tensor<2, Int>,
+    /// `[B, T]` 1 for real tokens.
+    pub attention_mask: Tensor<2, Int>,
+    /// `[B, R, D]` region vectors (whole image first).
+    pub features: Tensor<3>,
+    /// `[B, R, 5]` box encodings.
+    pub locations: Tensor<3>,
+    /// `[B, R]` 1 for real regions.
+    pub region_mask: Tensor<2, Int>,
+    /// Flat MLM positions (matched pairs only).
+    pub mlm_positions: Vec<usize>,
+    /// Flat MLM labels (`IGNORE` elsewhere).
+    pub mlm_labels: Vec<i64>,
+    /// ITM labels per row.
+    pub itm: Vec<MatchLabel>,
+    /// Flat masked-region positions.
+    pub region_positions: Vec<usize>,
+    /// Flat region classes (`IGNORE` where there is none).
+    pub region_labels: Vec<i64>,
+}
+
+impl PretrainBatch {
+    /// VisualBERT's input: text then regions in one stream, with 5-d box encodings.
+    pub fn visual_bert_input(&self) -> VisualBertInput {
+        let mut input = VisualBertInput::new(self.input_ids.clone(), self.features.clone());
+        input.attention_mask = self.attention_mask.clone();
+        input.visual_attention_mask = self.region_mask.clone();
+        input.visual_locations = Some(self.locations.clone());
+        input
+    }
+
+    /// ViLBERT's input: the whole-image region is the image stream's first (global) token.
+    pub fn vilbert_input(&self) -> ViLBertInput {
+        let mut input = ViLBertInput::new(
+            self.input_ids.clone(),
+            self.features.clone(),
+            self.locations.clone(),
+        );
+        input.attention_mask = self.attention_mask.clone();
+        input.image_attention_mask = self.region_mask.clone();
+        input
+    }
+}
+
+impl SceneBatcher {
+    /// The batch of examples `indices` of `split` on the host. Every random choice (mismatched
+    /// captions, masked tokens and regions) is drawn from `rng` in a fixed order.
+    pub fn host_batch(
         &self,
         split: Split,
         indices: &[u64],
         rng: &mut impl Rng,
-        device: &Device,
-    ) -> Result<PretrainBatch, TokenizerError> {
-        let scenes: Vec<Scene> = indices
-            .iter()
-            .map(|&i| self.scenes.generate(self.seed, split, i))
-            .collect();
+    ) -> Result<HostBatch, TokenizerError> {
+        let scenes: Vec<(u64, Scene)> = indices.iter().map(|&i| self.scene(split, i)).collect();
         let b = scenes.len();
         let mut captions = Vec::with_capacity(b);
         let mut itm = Vec::with_capacity(b);
-        for (row, scene) in scenes.iter().enumerate() {
+        for (row, (_, scene)) in scenes.iter().enumerate() {
             let mismatched = b > 1 && rng.random_bool(self.mismatch_prob);
             let source = if mismatched {
                 (row + rng.random_range(1..b)) % b
             } else {
                 row
             };
-            let pool = &scenes[source].captions;
+            let pool = &scenes[source].1.captions;
             let caption = pool[rng.random_range(0..pool.len())].clone();
             // A caption of another scene can still be true of this one; label by text identity.
             let matches = !mismatched || scene.captions.contains(&caption);
@@ -203,40 +382,76 @@ impl SceneBatcher {
             &self.masking,
             rng,
         );
-        let max_regions = scenes
+        let regions = scenes
             .iter()
-            .map(|s| s.objects.len() + 1)
+            .map(|(_, s)| s.objects.len() + 1)
             .max()
             .unwrap_or(1);
         let d = self.feature_dim();
-        let mut feats = vec![0.0f32; b * max_regions * d];
-        let mut locs = vec![0.0f32; b * max_regions * 5];
-        let mut region_mask = vec![0i64; b * max_regions];
-        for (row, scene) in scenes.iter().enumerate() {
-            let (f, l, n) = self.regions(scene);
-            feats[row * max_regions * d..row * max_regions * d + n * d].copy_from_slice(&f);
-            locs[row * max_regions * 5..row * max_regions * 5 + n * 5].copy_from_slice(&l);
-            region_mask[row * max_regions..row * max_regions + n].fill(1);
+        let mut features = vec![0.0f32; b * regions * d];
+        let mut locations = vec![0.0f32; b * regions * 5];
+        let mut region_mask = vec![0i64; b * regions];
+        let mut region_labels = vec![IGNORE; b * regions];
+        for (row, (index, scene)) in scenes.iter().enumerate() {
+            let (f, l, n) = self.regions(split, *index, scene);
+            let at = row * regions;
+            features[at * d..(at + n) * d].copy_from_slice(&f);
+            locations[at * 5..(at + n) * 5].copy_from_slice(&l);
+            region_mask[at..at + n].fill(1);
+            for (k, o) in scene.objects.iter().enumerate() {
+                let shape = tuwen_data::scene::Shape::ALL
+                    .iter()
+                    .position(|&s| s == o.shape)
+                    .unwrap_or(0);
+                region_labels[at + 1 + k] = (shape * COLORS.len() + o.color) as i64;
+            }
         }
-        let int = |v: Vec<i64>, shape: [usize; 2]| {
-            Tensor::<2, Int>::from_data(TensorData::new(v, shape), device)
+        let (features, region_positions) = match &self.region_masking {
+            Some(config) => {
+                // Regions of mismatched pairs are never masked (as MLM).
+                let matched_regions: Vec<i64> = region_mask
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &m)| {
+                        if itm[i / regions] == MatchLabel::Match {
+                            m
+                        } else {
+                            0
+                        }
+                    })
+                    .collect();
+                let m = mask_regions(&features, &matched_regions, b, d, true, config, rng);
+                (m.features, m.positions)
+            }
+            None => (features, Vec::new()),
         };
-        let mut input = VisualBertInput::new(
-            int(masked.input_ids.clone(), [b, len]),
-            Tensor::from_data(TensorData::new(feats, [b, max_regions, d]), device),
-        );
-        input.attention_mask = int(attention, [b, len]);
-        input.visual_attention_mask = int(region_mask, [b, max_regions]);
-        input.visual_locations = Some(Tensor::from_data(
-            TensorData::new(locs, [b, max_regions, 5]),
-            device,
-        ));
         debug_assert!(masked.labels.iter().all(|&l| l == IGNORE || l >= 0));
-        Ok(PretrainBatch {
-            input,
+        Ok(HostBatch {
+            rows: b,
+            text_len: len,
+            regions,
+            feature_dim: d,
+            input_ids: masked.input_ids,
+            attention,
+            features,
+            locations,
+            region_mask,
             mlm_positions: masked.positions,
             mlm_labels: masked.labels,
             itm,
+            region_positions,
+            region_labels,
         })
+    }
+
+    /// [`SceneBatcher::host_batch`] moved to `device`.
+    pub fn batch(
+        &self,
+        split: Split,
+        indices: &[u64],
+        rng: &mut impl Rng,
+        device: &Device,
+    ) -> Result<PretrainBatch, TokenizerError> {
+        Ok(self.host_batch(split, indices, rng)?.to_device(device))
     }
 }

@@ -144,3 +144,18 @@ pub fn load<M: Module, S: DeserializeOwned>(
         path,
     }))
 }
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so the
+/// file is either the old or the new content, never a torn mix.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    fs::write(&tmp, bytes).map_err(io(&tmp))?;
+    fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io(&tmp))?;
+    fs::rename(&tmp, path).map_err(io(path))
+}

@@ -51,6 +51,28 @@ impl NanGuard {
     }
 }
 
+/// Whether every parameter of `module` is finite (checked before a checkpoint is written: an
+/// update from a finite loss can still overflow the weights).
+pub fn all_finite<M: burn::module::Module>(module: &M) -> bool {
+    struct Finite(bool);
+    impl burn::module::ModuleVisitor for Finite {
+        fn visit_float<const D: usize>(
+            &mut self,
+            param: &burn::module::Param<burn::tensor::Tensor<D>>,
+        ) {
+            if self.0 {
+                let t = param.val();
+                let bad = t.clone().is_nan().any().into_scalar::<bool>()
+                    || t.is_inf().any().into_scalar::<bool>();
+                self.0 = !bad;
+            }
+        }
+    }
+    let mut f = Finite(true);
+    module.visit(&mut f);
+    f.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,10 +1,16 @@
 //! Training machinery for tuwen's step-based pretraining loop.
 //!
-//! * [`batch`] — MLM + ITM batches from the built-in scenes (GT-box regions, 5-d locations).
+//! * [`config`] — every hyper-parameter of a run, from TOML; saved resolved in the run directory.
+//! * [`batch`] — host batches from the built-in scenes (MLM, ITM, masked regions), split into
+//!   micro-batches for accumulation and data parallelism.
+//! * [`prefetch`] — loader threads that build batches ahead, in step order.
+//! * [`model`] — VisualBERT and ViLBERT behind one type, with their objectives.
+//! * [`features`] — CNN region features of the scenes.
 //! * [`checkpoint`] — model + optimiser + training state, written atomically.
 //! * [`guard`] — NaN/inf steps skipped and counted, abort after too many in a row.
 //! * [`metrics`] — `metrics.jsonl` and SVG plots of every series.
-//! * [`pretrain`] — the MLM + ITM pretraining loop on the built-in scenes (resumable, exact).
+//! * [`pretrain`] — the pretraining loop (accumulation, data parallelism, evaluation, best/last
+//!   checkpoints; resumable bit for bit).
 //! * [`retrieval`] — Recall@1/5/10 with ITC ranking and ITM re-ranking of the top-k only.
 //! * [`schedule`] — warmup then linear or cosine decay, as a pure function of the step.
 //! * [`clip`] — clipping by the GLOBAL gradient norm over all parameters (Burn's
@@ -15,9 +21,13 @@
 pub mod batch;
 pub mod checkpoint;
 pub mod clip;
+pub mod config;
 pub mod decay;
+pub mod features;
 pub mod guard;
 pub mod metrics;
+pub mod model;
+pub mod prefetch;
 pub mod pretrain;
 pub mod retrieval;
 pub mod schedule;

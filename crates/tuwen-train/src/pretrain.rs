@@ -1,105 +1,69 @@
-//! The step-based pretraining loop on the built-in scenes: a single-stream VisualBERT (with 5-d
-//! box encodings) trained from scratch with MLM + ITM, AdamW with decoupled decay outside
-//! norms/biases/embeddings, warmup + decay, global-norm clipping, NaN guard, periodic held-out
-//! evaluation, metrics and atomic checkpoints.
+//! The step-based pretraining loop on the built-in scenes.
+//!
+//! One step: the step's batch (a pure function of seed and step, built ahead by loader threads)
+//! is cut into `devices x grad_accum_steps` micro-batches; each runs forward/backward on its
+//! device with its losses weighted by its share of the batch's items, so the summed gradient is
+//! the whole batch's; then global-norm clipping, the NaN guard, decoupled weight decay and the
+//! AdamW step on the main device. Every `eval.every` steps: held-out evaluation, `last`
+//! checkpoint, and `best` when the chosen metric improved. Checkpoints carry the model, the
+//! optimiser, the step (which fixes the learning rate and the data position) and the metrics
+//! log position, so an interrupted run resumes bit for bit.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
 use burn::tensor::Device;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 use tuwen_data::scene::{SceneConfig, Split};
-use tuwen_fusion::visual_bert::LocationEncoding;
-use tuwen_fusion::{BertConfig, VisualBertConfig, VisualBertForPreTraining};
-use tuwen_objectives::LossOutput;
-use tuwen_objectives::itm::{Polarity, itm_loss};
-use tuwen_objectives::mlm::{MaskingConfig, MlmOutput, mlm_loss};
-
+use tuwen_fusion::BertConfig;
+use tuwen_objectives::mlm::MaskingConfig;
+use tuwen_objectives::mrm::RegionMaskingConfig;
 use tuwen_tokenizer::{BertTokenizer, TokenizerOptions};
 
-use crate::batch::{PretrainBatch, SceneBatcher};
+use crate::batch::{HostBatch, SceneBatcher};
 use crate::checkpoint;
 use crate::clip::clip_global_norm;
+use crate::config::{Architecture, BestMetric, TrainConfig};
 use crate::decay::{apply_weight_decay, decayed_params};
 use crate::guard::{NanGuard, StepAction};
 use crate::metrics::MetricsLog;
-use crate::schedule::{Decay, LrSchedule};
-
-/// Every hyper-parameter of a pretraining run (saved as `config.json` in the run directory).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct PretrainConfig {
-    /// Dataset seed.
-    pub seed: u64,
-    /// Optimiser steps.
-    pub steps: usize,
-    /// Scenes per batch.
-    pub batch_size: usize,
-    /// Peak learning rate.
-    pub learning_rate: f64,
-    /// Warmup steps.
-    pub warmup_steps: usize,
-    /// Decoupled weight decay (not on norms, biases, embeddings).
-    pub weight_decay: f64,
-    /// Global gradient-norm limit.
-    pub max_grad_norm: f32,
-    /// Hidden width.
-    pub hidden_size: usize,
-    /// Layers.
-    pub layers: usize,
-    /// Heads.
-    pub heads: usize,
-    /// Evaluate (and checkpoint) every this many steps.
-    pub eval_every: usize,
-    /// Log training losses every this many steps.
-    pub log_every: usize,
-    /// Held-out scenes used per evaluation.
-    pub eval_scenes: usize,
-    /// Non-finite steps in a row before aborting.
-    pub max_nan_steps: usize,
-}
-
-impl Default for PretrainConfig {
-    fn default() -> Self {
-        Self {
-            seed: 1,
-            steps: 6000,
-            batch_size: 32,
-            learning_rate: 5e-4,
-            warmup_steps: 100,
-            weight_decay: 0.01,
-            max_grad_norm: 1.0,
-            hidden_size: 128,
-            layers: 4,
-            heads: 4,
-            eval_every: 500,
-            log_every: 25,
-            eval_scenes: 256,
-            max_nan_steps: 10,
-        }
-    }
-}
+use crate::model::{PretrainModel, visual_bert_config};
+use crate::prefetch::Prefetcher;
+use crate::schedule::LrSchedule;
 
 /// Held-out metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct EvalMetrics {
-    /// ITM accuracy on balanced matched/mismatched pairs.
+    /// ITM accuracy on matched/mismatched pairs.
     pub itm_accuracy: f32,
     /// MLM accuracy on masked tokens.
     pub mlm_accuracy: f32,
     /// MLM accuracy on masked colour and shape words.
     pub mlm_color_shape_accuracy: f32,
+    /// Masked region classification accuracy (ViLBERT; 0 otherwise).
+    pub region_accuracy: f32,
+}
+
+impl EvalMetrics {
+    /// The value of `metric`.
+    pub fn get(&self, metric: BestMetric) -> f32 {
+        match metric {
+            BestMetric::ItmAccuracy => self.itm_accuracy,
+            BestMetric::MlmColorShapeAccuracy => self.mlm_color_shape_accuracy,
+        }
+    }
 }
 
 /// State stored with checkpoints.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RunState {
-    /// Next step to run.
+    /// Next step to run (also the data position and the schedule position).
     pub step: usize,
     /// Non-finite steps skipped so far.
     pub skipped: usize,
@@ -107,80 +71,149 @@ pub struct RunState {
     pub eval: EvalMetrics,
     /// Lines of `metrics.jsonl` written when the checkpoint was taken.
     pub metrics_lines: usize,
+    /// Step and metrics of the `best` checkpoint.
+    pub best: Option<(usize, EvalMetrics)>,
 }
 
-/// Summary of a finished run.
+/// One training step's report.
+#[derive(Clone, Copy, Debug)]
+pub struct StepReport {
+    /// Steps done (1-based).
+    pub step: usize,
+    /// Steps of the run.
+    pub steps: usize,
+    /// MLM loss.
+    pub mlm: f32,
+    /// ITM loss.
+    pub itm: f32,
+    /// Region classification loss (0 without).
+    pub region: f32,
+    /// ITM accuracy of the batch.
+    pub itm_accuracy: f32,
+    /// Gradient norm before clipping.
+    pub grad_norm: f32,
+    /// Learning rate of the step.
+    pub lr: f64,
+    /// Scenes per second since the start (or resume).
+    pub scenes_per_second: f64,
+    /// Estimated seconds to the end.
+    pub eta_seconds: f64,
+    /// Non-finite steps skipped so far.
+    pub skipped: usize,
+}
+
+/// What a run tells its caller as it goes.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// A message (set-up, resume point).
+    Note(String),
+    /// A logged training step.
+    Step(StepReport),
+    /// A held-out evaluation at `step` (steps done); `best` when it set a new best.
+    Eval {
+        /// Steps done.
+        step: usize,
+        /// The metrics.
+        metrics: EvalMetrics,
+        /// Whether the `best` checkpoint was replaced.
+        best: bool,
+    },
+}
+
+/// Summary of a finished (or stopped) run.
 #[derive(Clone, Debug)]
 pub struct Summary {
     /// Final held-out metrics.
     pub eval: EvalMetrics,
-    /// Steps run.
+    /// Step and metrics of the best checkpoint.
+    pub best: Option<(usize, EvalMetrics)>,
+    /// Steps done.
     pub steps: usize,
-    /// Seconds of wall time.
+    /// Non-finite steps skipped.
+    pub skipped: usize,
+    /// Seconds of wall time (this invocation).
     pub seconds: f64,
     /// Run directory.
     pub dir: PathBuf,
 }
 
-fn model_config(cfg: &PretrainConfig, vocab: usize, feature_dim: usize) -> VisualBertConfig {
-    VisualBertConfig {
-        bert: BertConfig {
-            vocab_size: vocab,
-            hidden_size: cfg.hidden_size,
-            num_hidden_layers: cfg.layers,
-            num_attention_heads: cfg.heads,
-            intermediate_size: 4 * cfg.hidden_size,
-            max_position_embeddings: 32,
-            hidden_dropout_prob: 0.0,
-            attention_probs_dropout_prob: 0.0,
-            ..BertConfig::default()
-        },
-        visual_embedding_dim: feature_dim,
-        visual_location: LocationEncoding::XyxyArea5,
-        ..VisualBertConfig::default()
+/// Serialises users of the backends' global random generators within this process.
+static DEVICE_RNG: Mutex<()> = Mutex::new(());
+
+/// Seeds `device` (and its autodiff view) and holds the process-wide lock until the guard
+/// drops: Burn's generator is global per backend, so two runs initialising or stepping at once
+/// (parallel tests, several runs in one program) would otherwise interleave their draws.
+fn seeded(device: &Device, seed: u64) -> MutexGuard<'static, ()> {
+    let guard = DEVICE_RNG
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    device.seed(seed);
+    device.clone().autodiff().seed(seed);
+    guard
+}
+
+/// The generator seed of one training step.
+fn step_seed(seed: u64, step: usize) -> u64 {
+    seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (step as u64).wrapping_add(1)
+}
+
+/// The vocabulary of the run: the BERT checkpoint's when the model starts from one, else the
+/// deterministic whole-word vocabulary of the scenes. Saved as `vocab.txt` in the run directory
+/// and reloaded from there on resume.
+fn tokenizer(
+    cfg: &TrainConfig,
+    scenes: &SceneConfig,
+    dir: &Path,
+    bert_dir: Option<&Path>,
+) -> Result<BertTokenizer, String> {
+    let options = TokenizerOptions::default().with_max_len(cfg.data.max_text_len);
+    let saved = dir.join("vocab.txt");
+    if saved.is_file() {
+        return BertTokenizer::from_vocab(&saved, options).map_err(|e| e.to_string());
+    }
+    let tok = match bert_dir {
+        Some(bert) => BertTokenizer::from_vocab(bert.join("vocab.txt"), options),
+        None => SceneBatcher::train_tokenizer(
+            scenes,
+            cfg.run.seed,
+            cfg.data.vocab_scenes,
+            cfg.data.max_text_len,
+        ),
+    }
+    .map_err(|e| e.to_string())?;
+    tok.save_vocab(&saved).map_err(|e| e.to_string())?;
+    Ok(tok)
+}
+
+/// The directory of the BERT checkpoint named by `model.init`.
+fn bert_dir(init: &str) -> Result<PathBuf, String> {
+    if init == "minilm" {
+        let weights = tuwen_assets::locate("minilm", "model.safetensors")
+            .map_err(|e| format!("model.init = \"minilm\": {e}"))?;
+        Ok(weights.parent().expect("a file has a parent").to_path_buf())
+    } else {
+        let dir = PathBuf::from(init);
+        for file in ["config.json", "model.safetensors", "vocab.txt"] {
+            if !dir.join(file).is_file() {
+                return Err(format!(
+                    "model.init = {init:?}: {} is missing",
+                    dir.join(file).display()
+                ));
+            }
+        }
+        Ok(dir)
     }
 }
 
-/// MLM and ITM outputs of `model` on `batch` (the same computation for training and evaluation).
-fn objectives(
-    model: &VisualBertForPreTraining,
-    batch: &PretrainBatch,
-) -> (MlmOutput, LossOutput, f32) {
-    let [_, len] = batch.input.input_ids.dims();
-    let out = model.forward(batch.input.clone());
-    let text = out.encoder.last_hidden_state.narrow(1, 0, len);
-    let emb = model
-        .visual_bert
-        .embeddings
-        .text
-        .word_embeddings
-        .weight
-        .val();
-    let mlm = mlm_loss(
-        &model.mlm,
-        text,
-        emb,
-        &batch.mlm_positions,
-        &batch.mlm_labels,
-        None,
-    );
-    let (itm, itm_accuracy) = itm_loss(
-        out.seq_relationship_logits,
-        &batch.itm,
-        Polarity::VISUAL_BERT,
-    );
-    (mlm, itm, itm_accuracy)
-}
-
-/// Evaluates on `scenes` held-out test scenes.
+/// Evaluates on `cfg.eval.scenes` held-out test scenes (never seen in training).
 pub fn evaluate(
-    model: &VisualBertForPreTraining,
+    model: &PretrainModel,
     batcher: &SceneBatcher,
     scenes: usize,
     device: &Device,
 ) -> EvalMetrics {
     let mut rng = StdRng::seed_from_u64(batcher.seed ^ 0xe7a1);
-    let words: Vec<u32> = [
+    let words: Vec<i64> = [
         "red",
         "green",
         "blue",
@@ -198,131 +231,248 @@ pub fn evaluate(
     ]
     .iter()
     .filter_map(|w| batcher.tokenizer.token_to_id(w))
+    .map(i64::from)
     .collect();
-    let (mut itm_ok, mut itm_n, mut mlm_ok, mut mlm_n, mut cs_ok, mut cs_n) =
-        (0.0f32, 0.0f32, 0.0f32, 0.0f32, 0.0f32, 0.0f32);
     let eval_batcher = SceneBatcher {
         masking: MaskingConfig {
             mask_prob: 0.3,
             ..MaskingConfig::default()
         },
+        scenes_per_split: 0,
         ..batcher.clone()
     };
+    let mut n = [0.0f32; 8]; // itm ok, itm n, mlm ok, mlm n, cs ok, cs n, region ok, region n
     for chunk in (0..scenes as u64).collect::<Vec<_>>().chunks(32) {
-        let Ok(batch) = eval_batcher.batch(Split::Test, chunk, &mut rng, device) else {
+        let Ok(host) = eval_batcher.host_batch(Split::Test, chunk, &mut rng) else {
             continue;
         };
-        let (mlm, _, acc) = objectives(model, &batch);
-        itm_ok += acc * batch.itm.len() as f32;
-        itm_n += batch.itm.len() as f32;
-        for (&p, &pred) in batch.mlm_positions.iter().zip(&mlm.predictions) {
-            let gold = batch.mlm_labels[p];
-            mlm_n += 1.0;
-            mlm_ok += f32::from(pred == gold);
-            if words.contains(&(gold as u32)) {
-                cs_n += 1.0;
-                cs_ok += f32::from(pred == gold);
+        let out = model.objectives(&host.to_device(device));
+        n[0] += out.itm_accuracy * host.rows as f32;
+        n[1] += host.rows as f32;
+        for (&p, &pred) in host.mlm_positions.iter().zip(&out.mlm.predictions) {
+            let gold = host.mlm_labels[p];
+            n[2] += f32::from(pred == gold);
+            n[3] += 1.0;
+            if words.contains(&gold) {
+                n[4] += f32::from(pred == gold);
+                n[5] += 1.0;
             }
         }
+        n[6] += out.region_accuracy * out.region.count as f32;
+        n[7] += out.region.count as f32;
     }
     EvalMetrics {
-        itm_accuracy: itm_ok / itm_n.max(1.0),
-        mlm_accuracy: mlm_ok / mlm_n.max(1.0),
-        mlm_color_shape_accuracy: cs_ok / cs_n.max(1.0),
+        itm_accuracy: n[0] / n[1].max(1.0),
+        mlm_accuracy: n[2] / n[3].max(1.0),
+        mlm_color_shape_accuracy: n[4] / n[5].max(1.0),
+        region_accuracy: n[6] / n[7].max(1.0),
     }
 }
 
-/// Serialises users of the backends' global random generators within this process.
-static DEVICE_RNG: Mutex<()> = Mutex::new(());
-
-/// Seeds `device` (and its autodiff view) and holds the process-wide lock until the guard
-/// drops: Burn's generator is global per backend, so two runs initialising or stepping at once
-/// (parallel tests, several runs in one program) would otherwise interleave their draws.
-fn seeded(device: &Device, seed: u64) -> MutexGuard<'static, ()> {
-    let guard = DEVICE_RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    device.seed(seed);
-    device.clone().autodiff().seed(seed);
-    guard
+/// The batch of training step `step`: scenes `step * B .. (step + 1) * B` and a generator seeded
+/// by (seed, step), so a resumed run sees exactly the batches the interrupted one would have.
+pub fn step_batch(
+    batcher: &SceneBatcher,
+    cfg: &TrainConfig,
+    step: usize,
+) -> Result<HostBatch, String> {
+    let mut rng = StdRng::seed_from_u64(cfg.run.seed.wrapping_mul(1_000_003) ^ step as u64);
+    let b = cfg.run.batch_size as u64;
+    let indices: Vec<u64> = (0..b).map(|i| step as u64 * b + i).collect();
+    batcher
+        .host_batch(Split::Train, &indices, &mut rng)
+        .map_err(|e| format!("step {step}: {e}"))
 }
 
-/// The generator seed of one training step.
-fn step_seed(seed: u64, step: usize) -> u64 {
-    seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (step as u64).wrapping_add(1)
-}
-
-/// Runs (or resumes, when `dir` holds a checkpoint) a pretraining run; `progress` receives one
-/// line per logged step. `stop_after` ends the run early after that many steps in total (as an
-/// interruption would; tests use it to check that resuming is exact).
-pub fn run(
-    cfg: &PretrainConfig,
-    dir: &Path,
-    device: &Device,
-    stop_after: Option<usize>,
-    mut progress: impl FnMut(&str),
-) -> Result<Summary, String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let config_path = dir.join("config.json");
-    std::fs::write(
-        &config_path,
-        serde_json::to_string_pretty(cfg).expect("serialisable"),
-    )
-    .map_err(|e| format!("{}: {e}", config_path.display()))?;
-    let scenes = SceneConfig::default();
-    // The vocabulary is part of the run: built once (deterministically), saved, and reloaded on
-    // resume, so a run directory stays self-contained.
-    let vocab_path = dir.join("vocab.txt");
-    let tokenizer = if vocab_path.is_file() {
-        BertTokenizer::from_vocab(&vocab_path, TokenizerOptions::default().with_max_len(24))
-    } else {
-        SceneBatcher::train_tokenizer(&scenes, cfg.seed, 2000).and_then(|t| {
-            t.save_vocab(&vocab_path)?;
-            Ok(t)
+/// Losses and gradients of one step over micro-batches spread on `devices` (autodiff devices;
+/// the first is the main device, holding `model`): `devices.len() x micro_batches` contiguous
+/// row ranges, micro-batch `i` on device `i % devices.len()`. Returns the summed gradients (on
+/// the main device) and the step's MLM, ITM, region losses and ITM accuracy over the whole
+/// batch. `seed` seeds the random draws of micro-batch `i` as `seed + i`.
+pub fn step_gradients(
+    model: &PretrainModel,
+    host: &HostBatch,
+    devices: &[Device],
+    micro_batches: usize,
+    region_weight: f64,
+    seed: u64,
+) -> (GradientsParams, [f32; 4]) {
+    let scalar = |t: &burn::tensor::Tensor<1>| t.clone().into_scalar::<f32>();
+    let main = &devices[0];
+    let parts = host.split(devices.len() * micro_batches);
+    let totals = [
+        host.mlm_positions.len().max(1) as f32,
+        host.rows.max(1) as f32,
+        host.region_positions.len().max(1) as f32,
+    ];
+    let replicas: Vec<PretrainModel> = devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            if i == 0 {
+                model.clone()
+            } else {
+                model.clone().fork(d)
+            }
         })
+        .collect();
+    let mut accumulator = GradientsAccumulator::new();
+    let mut values = [0.0f32; 4];
+    for (i, part) in parts.iter().enumerate() {
+        let d = i % devices.len();
+        let replica = &replicas[d];
+        let batch = part.to_device(&devices[d]);
+        let out = {
+            // Random draws inside the step (dropout) are a function of (seed, step, part).
+            let _rng = seeded(&devices[d], seed.wrapping_add(i as u64));
+            replica.objectives(&batch)
+        };
+        // Each micro-batch's mean weighted by its share of the step's items: the sum of the
+        // weighted gradients is the gradient of the whole batch's means.
+        let w = [
+            out.mlm.loss.count as f32 / totals[0],
+            part.rows as f32 / totals[1],
+            out.region.count as f32 / totals[2],
+        ];
+        values[0] += scalar(&out.mlm.loss.loss) * w[0];
+        values[1] += scalar(&out.itm.loss) * w[1];
+        values[2] += scalar(&out.region.loss) * w[2];
+        let loss = out.mlm.loss.loss.mul_scalar(w[0])
+            + out.itm.loss.mul_scalar(w[1])
+            + out.region.loss.mul_scalar(w[2] * region_weight as f32);
+        values[3] += out.itm_accuracy * w[1];
+        let grads = GradientsParams::from_grads(loss.backward(), replica);
+        accumulator.accumulate(model, grads.to_device(main, model));
     }
-    .map_err(|e| e.to_string())?;
-    let batcher = SceneBatcher {
+    (accumulator.grads(), values)
+}
+
+/// Runs (or resumes, when `dir` holds a checkpoint) a pretraining run on `devices` (plain
+/// devices; the first is the main one, the others hold data-parallel replicas). `stop_after`
+/// ends the run after that many steps in total, as an interruption would (tests use it).
+pub fn run(
+    cfg: &TrainConfig,
+    dir: &Path,
+    devices: &[Device],
+    stop_after: Option<usize>,
+    mut events: impl FnMut(Event),
+) -> Result<Summary, String> {
+    cfg.validate()?;
+    let Some(device) = devices.first() else {
+        return Err("no device to train on".into());
+    };
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let ckpt_dir = dir.join("checkpoints");
+    let config_path = dir.join("config.toml");
+    let resolved = cfg.to_toml();
+    let has_checkpoint = ckpt_dir.join("last").is_dir() || ckpt_dir.join(".last.old").is_dir();
+    if has_checkpoint && config_path.is_file() {
+        let saved = TrainConfig::load(&config_path).map_err(|e| e.to_string())?;
+        if saved != *cfg {
+            return Err(format!(
+                "{} holds a run with a different configuration ({}); resume it with that \
+                 configuration or train in a new directory",
+                dir.display(),
+                config_path.display()
+            ));
+        }
+    }
+    crate::checkpoint::write_atomic(&config_path, resolved.as_bytes())
+        .map_err(|e| e.to_string())?;
+
+    let scenes = SceneConfig::default();
+    let bert = match (&cfg.model.init, cfg.model.architecture) {
+        (Some(init), Architecture::VisualBert) => Some(bert_dir(init)?),
+        _ => None,
+    };
+    let tokenizer = tokenizer(cfg, &scenes, dir, bert.as_deref())?;
+    let region_features = crate::features::region_features(cfg, &scenes, device, &mut events)?;
+    let batcher = Arc::new(SceneBatcher {
         tokenizer,
         scenes,
-        seed: cfg.seed,
-        pool: 4,
-        masking: MaskingConfig::default(),
-        mismatch_prob: 0.5,
-    };
-    let ad = device.clone().autodiff();
-    let mcfg = model_config(cfg, batcher.tokenizer.vocab_size(), batcher.feature_dim());
+        seed: cfg.run.seed,
+        pool: cfg.data.pool,
+        masking: MaskingConfig {
+            mask_prob: cfg.data.mask_prob,
+            ..MaskingConfig::default()
+        },
+        mismatch_prob: cfg.data.mismatch_prob,
+        region_masking: (cfg.data.region_mask_prob > 0.0).then_some(RegionMaskingConfig {
+            mask_prob: cfg.data.region_mask_prob,
+            ..RegionMaskingConfig::VILBERT
+        }),
+        scenes_per_split: cfg.data.train_scenes,
+        region_features,
+    });
+    let ad: Vec<Device> = devices.iter().map(|d| d.clone().autodiff()).collect();
+    let vocab = batcher.tokenizer.vocab_size();
+    let feature_dim = batcher.feature_dim();
     // Seeded initialisation: the same config gives the same run.
     let mut model = {
-        let _rng = seeded(device, cfg.seed);
-        mcfg.init_pretraining(&ad)
+        let _rng = seeded(device, cfg.run.seed);
+        match &bert {
+            Some(bert) => {
+                let bert_cfg = BertConfig::from_json_file(bert.join("config.json"))
+                    .map_err(|e| e.to_string())?;
+                let vcfg = visual_bert_config(
+                    &cfg.model,
+                    Some(bert_cfg),
+                    vocab,
+                    feature_dim,
+                    cfg.data.max_text_len,
+                );
+                let mut m = vcfg.init_pretraining(&ad[0]);
+                m.visual_bert = m
+                    .visual_bert
+                    .init_from_bert(bert.join("model.safetensors"))
+                    .map_err(|e| e.to_string())?;
+                events(Event::Note(format!(
+                    "text Transformer initialised from {}",
+                    bert.display()
+                )));
+                PretrainModel::VisualBert(m)
+            }
+            None => PretrainModel::init(
+                &cfg.model,
+                vocab,
+                feature_dim,
+                cfg.data.max_text_len,
+                &ad[0],
+            ),
+        }
     };
-    let adamw = AdamWConfig::new().with_weight_decay(0.0).with_epsilon(1e-8);
+    let o = &cfg.optim;
+    let adamw = AdamWConfig::new()
+        .with_beta_1(o.beta1)
+        .with_beta_2(o.beta2)
+        .with_epsilon(o.epsilon)
+        .with_weight_decay(0.0);
     let mut optim = adamw.init();
     let mut state = RunState::default();
     let mut resumed = false;
-    let ckpt_dir = dir.join("checkpoints");
     if let Some(loaded) =
         checkpoint::load::<_, RunState>(&ckpt_dir, "last", model.clone(), adamw.init())
             .map_err(|e| e.to_string())?
     {
-        progress(&format!(
+        events(Event::Note(format!(
             "resuming from {} at step {}",
             loaded.path.display(),
             loaded.state.step
-        ));
+        )));
         model = loaded.model;
         optim = loaded.optimizer;
         state = loaded.state;
         resumed = true;
     }
     let schedule = LrSchedule {
-        peak: cfg.learning_rate,
-        warmup_steps: cfg.warmup_steps,
-        total_steps: cfg.steps,
-        decay: Decay::Linear,
-        final_ratio: 0.05,
+        peak: o.learning_rate,
+        warmup_steps: o.warmup_steps,
+        total_steps: cfg.run.steps,
+        decay: o.decay,
+        final_ratio: o.final_lr_ratio,
     };
     let decayed = decayed_params(&model);
-    let mut guard = NanGuard::new(cfg.max_nan_steps);
+    let mut guard = NanGuard::new(cfg.run.max_nan_steps);
     guard.skipped = state.skipped;
     let mut log = if resumed {
         MetricsLog::resume(dir, state.metrics_lines)
@@ -332,33 +482,34 @@ pub fn run(
     .map_err(|e| e.to_string())?;
     let start = Instant::now();
     let first = state.step;
-    let end = stop_after.unwrap_or(cfg.steps).min(cfg.steps);
+    let end = stop_after.unwrap_or(cfg.run.steps).min(cfg.run.steps);
+    let build = {
+        let batcher = batcher.clone();
+        let cfg = cfg.clone();
+        Arc::new(move |step: usize| step_batch(&batcher, &cfg, step))
+    };
+    let mut loader = Prefetcher::new(build, state.step, end, cfg.run.loader_threads, 2);
     while state.step < end {
         let step = state.step;
-        // The batch of a step depends only on (seed, step): resuming replays the exact order.
-        let mut rng = StdRng::seed_from_u64(cfg.seed.wrapping_mul(1_000_003) ^ step as u64);
-        let indices: Vec<u64> = (0..cfg.batch_size as u64)
-            .map(|i| step as u64 * cfg.batch_size as u64 + i)
-            .collect();
-        let batch = batcher
-            .batch(Split::Train, &indices, &mut rng, &ad)
-            .map_err(|e| e.to_string())?;
-        let (mlm, itm, itm_acc) = {
-            // Random draws inside the step (dropout) are a function of (seed, step) too.
-            let _rng = seeded(device, step_seed(cfg.seed, step));
-            objectives(&model, &batch)
-        };
-        let loss = mlm.loss.loss.clone() + itm.loss.clone();
-        let (mlm_v, itm_v) = (
-            mlm.loss.loss.into_scalar::<f32>(),
-            itm.loss.into_scalar::<f32>(),
+        let host = loader.next_batch()?;
+        let (mut grads, [mlm, itm, region, itm_accuracy]) = step_gradients(
+            &model,
+            &host,
+            &ad,
+            cfg.run.grad_accum_steps,
+            cfg.data.region_loss_weight,
+            step_seed(cfg.run.seed, step),
         );
-        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-        let norm = clip_global_norm(&model, &mut grads, cfg.max_grad_norm);
-        match guard.observe(step as u64, mlm_v + itm_v, norm) {
+        let norm = if o.max_grad_norm > 0.0 {
+            clip_global_norm(&model, &mut grads, o.max_grad_norm)
+        } else {
+            crate::clip::global_norm(&model, &grads)
+        };
+        let total = mlm + itm + region * cfg.data.region_loss_weight as f32;
+        let lr = schedule.lr(step);
+        match guard.observe(step as u64, total, norm) {
             StepAction::Apply => {
-                let lr = schedule.lr(step);
-                model = apply_weight_decay(model, &decayed, lr, cfg.weight_decay);
+                model = apply_weight_decay(model, &decayed, lr, o.weight_decay);
                 model = optim.step(lr, model, grads);
             }
             StepAction::Skip => {}
@@ -366,50 +517,83 @@ pub fn run(
         }
         state.step += 1;
         state.skipped = guard.skipped;
-        if step % cfg.log_every.max(1) == 0 || state.step == cfg.steps {
-            let elapsed = start.elapsed().as_secs_f64();
-            let rate = (state.step - first) as f64 / elapsed.max(1e-9);
-            log.log(
-                step as u64,
-                &[
-                    ("train/mlm", mlm_v as f64),
-                    ("train/itm", itm_v as f64),
-                    ("train/itm_accuracy", itm_acc as f64),
-                    ("train/grad_norm", norm as f64),
-                ],
-            )
-            .map_err(|e| e.to_string())?;
-            progress(&format!(
-                "step {:>5}/{}  mlm {mlm_v:.3}  itm {itm_v:.3}  {rate:.2} steps/s  ETA {:.0}s",
-                state.step,
-                cfg.steps,
-                (cfg.steps - state.step) as f64 / rate.max(1e-9)
-            ));
+        if step % cfg.run.log_every.max(1) == 0 || state.step == cfg.run.steps {
+            let elapsed = start.elapsed().as_secs_f64().max(1e-9);
+            let rate = (state.step - first) as f64 / elapsed;
+            let mut values = vec![
+                ("train/mlm", mlm as f64),
+                ("train/itm", itm as f64),
+                ("train/itm_accuracy", itm_accuracy as f64),
+                ("train/grad_norm", norm as f64),
+                ("train/lr", lr),
+            ];
+            if batcher.region_masking.is_some() {
+                values.push(("train/region", region as f64));
+            }
+            log.log(step as u64, &values).map_err(|e| e.to_string())?;
+            events(Event::Step(StepReport {
+                step: state.step,
+                steps: cfg.run.steps,
+                mlm,
+                itm,
+                region,
+                itm_accuracy,
+                grad_norm: norm,
+                lr,
+                scenes_per_second: rate * cfg.run.batch_size as f64,
+                eta_seconds: (cfg.run.steps - state.step) as f64 / rate.max(1e-9),
+                skipped: state.skipped,
+            }));
         }
-        if state.step % cfg.eval_every == 0 || state.step == cfg.steps {
-            state.eval = evaluate(&model.valid(), &batcher, cfg.eval_scenes, device);
-            log.log(
-                state.step as u64,
-                &[
-                    ("eval/itm_accuracy", state.eval.itm_accuracy as f64),
-                    ("eval/mlm_accuracy", state.eval.mlm_accuracy as f64),
-                    (
-                        "eval/mlm_color_shape_accuracy",
-                        state.eval.mlm_color_shape_accuracy as f64,
-                    ),
-                ],
-            )
-            .map_err(|e| e.to_string())?;
-            progress(&format!("eval at step {}: {:?}", state.step, state.eval));
+        if state.step % cfg.eval.every == 0 || state.step == cfg.run.steps {
+            if !crate::guard::all_finite(&model) {
+                return Err(format!(
+                    "step {step}: the weights are no longer finite (lower the learning rate); \
+                     the last checkpoint in {} is kept",
+                    ckpt_dir.display()
+                ));
+            }
+            state.eval = evaluate(&model.valid(), &batcher, cfg.eval.scenes, device);
+            let mut values = vec![
+                ("eval/itm_accuracy", state.eval.itm_accuracy as f64),
+                ("eval/mlm_accuracy", state.eval.mlm_accuracy as f64),
+                (
+                    "eval/mlm_color_shape_accuracy",
+                    state.eval.mlm_color_shape_accuracy as f64,
+                ),
+            ];
+            if batcher.region_masking.is_some() {
+                values.push(("eval/region_accuracy", state.eval.region_accuracy as f64));
+            }
+            log.log(state.step as u64, &values)
+                .map_err(|e| e.to_string())?;
             state.metrics_lines = log.lines();
+            let score = state.eval.get(cfg.eval.best);
+            let best = state.best.is_none_or(|(_, m)| score > m.get(cfg.eval.best));
+            if best {
+                state.best = Some((state.step, state.eval));
+            }
+            // `best` first: a crash between the two leaves `last` at the previous evaluation,
+            // which resumes correctly (the best is re-found on the way).
+            if best {
+                checkpoint::save(&ckpt_dir, "best", &model, &optim, &state)
+                    .map_err(|e| e.to_string())?;
+            }
             checkpoint::save(&ckpt_dir, "last", &model, &optim, &state)
                 .map_err(|e| e.to_string())?;
+            events(Event::Eval {
+                step: state.step,
+                metrics: state.eval,
+                best,
+            });
         }
     }
     log.plot(dir).map_err(|e| e.to_string())?;
     Ok(Summary {
         eval: state.eval,
+        best: state.best,
         steps: state.step,
+        skipped: state.skipped,
         seconds: start.elapsed().as_secs_f64(),
         dir: dir.to_path_buf(),
     })

@@ -1,7 +1,8 @@
 //! Learning-rate schedules counted in optimiser steps.
 
 /// Shape of the decay after warmup.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Decay {
     /// Linear from the peak to `final_ratio * peak` at `total_steps`.
     Linear,

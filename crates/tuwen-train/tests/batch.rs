@@ -4,19 +4,23 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tuwen_data::scene::{COLORS, SceneConfig, Split};
 use tuwen_objectives::itm::MatchLabel;
-use tuwen_objectives::mlm::MaskingConfig;
+use tuwen_objectives::mlm::{IGNORE, MaskingConfig};
+use tuwen_objectives::mrm::RegionMaskingConfig;
 use tuwen_testkit::flex;
-use tuwen_train::batch::{SceneBatcher, pooled_pixels};
+use tuwen_train::batch::{REGION_CLASSES, SceneBatcher, pooled_pixels};
 
 fn batcher() -> SceneBatcher {
     let scenes = SceneConfig::default();
     SceneBatcher {
-        tokenizer: SceneBatcher::train_tokenizer(&scenes, 3, 300).unwrap(),
+        tokenizer: SceneBatcher::train_tokenizer(&scenes, 3, 300, 24).unwrap(),
         scenes,
         seed: 3,
         pool: 4,
         masking: MaskingConfig::default(),
         mismatch_prob: 0.5,
+        region_masking: Some(RegionMaskingConfig::VILBERT),
+        scenes_per_split: 0,
+        region_features: None,
     }
 }
 
@@ -55,19 +59,18 @@ fn batches_pair_captions_regions_and_labels_consistently() {
     let mut rng = StdRng::seed_from_u64(11);
     let indices: Vec<u64> = (0..16).collect();
     let batch = b.batch(Split::Train, &indices, &mut rng, &flex()).unwrap();
-    let [rows, len] = batch.input.input_ids.dims();
+    let input = batch.visual_bert_input();
+    let [rows, len] = input.input_ids.dims();
     assert_eq!(rows, 16);
-    let [_, regions, dim] = batch.input.visual_embeds.dims();
+    let [_, regions, dim] = input.visual_embeds.dims();
     assert_eq!(dim, 48);
-    let mask: Vec<i64> = batch
-        .input
+    let mask: Vec<i64> = input
         .visual_attention_mask
         .clone()
         .into_data()
         .try_into_vec_as()
         .unwrap();
-    let locs: Vec<f32> = batch
-        .input
+    let locs: Vec<f32> = input
         .visual_locations
         .clone()
         .unwrap()
@@ -115,4 +118,65 @@ fn batches_pair_captions_regions_and_labels_consistently() {
         .unwrap();
     assert_eq!(again.itm, batch.itm);
     assert_eq!(again.mlm_labels, batch.mlm_labels);
+}
+
+#[test]
+fn masked_regions_are_real_objects_of_matched_pairs_with_their_class() {
+    let b = batcher();
+    let indices: Vec<u64> = (0..32).collect();
+    let host = b
+        .host_batch(Split::Train, &indices, &mut StdRng::seed_from_u64(5))
+        .unwrap();
+    assert!(!host.region_positions.is_empty());
+    for &p in &host.region_positions {
+        let (row, region) = (p / host.regions, p % host.regions);
+        assert_ne!(region, 0, "the whole-image region is never masked");
+        assert_eq!(host.itm[row], MatchLabel::Match);
+        let label = host.region_labels[p];
+        assert!((0..REGION_CLASSES as i64).contains(&label));
+        let (_, scene) = b.scene(Split::Train, indices[row]);
+        let o = &scene.objects[region - 1];
+        let shape = tuwen_data::scene::Shape::ALL
+            .iter()
+            .position(|&s| s == o.shape)
+            .unwrap();
+        assert_eq!(label, (shape * COLORS.len() + o.color) as i64);
+    }
+    // Whole-image and padded regions carry no class.
+    for row in 0..host.rows {
+        assert_eq!(host.region_labels[row * host.regions], IGNORE);
+    }
+}
+
+#[test]
+fn a_split_batch_is_the_same_examples_with_re_indexed_positions() {
+    let b = batcher();
+    let indices: Vec<u64> = (0..7).collect();
+    let host = b
+        .host_batch(Split::Train, &indices, &mut StdRng::seed_from_u64(9))
+        .unwrap();
+    let parts = host.split(3);
+    assert_eq!(
+        parts.iter().map(|p| p.rows).collect::<Vec<_>>(),
+        vec![3, 2, 2]
+    );
+    let mut mlm = Vec::new();
+    let mut regions = Vec::new();
+    let mut ids: Vec<i64> = Vec::new();
+    let mut row0 = 0;
+    for part in &parts {
+        assert_eq!((part.text_len, part.regions), (host.text_len, host.regions));
+        mlm.extend(part.mlm_positions.iter().map(|p| p + row0 * host.text_len));
+        regions.extend(
+            part.region_positions
+                .iter()
+                .map(|p| p + row0 * host.regions),
+        );
+        ids.extend(&part.input_ids);
+        row0 += part.rows;
+    }
+    assert_eq!(mlm, host.mlm_positions);
+    assert_eq!(regions, host.region_positions);
+    assert_eq!(ids, host.input_ids);
+    assert_eq!(host.split(1)[0], host);
 }

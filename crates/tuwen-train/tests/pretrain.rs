@@ -1,29 +1,66 @@
-//! The pretraining loop: runs, logs, checkpoints, and resumes from the last checkpoint.
+//! The pretraining loop: runs, logs, checkpoints (best and last), resumes bit for bit, splits
+//! steps into micro-batches and devices without changing the update, and stops on NaN.
 
+use std::path::Path;
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Tensor};
 use tuwen_testkit::flex;
-use tuwen_train::pretrain::{PretrainConfig, run};
+use tuwen_train::batch::SceneBatcher;
+use tuwen_train::config::{Architecture, TrainConfig};
+use tuwen_train::model::PretrainModel;
+use tuwen_train::pretrain::{Event, run, step_batch, step_gradients};
 
-fn tiny() -> PretrainConfig {
-    PretrainConfig {
-        steps: 20,
-        batch_size: 6,
-        hidden_size: 32,
-        layers: 1,
-        heads: 2,
-        warmup_steps: 4,
-        eval_every: 10,
-        eval_scenes: 32,
-        log_every: 1,
-        ..PretrainConfig::default()
-    }
+/// A run of a few seconds.
+fn tiny() -> TrainConfig {
+    TrainConfig::from_toml(
+        r#"
+        [run]
+        steps = 20
+        batch_size = 6
+        log_every = 1
+        [optim]
+        warmup_steps = 4
+        [model]
+        hidden_size = 32
+        layers = 1
+        heads = 2
+        [data]
+        vocab_scenes = 200
+        [eval]
+        every = 10
+        scenes = 32
+        "#,
+        "tiny",
+    )
+    .unwrap()
 }
 
-fn losses(dir: &std::path::Path) -> Vec<(u64, f64)> {
+fn tiny_vilbert() -> TrainConfig {
+    let mut cfg = tiny();
+    cfg.model.architecture = Architecture::Vilbert;
+    cfg.model.v_hidden_size = 32;
+    cfg.model.layers = 2;
+    cfg.model.v_layers = 2;
+    cfg.model.co_layers = 1;
+    cfg.data.region_mask_prob = 0.3;
+    cfg
+}
+
+fn lines(dir: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))
         .unwrap()
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter_map(|v| Some((v["step"].as_u64()?, v.get("train/mlm")?.as_f64()?)))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn train_steps(dir: &Path) -> Vec<u64> {
+    lines(dir)
+        .iter()
+        .filter(|v| v.get("train/mlm").is_some())
+        .map(|v| v["step"].as_u64().unwrap())
         .collect()
 }
 
@@ -31,62 +68,315 @@ fn losses(dir: &std::path::Path) -> Vec<(u64, f64)> {
 fn a_run_writes_its_outputs_and_an_interrupted_run_resumes_from_its_checkpoint() {
     let device = flex();
     let a = tempfile::tempdir().unwrap();
-    let summary = run(&tiny(), a.path(), &device, None, |_| {}).unwrap();
-    assert_eq!(summary.steps, 20);
-    assert!(a.path().join("checkpoints/last/model.bpk").is_file());
-    assert!(a.path().join("train.svg").is_file() && a.path().join("eval.svg").is_file());
-    assert!(a.path().join("config.json").is_file());
-    assert_eq!(losses(a.path()).len(), 20);
-    assert!(summary.eval.itm_accuracy.is_finite() && summary.eval.mlm_accuracy.is_finite());
+    let mut evals = 0;
+    let summary = run(
+        &tiny(),
+        a.path(),
+        std::slice::from_ref(&device),
+        None,
+        |e| {
+            if let Event::Eval { .. } = e {
+                evals += 1
+            }
+        },
+    )
+    .unwrap();
+    assert_eq!((summary.steps, evals), (20, 2));
+    for file in [
+        "checkpoints/last/model.bpk",
+        "checkpoints/last/optimizer.bpk",
+        "checkpoints/best/model.bpk",
+        "train.svg",
+        "eval.svg",
+        "config.toml",
+        "vocab.txt",
+    ] {
+        assert!(a.path().join(file).is_file(), "{file} missing");
+    }
+    // The saved configuration is the resolved one: it reads back to the same run.
+    let saved = TrainConfig::load(&a.path().join("config.toml")).unwrap();
+    assert_eq!(saved, tiny());
+    assert_eq!(train_steps(a.path()), (0..20).collect::<Vec<u64>>());
+    let (best_step, best) = summary.best.unwrap();
+    assert!(best_step == 10 || best_step == 20);
+    assert!(best.itm_accuracy >= summary.eval.itm_accuracy);
 
     let b = tempfile::tempdir().unwrap();
-    let first = run(&tiny(), b.path(), &device, Some(10), |_| {}).unwrap();
+    let first = run(
+        &tiny(),
+        b.path(),
+        std::slice::from_ref(&device),
+        Some(10),
+        |_| {},
+    )
+    .unwrap();
     assert_eq!(first.steps, 10);
     let mut resumed_from = None;
-    let second = run(&tiny(), b.path(), &device, None, |line| {
-        if line.starts_with("resuming") {
-            resumed_from = Some(line.to_string());
+    let second = run(&tiny(), b.path(), &[device], None, |e| {
+        if let Event::Note(line) = e
+            && line.starts_with("resuming")
+        {
+            resumed_from = Some(line);
         }
     })
     .unwrap();
     assert!(resumed_from.unwrap().contains("step 10"));
     assert_eq!(second.steps, 20);
-    let logged: Vec<u64> = losses(b.path()).iter().map(|(s, _)| *s).collect();
     assert_eq!(
-        logged,
+        train_steps(b.path()),
         (0..20).collect::<Vec<u64>>(),
         "every step exactly once across the interruption"
     );
 }
 
 /// Resuming is exact: the data order is a function of the step, model + optimiser + run state
-/// round-trip bit for bit, and the vocabulary is deterministic and saved with the run.
+/// round-trip bit for bit, the vocabulary is deterministic and saved with the run, and random
+/// draws inside a step are seeded by the step. Loader threads and accumulation change nothing.
 #[test]
 fn an_interrupted_and_resumed_run_matches_an_uninterrupted_one() {
-    let device = flex();
+    for (name, cfg) in [("visual_bert", tiny()), ("vilbert", tiny_vilbert())] {
+        let mut threaded = cfg.clone();
+        threaded.run.loader_threads = 3;
+        threaded.run.grad_accum_steps = 2;
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        run(&cfg, a.path(), &[flex()], None, |_| {}).unwrap();
+        run(&threaded, b.path(), &[flex()], Some(10), |_| {}).unwrap();
+        // The crash comes after two more steps were logged but before their checkpoint.
+        run(&threaded, b.path(), &[flex()], None, |_| {}).unwrap();
+        let (la, lb) = (lines(a.path()), lines(b.path()));
+        assert_eq!(la.len(), lb.len(), "{name}");
+        for (x, y) in la.iter().zip(&lb) {
+            assert_eq!(x["step"], y["step"], "{name}");
+            for key in ["eval/itm_accuracy", "eval/mlm_accuracy", "train/lr"] {
+                assert_eq!(x.get(key), y.get(key), "{name}: {key} at {}", x["step"]);
+            }
+            for key in ["train/mlm", "train/itm", "train/grad_norm", "train/region"] {
+                if let (Some(p), Some(q)) = (x.get(key), y.get(key)) {
+                    let (p, q) = (p.as_f64().unwrap(), q.as_f64().unwrap());
+                    // Accumulating two micro-batches sums in another order: equal to rounding.
+                    assert!(
+                        (p - q).abs() <= 1e-4 * p.abs().max(1.0),
+                        "{name}: {key} at {}: {p} vs {q}",
+                        x["step"]
+                    );
+                }
+            }
+        }
+        if name == "vilbert" {
+            assert!(la.iter().any(|v| v.get("train/region").is_some()));
+        }
+    }
+    // Without accumulation or threads the resumed run is identical to the bit.
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    run(&tiny(), a.path(), &device, None, |_| {}).unwrap();
-    run(&tiny(), b.path(), &device, Some(10), |_| {}).unwrap();
-    run(&tiny(), b.path(), &device, None, |_| {}).unwrap();
-    let read = |d: &std::path::Path| std::fs::read_to_string(d.join("metrics.jsonl")).unwrap();
-    assert_eq!(losses(a.path()).len(), 20);
-    assert_eq!(
-        read(a.path()),
-        read(b.path()),
-        "same losses, gradient norms and evaluations, bit for bit"
+    run(&tiny(), a.path(), &[flex()], None, |_| {}).unwrap();
+    run(&tiny(), b.path(), &[flex()], Some(10), |_| {}).unwrap();
+    run(&tiny(), b.path(), &[flex()], None, |_| {}).unwrap();
+    let read = |d: &Path| std::fs::read_to_string(d.join("metrics.jsonl")).unwrap();
+    assert_eq!(read(a.path()), read(b.path()), "bit for bit");
+}
+
+#[test]
+fn resuming_with_another_configuration_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    run(&tiny(), dir.path(), &[flex()], Some(10), |_| {}).unwrap();
+    let mut other = tiny();
+    other.optim.learning_rate *= 2.0;
+    let err = run(&other, dir.path(), &[flex()], None, |_| {}).unwrap_err();
+    assert!(
+        err.contains("different configuration") && err.contains("config.toml"),
+        "{err}"
     );
 }
 
-/// The default run, for measuring (not part of CI): `cargo test --workspace --test pretrain
-/// default_run -- --ignored --nocapture`. Prints progress and the held-out metrics.
+/// Collects every gradient of `model` in visiting order.
+struct Grads<'a>(&'a GradientsParams, Vec<Vec<f32>>);
+
+impl ModuleVisitor for Grads<'_> {
+    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+        if let Some(g) = self.0.get::<D>(p.id) {
+            self.1.push(
+                g.into_data()
+                    .convert::<f32>()
+                    .try_into_vec::<f32>()
+                    .unwrap(),
+            );
+        }
+    }
+}
+
+fn batch_and_model(cfg: &TrainConfig) -> (tuwen_train::batch::HostBatch, PretrainModel) {
+    let scenes = tuwen_data::scene::SceneConfig::default();
+    let batcher = SceneBatcher {
+        tokenizer: SceneBatcher::train_tokenizer(&scenes, 1, 200, 24).unwrap(),
+        scenes,
+        seed: 1,
+        pool: 4,
+        masking: Default::default(),
+        mismatch_prob: 0.5,
+        region_masking: Some(tuwen_objectives::mrm::RegionMaskingConfig::VILBERT),
+        scenes_per_split: 0,
+        region_features: None,
+    };
+    let host = step_batch(&batcher, cfg, 3).unwrap();
+    let model = PretrainModel::init(
+        &cfg.model,
+        batcher.tokenizer.vocab_size(),
+        batcher.feature_dim(),
+        24,
+        &flex().autodiff(),
+    );
+    (host, model)
+}
+
+fn gradients(
+    model: &PretrainModel,
+    host: &tuwen_train::batch::HostBatch,
+    devices: &[Device],
+    micro_batches: usize,
+) -> (Vec<Vec<f32>>, [f32; 4]) {
+    let (grads, values) = step_gradients(model, host, devices, micro_batches, 1.0, 11);
+    let mut v = Grads(&grads, Vec::new());
+    model.visit(&mut v);
+    (v.1, values)
+}
+
+fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
+        .fold(0.0, f32::max)
+}
+
+/// Data parallelism: 2 devices x batch b give the update of 1 device x batch 2b (the two
+/// "devices" here are the Flex and NdArray CPU backends: distinct devices with their own
+/// replica, gradients gathered on the first). Gradient accumulation likewise.
+#[test]
+fn two_devices_with_half_batches_give_the_gradient_of_one_device_with_the_whole_batch() {
+    let mut cfg = tiny_vilbert();
+    cfg.run.batch_size = 8;
+    cfg.model.dropout = 0.0;
+    let one = flex().autodiff();
+    #[allow(deprecated)]
+    let two = [flex().autodiff(), Device::ndarray().autodiff()];
+    let (host, model) = batch_and_model(&cfg);
+    assert!(!host.region_positions.is_empty() && !host.mlm_positions.is_empty());
+    let (whole, v1) = gradients(&model, &host, std::slice::from_ref(&one), 1);
+    let scale = whole.iter().flatten().fold(0.0f32, |m, x| m.max(x.abs()));
+    assert!(scale > 0.0 && whole.len() > 20, "{} gradients", whole.len());
+    let tol = 1e-5 * scale.max(1.0);
+    // Two replicas on one backend: the same gradient up to summation order.
+    let (same_backend, v2) = gradients(&model, &host, &[one.clone(), one.clone()], 1);
+    let d = max_diff(&whole, &same_backend);
+    assert!(d <= tol, "2 replicas x b vs 1 x 2b: {d} (scale {scale})");
+    // Gradient accumulation over 4 micro-batches on one device.
+    let (accumulated, v3) = gradients(&model, &host, std::slice::from_ref(&one), 4);
+    let d = max_diff(&whole, &accumulated);
+    assert!(d <= tol, "4 micro-batches vs 1: {d}");
+    // Two different devices: the difference is the backends' own (the whole batch on NdArray
+    // alone differs from Flex by as much), not the split.
+    let (parallel, v4) = gradients(&model, &host, &two, 1);
+    let nd = two[1].clone();
+    let (on_ndarray, _) = gradients(&model.clone().fork(&nd), &host, &[nd], 1);
+    let backends = max_diff(&whole, &on_ndarray);
+    let d = max_diff(&whole, &parallel);
+    assert!(
+        d <= 2.0 * backends + tol,
+        "flex + ndarray x b vs flex x 2b: {d}; flex vs ndarray on the whole batch: {backends}"
+    );
+    assert!(backends <= 1e-3 * scale, "backends differ by {backends}");
+    for (a, b) in [(v1, v2), (v1, v3), (v1, v4)] {
+        for k in 0..4 {
+            assert!(
+                (a[k] - b[k]).abs() <= 1e-4 * a[k].abs().max(1.0),
+                "{a:?} vs {b:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_diverging_run_skips_non_finite_steps_then_aborts_without_a_bad_checkpoint() {
+    let mut cfg = tiny();
+    cfg.optim.learning_rate = 1e30;
+    cfg.optim.warmup_steps = 0;
+    cfg.optim.max_grad_norm = 0.0;
+    cfg.run.max_nan_steps = 3;
+    cfg.eval.every = 1;
+    let dir = tempfile::tempdir().unwrap();
+    let err = run(&cfg, dir.path(), &[flex()], None, |_| {}).unwrap_err();
+    assert!(err.contains("non-finite steps in a row"), "{err}");
+    // Whatever was saved holds finite weights only.
+    let ckpt = dir.path().join("checkpoints/last");
+    if ckpt.is_dir() {
+        let loaded = tuwen_train::checkpoint::load::<_, tuwen_train::pretrain::RunState>(
+            &dir.path().join("checkpoints"),
+            "last",
+            {
+                let scenes = tuwen_data::scene::SceneConfig::default();
+                let tok = SceneBatcher::train_tokenizer(&scenes, 1, 200, 24).unwrap();
+                PretrainModel::init(&cfg.model, tok.vocab_size(), 48, 24, &flex())
+            },
+            burn::optim::AdamWConfig::new().init(),
+        )
+        .unwrap()
+        .unwrap();
+        struct Finite(bool);
+        impl ModuleVisitor for Finite {
+            fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+                let v: Vec<f32> = p.val().into_data().try_into_vec_as().unwrap();
+                self.0 &= v.iter().all(|x| x.is_finite());
+            }
+        }
+        let mut f = Finite(true);
+        loaded.model.visit(&mut f);
+        assert!(f.0, "a checkpoint with non-finite weights was written");
+    }
+}
+
+#[test]
+fn config_errors_name_the_file_and_the_key() {
+    let err = TrainConfig::from_toml("[run]\nstepz = 3\n", "my.toml").unwrap_err();
+    assert!(
+        err.to_string().contains("my.toml") && err.to_string().contains("stepz"),
+        "{err}"
+    );
+    let err = TrainConfig::from_toml("[data]\nmask_prob = 1.5\n", "my.toml").unwrap_err();
+    assert!(err.to_string().contains("data.mask_prob"), "{err}");
+    let err = TrainConfig::from_toml("[data]\nregion_mask_prob = 0.15\n", "my.toml").unwrap_err();
+    assert!(err.to_string().contains("vilbert"), "{err}");
+    let err = TrainConfig::load(Path::new("/nonexistent/run.toml")).unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/run.toml"), "{err}");
+}
+
+/// The configurations shipped in `configs/` parse and validate.
+#[test]
+fn shipped_configs_are_valid() {
+    let dir = tuwen_testkit::package_path("../../configs");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            TrainConfig::load(&path).unwrap();
+            n += 1;
+        }
+    }
+    assert!(n >= 3, "{n} configs in {}", dir.display());
+    let default = TrainConfig::load(&dir.join("default.toml")).unwrap();
+    assert_eq!(
+        default,
+        TrainConfig::default(),
+        "default.toml is the built-in default"
+    );
+}
+
+/// The default run, for measuring (not part of CI): `cargo xtask train` runs the same thing.
 #[test]
 #[ignore = "the full default run takes minutes; run explicitly to measure"]
 fn default_run() {
-    let dir = std::env::var("TUWEN_RUN_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| std::env::temp_dir().join("tuwen-default-run"));
-    let summary = run(&PretrainConfig::default(), &dir, &flex(), None, |line| {
-        println!("{line}")
+    let dir = std::env::temp_dir().join("tuwen-default-run");
+    let summary = run(&TrainConfig::default(), &dir, &[flex()], None, |e| {
+        println!("{e:?}")
     })
     .unwrap();
     println!("final: {:?} in {:.0} s", summary.eval, summary.seconds);

@@ -1,0 +1,348 @@
+//! The configuration of a training run: every hyper-parameter, read from TOML (any key may be
+//! left out: it takes the default run's value) and saved resolved as `config.toml` in the run
+//! directory.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::schedule::Decay;
+
+/// A whole run: `[run]`, `[optim]`, `[model]`, `[data]`, `[eval]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Steps, batch, devices, logging.
+    pub run: RunConfig,
+    /// AdamW, schedule, clipping.
+    pub optim: OptimConfig,
+    /// Architecture and initialisation.
+    pub model: ModelConfig,
+    /// Data and objectives' inputs.
+    pub data: DataConfig,
+    /// Held-out evaluation and checkpoint selection.
+    pub eval: EvalConfig,
+}
+
+/// `[run]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunConfig {
+    /// Seed of the data, the initialisation and every random draw of a step.
+    pub seed: u64,
+    /// Optimiser steps (pretraining counts steps, not epochs).
+    pub steps: usize,
+    /// Scenes per optimiser step, over all micro-batches and devices.
+    pub batch_size: usize,
+    /// Micro-batches per device per step whose gradients are accumulated (memory for time).
+    pub grad_accum_steps: usize,
+    /// Log training losses every this many steps.
+    pub log_every: usize,
+    /// Non-finite steps in a row before the run aborts.
+    pub max_nan_steps: usize,
+    /// Threads that build batches ahead of the training step (0: build them inline).
+    pub loader_threads: usize,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            seed: 1,
+            steps: 6000,
+            batch_size: 32,
+            grad_accum_steps: 1,
+            log_every: 25,
+            max_nan_steps: 10,
+            loader_threads: 1,
+        }
+    }
+}
+
+/// `[optim]`: AdamW with decoupled decay outside LayerNorm / biases / embeddings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OptimConfig {
+    /// Peak learning rate.
+    pub learning_rate: f64,
+    /// Linear warmup steps.
+    pub warmup_steps: usize,
+    /// Decay after warmup: `linear`, `cosine` or `constant`.
+    pub decay: Decay,
+    /// Final learning rate as a fraction of the peak.
+    pub final_lr_ratio: f64,
+    /// Decoupled weight decay.
+    pub weight_decay: f64,
+    /// Global gradient-norm limit (0: no clipping).
+    pub max_grad_norm: f32,
+    /// Adam beta1.
+    pub beta1: f32,
+    /// Adam beta2.
+    pub beta2: f32,
+    /// Adam epsilon (PyTorch's default).
+    pub epsilon: f32,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self {
+            learning_rate: 5e-4,
+            warmup_steps: 100,
+            decay: Decay::Linear,
+            final_lr_ratio: 0.05,
+            weight_decay: 0.01,
+            max_grad_norm: 1.0,
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-8,
+        }
+    }
+}
+
+/// The encoder family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Architecture {
+    /// Single stream: text and regions in one BERT (VisualBERT).
+    VisualBert,
+    /// Two streams joined by co-attention (ViLBERT).
+    Vilbert,
+}
+
+/// `[model]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Encoder family.
+    pub architecture: Architecture,
+    /// Text hidden width (ignored with `init`: the checkpoint's width is used).
+    pub hidden_size: usize,
+    /// Text layers (ignored with `init`).
+    pub layers: usize,
+    /// Text attention heads (ignored with `init`).
+    pub heads: usize,
+    /// Feed-forward width (0: 4 x hidden).
+    pub intermediate_size: usize,
+    /// ViLBERT: image-stream width.
+    pub v_hidden_size: usize,
+    /// ViLBERT: image-stream layers.
+    pub v_layers: usize,
+    /// ViLBERT: co-attention layers (each joins the last `co_layers` layers of both streams).
+    pub co_layers: usize,
+    /// Dropout of hidden states and attention probabilities.
+    pub dropout: f64,
+    /// VisualBERT only: initialise the text Transformer from a BERT checkpoint: `minilm` (the
+    /// `cargo xtask assets` MiniLM) or a path to a HF BERT directory (`config.json`,
+    /// `model.safetensors`, `vocab.txt`). Its vocabulary replaces the scene vocabulary.
+    pub init: Option<String>,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            architecture: Architecture::VisualBert,
+            hidden_size: 128,
+            layers: 4,
+            heads: 4,
+            intermediate_size: 0,
+            v_hidden_size: 128,
+            v_layers: 2,
+            co_layers: 2,
+            dropout: 0.0,
+            init: None,
+        }
+    }
+}
+
+/// Region features of the scenes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Features {
+    /// Each box's pixels average-pooled to a `pool x pool` RGB grid.
+    Pixels,
+    /// RoIAlign over ImageNet MobileNetV2 feature maps (1280-d; `cargo xtask assets`).
+    MobilenetV2,
+}
+
+/// `[data]`: the built-in scenes and the objectives' inputs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    /// Region features.
+    pub features: Features,
+    /// Pooling grid side of `pixels` features.
+    pub pool: usize,
+    /// MLM: fraction of caption tokens masked (BERT's 80/10/10 split).
+    pub mask_prob: f64,
+    /// ITM: probability that a pair's caption comes from another scene.
+    pub mismatch_prob: f64,
+    /// Masked region classification (object shape x colour): fraction of regions masked
+    /// (0 disables the objective; ViLBERT only).
+    pub region_mask_prob: f64,
+    /// Weight of the region loss in the total.
+    pub region_loss_weight: f64,
+    /// Maximum caption length in tokens, [CLS] and [SEP] included.
+    pub max_text_len: usize,
+    /// Training scenes whose captions and questions make the vocabulary.
+    pub vocab_scenes: u64,
+    /// Distinct training scenes (0: a new scene for every example). With CNN features they are
+    /// extracted once and cached in memory.
+    pub train_scenes: u64,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            features: Features::Pixels,
+            pool: 4,
+            mask_prob: 0.15,
+            mismatch_prob: 0.5,
+            region_mask_prob: 0.0,
+            region_loss_weight: 1.0,
+            max_text_len: 24,
+            vocab_scenes: 2000,
+            train_scenes: 0,
+        }
+    }
+}
+
+/// Checkpoint selection metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BestMetric {
+    /// Held-out ITM accuracy.
+    ItmAccuracy,
+    /// Held-out MLM accuracy on colour and shape words.
+    MlmColorShapeAccuracy,
+}
+
+/// `[eval]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Evaluate and checkpoint every this many steps.
+    pub every: usize,
+    /// Held-out scenes for ITM / MLM accuracy.
+    pub scenes: usize,
+    /// Which metric picks the `best` checkpoint.
+    pub best: BestMetric,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            every: 500,
+            scenes: 256,
+            best: BestMetric::ItmAccuracy,
+        }
+    }
+}
+
+/// A configuration file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not valid TOML for a [`TrainConfig`] (unknown keys included).
+    #[error("{path}: {reason}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// Parser message (with line and column).
+        reason: String,
+    },
+    /// Values that cannot train.
+    #[error("{path}: {reason}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl TrainConfig {
+    /// Parses TOML text; `source` names it in errors.
+    pub fn from_toml(text: &str, source: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: source.to_string(),
+            reason: e.to_string(),
+        })?;
+        config.validate().map_err(|reason| ConfigError::Invalid {
+            path: source.to_string(),
+            reason,
+        })?;
+        Ok(config)
+    }
+
+    /// Reads a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// The resolved configuration as TOML (every key written).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a TrainConfig is always serialisable")
+    }
+
+    /// Checks values the loop cannot run with.
+    pub fn validate(&self) -> Result<(), String> {
+        let r = &self.run;
+        if r.steps == 0 || r.batch_size == 0 || r.grad_accum_steps == 0 {
+            return Err("run.steps, run.batch_size and run.grad_accum_steps must be >= 1".into());
+        }
+        if r.batch_size < r.grad_accum_steps {
+            return Err(format!(
+                "run.batch_size {} is smaller than run.grad_accum_steps {}: a micro-batch would be empty",
+                r.batch_size, r.grad_accum_steps
+            ));
+        }
+        if self.eval.every == 0 {
+            return Err("eval.every must be >= 1".into());
+        }
+        let m = &self.model;
+        if m.heads == 0 || !m.hidden_size.is_multiple_of(m.heads) {
+            return Err(format!(
+                "model.hidden_size {} is not a multiple of model.heads {}",
+                m.hidden_size, m.heads
+            ));
+        }
+        if m.architecture == Architecture::Vilbert {
+            if m.init.is_some() {
+                return Err("model.init is supported for visual_bert only".into());
+            }
+            if m.co_layers > m.layers.min(m.v_layers) {
+                return Err(format!(
+                    "model.co_layers {} exceeds the layers of a stream ({} text, {} image)",
+                    m.co_layers, m.layers, m.v_layers
+                ));
+            }
+        } else if self.data.region_mask_prob > 0.0 {
+            return Err(
+                "data.region_mask_prob > 0 needs a region head: architecture = \"vilbert\"".into(),
+            );
+        }
+        for (name, p) in [
+            ("data.mask_prob", self.data.mask_prob),
+            ("data.mismatch_prob", self.data.mismatch_prob),
+            ("data.region_mask_prob", self.data.region_mask_prob),
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(format!("{name} = {p} is not a probability"));
+            }
+        }
+        if self.data.max_text_len < 3 {
+            return Err("data.max_text_len must be >= 3 ([CLS] word [SEP])".into());
+        }
+        Ok(())
+    }
+}
