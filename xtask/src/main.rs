@@ -4,7 +4,8 @@
 //!   assets, checks formatting and clippy, then runs every test in strict mode (a test whose
 //!   prerequisite — wgpu adapter, asset — is missing fails instead of skipping).
 //! * `cargo xtask assets` — fetches and verifies the real weights and data (see `docs/assets.md`).
-//! * `cargo xtask train`  — the main job: trains on the embedded default dataset.
+//! * `cargo xtask train [ARGS]` — the main job: builds `tuwen` and runs `tuwen train ARGS`; with
+//!   no arguments the default run (MLM + ITM on the built-in scenes, `configs/default.toml`).
 //! * `cargo xtask parity DIR [--device flex|ndarray|wgpu] [--tol 1e-4]` — numerical parity of a
 //!   tuwen model with reference outputs (see `tuwen parity`).
 //! * `cargo xtask bench`  — criterion benchmarks.
@@ -81,11 +82,7 @@ fn run(task: Task) -> Result<()> {
     match task {
         Task::Test { no_lint, args } => test(no_lint, &args),
         Task::Assets { home, only } => assets(home, &only),
-        Task::Train { .. } => bail!(
-            "`cargo xtask train` is not wired yet. The default run exists as the library function \
-             tuwen_train::pretrain::run; until this command calls it, measure it with \
-             `cargo test --workspace --test pretrain default_run -- --ignored --nocapture`."
-        ),
+        Task::Train { args } => train(&args),
         Task::Parity { dir, device, tol } => {
             let dir = dir.to_string_lossy().into_owned();
             cargo(
@@ -154,6 +151,50 @@ fn test(no_lint: bool, args: &[String]) -> Result<()> {
         args,
         &[("TUWEN_STRICT_TESTS", "1")],
     )
+}
+
+/// Builds `tuwen` and runs `tuwen train ARGS` (no arguments: the default run).
+///
+/// The binary is built by `cargo test --workspace --no-run`: the same profile and the same
+/// unified dependency features as the test suite, so the README's two commands share one build
+/// (a separate `cargo build` of the CLI resolves other Burn features and recompiles Burn,
+/// 20+ minutes on a small machine).
+fn train(args: &[String]) -> Result<()> {
+    cargo(&["test", "--workspace", "--no-run", "--quiet"], &[], &[])?;
+    let tuwen = target_dir()?
+        .join("debug")
+        .join(if cfg!(windows) { "tuwen.exe" } else { "tuwen" });
+    let mut cmd = Command::new(&tuwen);
+    cmd.arg("train").args(args);
+    eprintln!("$ {} train {}", tuwen.display(), args.join(" "));
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {}", tuwen.display()))?;
+    if !status.success() {
+        bail!("`tuwen train` failed ({status})");
+    }
+    Ok(())
+}
+
+/// Cargo's target directory for this workspace (honours CARGO_TARGET_DIR and config).
+fn target_dir() -> Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(&cargo)
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .output()
+        .with_context(|| format!("cannot run {cargo} metadata"))?;
+    if !out.status.success() {
+        bail!(
+            "`cargo metadata` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let meta: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("`cargo metadata` printed invalid JSON")?;
+    meta["target_directory"]
+        .as_str()
+        .map(PathBuf::from)
+        .context("`cargo metadata` gave no target_directory")
 }
 
 fn assets(home: Option<PathBuf>, only: &[String]) -> Result<()> {

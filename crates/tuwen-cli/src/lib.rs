@@ -4,3 +4,4 @@
 pub mod device;
 pub mod extract;
 pub mod parity;
+pub mod train;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use tuwen_cli::{device, extract, parity};
+use tuwen_cli::{device, extract, parity, train};
 use tuwen_regions::{ExtractorConfig, StoreDtype};
 use tuwen_tokenizer::{BertTokenizer, TokenizerOptions};
 use tuwen_vision::{Backbone, Preprocess, imagenet_classes, top_k};
@@ -89,6 +89,32 @@ enum Command {
         /// Backend: flex, ndarray, wgpu, cuda (those compiled in).
         #[arg(long, default_value = "flex")]
         device: String,
+    },
+    /// Pretrain a vision-language model on the built-in scenes (see configs/ for the settings).
+    ///
+    /// Without --config, the default run (configs/default.toml). Outputs go to the run
+    /// directory: config.toml (resolved), vocab.txt, metrics.jsonl, train.svg / eval.svg,
+    /// checkpoints/last and checkpoints/best.
+    Train {
+        /// TOML configuration; keys left out take the default run's values.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Run directory (default: runs/<config name>).
+        #[arg(long)]
+        run_dir: Option<PathBuf>,
+        /// Continue the run in the run directory from its last checkpoint (bit-exact).
+        #[arg(long, conflicts_with = "overwrite")]
+        resume: bool,
+        /// Delete what the run directory holds and start again.
+        #[arg(long)]
+        overwrite: bool,
+        /// Override run.steps.
+        #[arg(long)]
+        steps: Option<usize>,
+        /// Backend(s): flex, ndarray, wgpu, cuda (those compiled in). Several = data parallelism
+        /// (the batch is split across them; the first holds the model).
+        #[arg(long, default_value = "flex")]
+        device: Vec<String>,
     },
     /// Compare a model with reference outputs stored in a fixture directory
     /// (config.json, model.safetensors, inputs.safetensors, expected.safetensors).
@@ -195,6 +221,33 @@ fn run(cli: Cli) -> Result<()> {
                 device,
             };
             extract::run(options)?;
+            Ok(())
+        }
+        Command::Train {
+            config,
+            run_dir,
+            resume,
+            overwrite,
+            steps,
+            device,
+        } => {
+            let devices = device
+                .iter()
+                .map(|d| device::parse(d))
+                .collect::<Result<Vec<_>>>()?;
+            let args = train::TrainArgs {
+                config,
+                run_dir,
+                resume,
+                overwrite,
+                steps,
+            };
+            train::train(
+                &args,
+                &devices,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            )?;
             Ok(())
         }
         Command::Parity { dir, device, tol } => {

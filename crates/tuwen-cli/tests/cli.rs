@@ -156,3 +156,66 @@ fn extract_regions_writes_a_readable_store_resumes_and_survives_bad_images() {
         "{err}"
     );
 }
+
+#[test]
+fn train_runs_a_config_prints_the_summary_and_guards_the_run_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tiny.toml");
+    std::fs::write(
+        &config,
+        "[run]\nsteps = 4\nbatch_size = 4\nlog_every = 1\n\
+         [model]\nhidden_size = 32\nlayers = 1\nheads = 2\n\
+         [data]\nvocab_scenes = 100\n[eval]\nevery = 2\nscenes = 16\n",
+    )
+    .unwrap();
+    let run_dir = dir.path().join("run");
+    let args = |extra: &[&str]| {
+        let mut a = vec![
+            "train".to_string(),
+            "--config".into(),
+            config.display().to_string(),
+            "--run-dir".into(),
+            run_dir.display().to_string(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let out = tuwen().args(args(&[])).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("4/4") && stderr.contains("scenes/s") && stderr.contains("ETA"));
+    assert!(
+        stderr.contains("eval @ 2") && stderr.contains("eval @ 4"),
+        "{stderr}"
+    );
+    for row in ["ITM accuracy", "MLM accuracy, colour/shape words", "best @"] {
+        assert!(stdout.contains(row), "{row} missing from\n{stdout}");
+    }
+    assert!(run_dir.join("config.toml").is_file() && run_dir.join("checkpoints/best").is_dir());
+
+    // The directory now holds a run: neither silently resumed nor overwritten.
+    let again = tuwen().args(args(&[])).output().unwrap();
+    assert!(!again.status.success());
+    let msg = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        msg.contains("--resume") && msg.contains("already holds a run"),
+        "{msg}"
+    );
+    // --resume continues it (here: already finished, nothing left to run).
+    let resumed = tuwen().args(args(&["--resume"])).output().unwrap();
+    let msg = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "{msg}");
+    assert!(msg.contains("resuming from"), "{msg}");
+    // A bad configuration names the file and the key.
+    std::fs::write(&config, "[run]\nstepz = 4\n").unwrap();
+    let bad = tuwen()
+        .args(["train", "--config", &config.display().to_string()])
+        .output()
+        .unwrap();
+    let msg = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && msg.contains("tiny.toml") && msg.contains("stepz"),
+        "{msg}"
+    );
+}
