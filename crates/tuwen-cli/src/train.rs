@@ -95,13 +95,21 @@ pub fn train(
                 best,
             } => writeln!(
                 err,
-                "{}eval @ {step}: ITM acc {:.3}  MLM acc {:.3}  colour/shape MLM acc {:.3}{}{}",
+                "{}eval @ {step}: ITM acc {:.3}  MLM acc {:.3}  colour/shape MLM acc {:.3}{}{}{}",
                 newline(&mut last_line_open),
                 metrics.itm_accuracy,
                 metrics.mlm_accuracy,
                 metrics.mlm_color_shape_accuracy,
                 if config.data.region_mask_prob > 0.0 {
                     format!("  region acc {:.3}", metrics.region_accuracy)
+                } else {
+                    String::new()
+                },
+                if config.model.itc_dim > 0 && config.eval.retrieval_images > 0 {
+                    format!(
+                        "  R@1 i->t {:.3} t->i {:.3}",
+                        metrics.retrieval.image_to_text[0], metrics.retrieval.text_to_image[0]
+                    )
                 } else {
                     String::new()
                 },
@@ -154,6 +162,9 @@ pub fn progress_line(r: &StepReport) -> String {
     if r.region > 0.0 {
         line.push_str(&format!("  region {:.3}", r.region));
     }
+    if r.itc > 0.0 {
+        line.push_str(&format!("  itc {:.3}", r.itc));
+    }
     line.push_str(&format!(
         "  {:.1} scenes/s  ETA {}m{:02}s",
         r.scenes_per_second,
@@ -182,6 +193,19 @@ pub fn summary_table(config: &TrainConfig, s: &Summary) -> String {
     ];
     if config.data.region_mask_prob > 0.0 {
         rows.push(("region classification accuracy", |m| m.region_accuracy));
+    }
+    if config.model.itc_dim > 0 && config.eval.retrieval_images > 0 {
+        rows.extend([
+            (
+                "image->text R@1",
+                (|m| m.retrieval.image_to_text[0]) as Metric,
+            ),
+            ("image->text R@5", |m| m.retrieval.image_to_text[1]),
+            ("image->text R@10", |m| m.retrieval.image_to_text[2]),
+            ("text->image R@1", |m| m.retrieval.text_to_image[0]),
+            ("text->image R@5", |m| m.retrieval.text_to_image[1]),
+            ("text->image R@10", |m| m.retrieval.text_to_image[2]),
+        ]);
     }
     let mut t = String::new();
     t.push_str(&format!(

@@ -171,8 +171,13 @@ pub struct HostBatch {
     pub feature_dim: usize,
     /// `[rows, text_len]` token ids after MLM masking.
     pub input_ids: Vec<i64>,
+    /// `[rows, text_len]` token ids before masking (the text of contrastive and retrieval
+    /// passes).
+    pub caption_ids: Vec<i64>,
     /// `[rows, text_len]` 1 for real tokens.
     pub attention: Vec<i64>,
+    /// `[CLS]` and `[SEP]` ids (the null text of image-only passes is `[CLS] [SEP]`).
+    pub cls_sep: [i64; 2],
     /// `[rows, regions, feature_dim]` region vectors after region masking.
     pub features: Vec<f32>,
     /// `[rows, regions, 5]` box encodings.
@@ -209,6 +214,8 @@ impl HostBatch {
             regions: r,
             feature_dim: d,
             input_ids: self.input_ids[range.start * t..range.end * t].to_vec(),
+            caption_ids: self.caption_ids[range.start * t..range.end * t].to_vec(),
+            cls_sep: self.cls_sep,
             attention: self.attention[range.start * t..range.end * t].to_vec(),
             features: self.features[range.start * r * d..range.end * r * d].to_vec(),
             locations: self.locations[range.start * r * 5..range.end * r * 5].to_vec(),
@@ -244,6 +251,8 @@ impl HostBatch {
         let (b, t, r, d) = (self.rows, self.text_len, self.regions, self.feature_dim);
         PretrainBatch {
             input_ids: int(&self.input_ids, [b, t]),
+            caption_ids: int(&self.caption_ids, [b, t]),
+            cls_sep: self.cls_sep,
             attention_mask: int(&self.attention, [b, t]),
             features: Tensor::from_data(TensorData::new(self.features.clone(), [b, r, d]), device),
             locations: Tensor::from_data(
@@ -265,6 +274,10 @@ impl HostBatch {
 pub struct PretrainBatch {
     /// `[B, T]` token ids after MLM masking.
     pub input_ids: Tensor<2, Int>,
+    /// `[B, T]` token ids before masking.
+    pub caption_ids: Tensor<2, Int>,
+    /// `[CLS]` and `[SEP]` ids.
+    pub cls_sep: [i64; 2],
     /// `[B, T]` 1 for real tokens.
     pub attention_mask: Tensor<2, Int>,
     /// `[B, R, D]` region vectors (whole image first).
@@ -285,25 +298,92 @@ pub struct PretrainBatch {
     pub region_labels: Vec<i64>,
 }
 
+/// Which modalities an encoder pass sees. Unimodal passes replace the other modality by a
+/// constant null input (text `[CLS] [SEP]`; one all-zero region covering the image), so the same
+/// encoder gives text-only and image-only embeddings for contrastive learning and retrieval.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum View {
+    /// Masked captions with their regions (MLM, ITM, region classification).
+    Joint,
+    /// Unmasked captions with the null image.
+    Text,
+    /// The regions with the null text.
+    Image,
+}
+
 impl PretrainBatch {
+    /// `(ids, attention, features, locations, region_mask)` of `view`.
+    fn parts(
+        &self,
+        view: View,
+    ) -> (
+        Tensor<2, Int>,
+        Tensor<2, Int>,
+        Tensor<3>,
+        Tensor<3>,
+        Tensor<2, Int>,
+    ) {
+        let device = self.input_ids.device();
+        let [b, _] = self.input_ids.dims();
+        let [_, _, d] = self.features.dims();
+        let null_image = || {
+            (
+                Tensor::<3>::zeros([b, 1, d], &device),
+                Tensor::<1>::from_floats([0.0, 0.0, 1.0, 1.0, 1.0], &device)
+                    .reshape([1, 1, 5])
+                    .repeat_dim(0, b),
+                Tensor::<2, Int>::ones([b, 1], &device),
+            )
+        };
+        match view {
+            View::Joint => (
+                self.input_ids.clone(),
+                self.attention_mask.clone(),
+                self.features.clone(),
+                self.locations.clone(),
+                self.region_mask.clone(),
+            ),
+            View::Text => {
+                let (f, l, m) = null_image();
+                (
+                    self.caption_ids.clone(),
+                    self.attention_mask.clone(),
+                    f,
+                    l,
+                    m,
+                )
+            }
+            View::Image => {
+                let ids = Tensor::<1, Int>::from_ints(self.cls_sep, &device)
+                    .reshape([1, 2])
+                    .repeat_dim(0, b);
+                (
+                    ids,
+                    Tensor::<2, Int>::ones([b, 2], &device),
+                    self.features.clone(),
+                    self.locations.clone(),
+                    self.region_mask.clone(),
+                )
+            }
+        }
+    }
+
     /// VisualBERT's input: text then regions in one stream, with 5-d box encodings.
-    pub fn visual_bert_input(&self) -> VisualBertInput {
-        let mut input = VisualBertInput::new(self.input_ids.clone(), self.features.clone());
-        input.attention_mask = self.attention_mask.clone();
-        input.visual_attention_mask = self.region_mask.clone();
-        input.visual_locations = Some(self.locations.clone());
+    pub fn visual_bert_input(&self, view: View) -> VisualBertInput {
+        let (ids, attention, features, locations, region_mask) = self.parts(view);
+        let mut input = VisualBertInput::new(ids, features);
+        input.attention_mask = attention;
+        input.visual_attention_mask = region_mask;
+        input.visual_locations = Some(locations);
         input
     }
 
     /// ViLBERT's input: the whole-image region is the image stream's first (global) token.
-    pub fn vilbert_input(&self) -> ViLBertInput {
-        let mut input = ViLBertInput::new(
-            self.input_ids.clone(),
-            self.features.clone(),
-            self.locations.clone(),
-        );
-        input.attention_mask = self.attention_mask.clone();
-        input.image_attention_mask = self.region_mask.clone();
+    pub fn vilbert_input(&self, view: View) -> ViLBertInput {
+        let (ids, attention, features, locations, region_mask) = self.parts(view);
+        let mut input = ViLBertInput::new(ids, features, locations);
+        input.attention_mask = attention;
+        input.image_attention_mask = region_mask;
         input
     }
 }
@@ -339,6 +419,32 @@ impl SceneBatcher {
             });
             captions.push(caption);
         }
+        self.assemble(split, scenes, captions, itm, rng)
+    }
+
+    /// Scenes `indices` of `split` paired with `captions` (row by row, labelled as matches): the
+    /// pairs of retrieval re-ranking, or any caption set a caller chooses. Masking as configured.
+    pub fn host_captions(
+        &self,
+        split: Split,
+        indices: &[u64],
+        captions: &[String],
+        rng: &mut impl Rng,
+    ) -> Result<HostBatch, TokenizerError> {
+        let scenes: Vec<(u64, Scene)> = indices.iter().map(|&i| self.scene(split, i)).collect();
+        let itm = vec![MatchLabel::Match; scenes.len()];
+        self.assemble(split, scenes, captions.to_vec(), itm, rng)
+    }
+
+    fn assemble(
+        &self,
+        split: Split,
+        scenes: Vec<(u64, Scene)>,
+        captions: Vec<String>,
+        itm: Vec<MatchLabel>,
+        rng: &mut impl Rng,
+    ) -> Result<HostBatch, TokenizerError> {
+        let b = scenes.len();
         let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
         let encoded = self.tokenizer.encode_batch(&refs)?;
         let len = encoded.iter().map(|e| e.len()).max().unwrap_or(0);
@@ -432,6 +538,8 @@ impl SceneBatcher {
             regions,
             feature_dim: d,
             input_ids: masked.input_ids,
+            caption_ids: ids,
+            cls_sep: [special.cls as i64, special.sep as i64],
             attention,
             features,
             locations,

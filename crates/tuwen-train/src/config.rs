@@ -130,6 +130,9 @@ pub struct ModelConfig {
     pub co_layers: usize,
     /// Dropout of hidden states and attention probabilities.
     pub dropout: f64,
+    /// Width of the image-text contrastive (ITC) space over unimodal passes (0: no ITC and no
+    /// retrieval evaluation).
+    pub itc_dim: usize,
     /// VisualBERT only: initialise the text Transformer from a BERT checkpoint: `minilm` (the
     /// `cargo xtask assets` MiniLM) or a path to a HF BERT directory (`config.json`,
     /// `model.safetensors`, `vocab.txt`). Its vocabulary replaces the scene vocabulary.
@@ -148,6 +151,7 @@ impl Default for ModelConfig {
             v_layers: 2,
             co_layers: 2,
             dropout: 0.0,
+            itc_dim: 0,
             init: None,
         }
     }
@@ -213,6 +217,8 @@ pub enum BestMetric {
     ItmAccuracy,
     /// Held-out MLM accuracy on colour and shape words.
     MlmColorShapeAccuracy,
+    /// Mean of image->text and text->image Recall@1 (needs `model.itc_dim`).
+    RetrievalR1,
 }
 
 /// `[eval]`.
@@ -223,6 +229,10 @@ pub struct EvalConfig {
     pub every: usize,
     /// Held-out scenes for ITM / MLM accuracy.
     pub scenes: usize,
+    /// Held-out images (one caption each) for zero-shot retrieval (needs `model.itc_dim`).
+    pub retrieval_images: usize,
+    /// Candidates per query re-ranked by ITM after ITC ranking.
+    pub retrieval_top_k: usize,
     /// Which metric picks the `best` checkpoint.
     pub best: BestMetric,
 }
@@ -232,6 +242,8 @@ impl Default for EvalConfig {
         Self {
             every: 500,
             scenes: 256,
+            retrieval_images: 100,
+            retrieval_top_k: 16,
             best: BestMetric::ItmAccuracy,
         }
     }
@@ -339,6 +351,14 @@ impl TrainConfig {
             if !(0.0..=1.0).contains(&p) {
                 return Err(format!("{name} = {p} is not a probability"));
             }
+        }
+        if self.eval.best == BestMetric::RetrievalR1
+            && (self.model.itc_dim == 0 || self.eval.retrieval_images == 0)
+        {
+            return Err(
+                "eval.best = \"retrieval_r1\" needs model.itc_dim > 0 and eval.retrieval_images > 0"
+                    .into(),
+            );
         }
         if self.data.max_text_len < 3 {
             return Err("data.max_text_len must be >= 3 ([CLS] word [SEP])".into());

@@ -1,25 +1,116 @@
-//! Region features of the scenes other than pooled pixels.
+//! CNN region features of the scenes: the ImageNet MobileNetV2 feature map of each image,
+//! RoIAlign at the whole image and at every object's ground-truth box, averaged to one vector
+//! per region (`tuwen_regions::RegionExtractor`). Each scene is extracted once and cached in
+//! memory, so `data.train_scenes` bounds the extraction work and the memory.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use burn::tensor::Device;
-use tuwen_data::scene::SceneConfig;
+use tuwen_data::scene::{Scene, SceneConfig, Split};
+use tuwen_regions::{BoxXyxy, ExtractorConfig, RegionExtractor};
+use tuwen_vision::Backbone;
 
 use crate::batch::RegionFeatures;
 use crate::config::{Features, TrainConfig};
 use crate::pretrain::Event;
 
+/// Region vectors per `(split, scene index)`.
+type Cache = HashMap<(u8, u64), Arc<Vec<f32>>>;
+
+/// Region vectors from a CNN backbone, cached per scene.
+#[derive(Debug)]
+pub struct CnnRegionFeatures {
+    extractor: Mutex<RegionExtractor>,
+    device: Device,
+    dim: usize,
+    cache: Mutex<Cache>,
+}
+
+fn split_key(split: Split) -> u8 {
+    match split {
+        Split::Train => 0,
+        Split::Validation => 1,
+        Split::Test => 2,
+    }
+}
+
+impl CnnRegionFeatures {
+    /// Features of `backbone` computed on `device`; the images are upscaled so their shorter
+    /// side is `shorter_side` pixels (the scenes are small; ImageNet CNNs expect ~224).
+    pub fn new(backbone: Backbone, shorter_side: u32, device: &Device, probe: &Scene) -> Self {
+        let extractor = RegionExtractor::new(
+            backbone,
+            ExtractorConfig {
+                shorter_side,
+                ..ExtractorConfig::default()
+            },
+        );
+        let (w, h) = probe.image.dimensions();
+        let whole = [BoxXyxy::new(0.0, 0.0, w as f32, h as f32)];
+        let dim = extractor.extract(&probe.image, Some(&whole), device).dim;
+        Self {
+            extractor: Mutex::new(extractor),
+            device: device.clone(),
+            dim,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Scenes extracted so far.
+    pub fn cached(&self) -> usize {
+        self.cache.lock().map_or(0, |c| c.len())
+    }
+}
+
+impl RegionFeatures for CnnRegionFeatures {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn features(&self, split: Split, index: u64, scene: &Scene, boxes: &[BoxXyxy]) -> Vec<f32> {
+        let key = (split_key(split), index);
+        if let Some(hit) = self.cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
+            return hit.as_ref().clone();
+        }
+        let regions = {
+            let extractor = self
+                .extractor
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            extractor.extract(&scene.image, Some(boxes), &self.device)
+        };
+        let features = Arc::new(regions.features);
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.insert(key, features.clone());
+        }
+        features.as_ref().clone()
+    }
+}
+
 /// The region-feature source `cfg.data.features` names (`None`: pooled pixels).
 pub fn region_features(
     cfg: &TrainConfig,
-    _scenes: &SceneConfig,
-    _device: &Device,
-    _events: &mut impl FnMut(Event),
+    scenes: &SceneConfig,
+    device: &Device,
+    events: &mut impl FnMut(Event),
 ) -> Result<Option<Arc<dyn RegionFeatures>>, String> {
     match cfg.data.features {
         Features::Pixels => Ok(None),
         Features::MobilenetV2 => {
-            Err("data.features = \"mobilenet_v2\" is not available yet".into())
+            let weights = tuwen_assets::locate("mobilenet_v2", "mobilenet_v2.safetensors")
+                .map_err(|e| format!("data.features = \"mobilenet_v2\": {e}"))?;
+            let backbone = Backbone::from_torchvision("mobilenet_v2", &weights, 1000, device)
+                .map_err(|e| format!("{}: {e}", weights.display()))?;
+            let probe = scenes.generate(cfg.run.seed, Split::Train, 0);
+            let features = CnnRegionFeatures::new(backbone, 224, device, &probe);
+            events(Event::Note(format!(
+                "region features: ImageNet MobileNetV2 ({} weights), {}-d, RoIAlign at the \
+                 ground-truth boxes; extracted once per scene",
+                weights.display(),
+                features.dim()
+            )));
+            Ok(Some(Arc::new(features)))
         }
     }
 }

@@ -1,30 +1,45 @@
 //! The models a run trains, behind one type so the loop, checkpoints and evaluation are shared:
 //! single-stream VisualBERT (MLM + ITM) and two-stream ViLBERT (MLM + ITM + masked region
-//! classification).
+//! classification), either with an optional image-text contrastive (ITC) head over unimodal
+//! passes of the same encoder (the other modality replaced by a null input; see
+//! [`View`]) for contrastive learning and retrieval.
 
 use burn::module::Module;
-use burn::tensor::Device;
+use burn::tensor::activation::softmax;
+use burn::tensor::{Device, Int, Tensor};
+use tuwen_fusion::vilbert::PooledFusion;
 use tuwen_fusion::visual_bert::LocationEncoding;
 use tuwen_fusion::{
     BertConfig, ViLBertConfig, ViLBertForPreTraining, VisualBertConfig, VisualBertForPreTraining,
 };
 use tuwen_objectives::LossOutput;
-use tuwen_objectives::itm::{Polarity, itm_loss};
+use tuwen_objectives::itc::{ItcConfig, ItcHead};
+use tuwen_objectives::itm::{MatchLabel, Polarity, itm_loss};
 use tuwen_objectives::mlm::{MlmOutput, mlm_loss};
 use tuwen_objectives::mrm::mrc_label_loss;
 
-use crate::batch::{PretrainBatch, REGION_CLASSES};
+use crate::batch::{PretrainBatch, REGION_CLASSES, View};
 use crate::config::{Architecture, ModelConfig};
 
-/// A pretraining model of either family. (Held once per run, so the size difference between
-/// the variants does not matter; boxing would complicate the derived record.)
+/// An encoder of either family with its pretraining heads. (Held once per run, so the size
+/// difference between the variants does not matter; boxing would complicate the derived record.)
 #[derive(Module, Debug)]
 #[allow(clippy::large_enum_variant)]
-pub enum PretrainModel {
+pub enum Encoder {
     /// Single stream.
     VisualBert(VisualBertForPreTraining),
     /// Two streams with co-attention.
     ViLBert(ViLBertForPreTraining),
+}
+
+/// What a run trains: the encoder and, for contrastive learning and retrieval, an ITC head over
+/// its unimodal (text-only, image-only) pooled outputs.
+#[derive(Module, Debug)]
+pub struct PretrainModel {
+    /// Encoder and its MLM / ITM / region heads.
+    pub encoder: Encoder,
+    /// Projections + temperature of image-text contrastive learning.
+    pub itc: Option<ItcHead>,
 }
 
 /// What one forward pass gives the loop: each objective's loss (mean over its items, with the
@@ -43,6 +58,8 @@ pub struct Objectives {
     pub region: LossOutput,
     /// Region classification accuracy at the masked regions.
     pub region_accuracy: f32,
+    /// Image-text contrastive loss over the matched pairs (empty without an ITC head).
+    pub itc: LossOutput,
 }
 
 /// The encoder configuration a [`ModelConfig`] describes (text side from `bert` when the model
@@ -125,8 +142,8 @@ impl PretrainModel {
         max_text_len: usize,
         device: &Device,
     ) -> Self {
-        match cfg.architecture {
-            Architecture::VisualBert => Self::VisualBert(
+        let encoder = match cfg.architecture {
+            Architecture::VisualBert => Encoder::VisualBert(
                 visual_bert_config(cfg, None, vocab, feature_dim, max_text_len)
                     .init_pretraining(device),
             ),
@@ -135,75 +152,135 @@ impl PretrainModel {
                     vilbert_config(cfg, vocab, feature_dim, max_text_len).init_pretraining(device);
                 // The reference fixes 0.1 before the ITM head; follow the configured dropout.
                 m.itm_dropout = burn::nn::DropoutConfig::new(cfg.dropout).init();
-                Self::ViLBert(m)
+                Encoder::ViLBert(m)
+            }
+        };
+        Self::with_itc(encoder, cfg.itc_dim, device)
+    }
+
+    /// `encoder` with an ITC head of `itc_dim` (0: none).
+    pub fn with_itc(encoder: Encoder, itc_dim: usize, device: &Device) -> Self {
+        let itc = (itc_dim > 0).then(|| {
+            let (image, text) = encoder.pooled_widths();
+            let config = ItcConfig {
+                embed_dim: itc_dim,
+                ..ItcConfig::default()
+            };
+            ItcHead::new(image, text, &config, device)
+        });
+        Self { encoder, itc }
+    }
+
+    /// Text-only and image-only pooled vectors of `batch` (rows as in the batch).
+    pub fn unimodal(&self, batch: &PretrainBatch) -> (Tensor<2>, Tensor<2>) {
+        match &self.encoder {
+            Encoder::VisualBert(m) => (
+                m.visual_bert
+                    .forward(batch.visual_bert_input(View::Text))
+                    .pooler_output,
+                m.visual_bert
+                    .forward(batch.visual_bert_input(View::Image))
+                    .pooler_output,
+            ),
+            Encoder::ViLBert(m) => (
+                m.bert
+                    .forward(batch.vilbert_input(View::Text))
+                    .pooled_output_t,
+                m.bert
+                    .forward(batch.vilbert_input(View::Image))
+                    .pooled_output_v,
+            ),
+        }
+    }
+
+    /// ITM match probabilities of the joint pass over `batch` (rows as in the batch).
+    pub fn match_scores(&self, batch: &PretrainBatch) -> Vec<f32> {
+        let (logits, polarity) = self.itm_logits(batch, View::Joint).1;
+        match_probabilities(logits, polarity)
+    }
+
+    /// The joint pass: text hidden states (for MLM), ITM logits with their polarity, and the
+    /// image-stream states (ViLBERT; for region classification).
+    #[allow(clippy::type_complexity)]
+    fn itm_logits(
+        &self,
+        batch: &PretrainBatch,
+        view: View,
+    ) -> (Tensor<3>, (Tensor<2>, Polarity), Option<Tensor<3>>) {
+        let [_, len] = batch.input_ids.dims();
+        match &self.encoder {
+            Encoder::VisualBert(model) => {
+                let out = model.visual_bert.forward(batch.visual_bert_input(view));
+                let text = out.last_hidden_state.narrow(1, 0, len);
+                let logits = model.sentence_image.forward(out.pooler_output);
+                (text, (logits, Polarity::VISUAL_BERT), None)
+            }
+            Encoder::ViLBert(model) => {
+                let out = model.bert.forward(batch.vilbert_input(view));
+                let pooled = match model.fusion {
+                    PooledFusion::Mul => out.pooled_output_t * out.pooled_output_v,
+                    PooledFusion::Sum => out.pooled_output_t + out.pooled_output_v,
+                };
+                let logits = model.itm.forward(model.itm_dropout.forward(pooled));
+                (
+                    out.sequence_output_t,
+                    (logits, Polarity::VILBERT),
+                    Some(out.sequence_output_v),
+                )
             }
         }
     }
 
-    /// Every objective of the model's family on `batch`.
+    /// Every objective of the model on `batch`.
     pub fn objectives(&self, batch: &PretrainBatch) -> Objectives {
-        let [_, len] = batch.input_ids.dims();
         let device = batch.input_ids.device();
-        let (mlm, itm_logits, polarity, region) = match self {
-            Self::VisualBert(model) => {
-                let out = model.visual_bert.forward(batch.visual_bert_input());
-                let text = out.last_hidden_state.narrow(1, 0, len);
-                let words = model
-                    .visual_bert
-                    .embeddings
-                    .text
-                    .word_embeddings
-                    .weight
-                    .val();
-                let mlm = mlm_loss(
-                    &model.mlm,
-                    text,
-                    words,
-                    &batch.mlm_positions,
-                    &batch.mlm_labels,
-                    None,
-                );
-                let logits = model.sentence_image.forward(out.pooler_output);
-                (mlm, logits, Polarity::VISUAL_BERT, None)
-            }
-            Self::ViLBert(model) => {
-                let out = model.bert.forward(batch.vilbert_input());
-                let words = model.bert.embeddings.word_embeddings.weight.val();
-                let mlm = mlm_loss(
-                    &model.mlm,
-                    out.sequence_output_t.clone(),
-                    words,
-                    &batch.mlm_positions,
-                    &batch.mlm_labels,
-                    None,
-                );
-                let pooled = match model.fusion {
-                    tuwen_fusion::vilbert::PooledFusion::Mul => {
-                        out.pooled_output_t.clone() * out.pooled_output_v.clone()
-                    }
-                    tuwen_fusion::vilbert::PooledFusion::Sum => {
-                        out.pooled_output_t.clone() + out.pooled_output_v.clone()
-                    }
-                };
-                let logits = model.itm.forward(model.itm_dropout.forward(pooled));
-                let region = (!batch.region_positions.is_empty()).then(|| {
-                    mrc_label_loss(
-                        model.region_head.forward(out.sequence_output_v),
-                        &batch.region_labels,
-                        &batch.region_positions,
-                    )
-                });
-                (mlm, logits, Polarity::VILBERT, region)
-            }
+        let (text, (itm_logits, polarity), image) = self.itm_logits(batch, View::Joint);
+        let (head, words) = match &self.encoder {
+            Encoder::VisualBert(m) => (
+                &m.mlm,
+                m.visual_bert.embeddings.text.word_embeddings.weight.val(),
+            ),
+            Encoder::ViLBert(m) => (&m.mlm, m.bert.embeddings.word_embeddings.weight.val()),
         };
-        let match_index = polarity.index(tuwen_objectives::itm::MatchLabel::Match) as usize;
-        let match_scores: Vec<f32> = burn::tensor::activation::softmax(itm_logits.clone(), 1)
-            .narrow(1, match_index, 1)
-            .into_data()
-            .try_into_vec_as()
-            .unwrap_or_default();
+        let mlm = mlm_loss(
+            head,
+            text,
+            words,
+            &batch.mlm_positions,
+            &batch.mlm_labels,
+            None,
+        );
+        let region = match (&self.encoder, image) {
+            (Encoder::ViLBert(m), Some(image)) if !batch.region_positions.is_empty() => {
+                Some(mrc_label_loss(
+                    m.region_head.forward(image),
+                    &batch.region_labels,
+                    &batch.region_positions,
+                ))
+            }
+            _ => None,
+        };
+        let match_scores = match_probabilities(itm_logits.clone(), polarity);
         let (itm, itm_accuracy) = itm_loss(itm_logits, &batch.itm, polarity);
         let (region, region_accuracy) = region.unwrap_or_else(|| (LossOutput::empty(&device), 0.0));
+        let itc = match &self.itc {
+            Some(head) => {
+                // Positives are the matched pairs; the other matched pairs are the negatives.
+                let matched: Vec<i64> = (0..batch.itm.len())
+                    .filter(|&r| batch.itm[r] == MatchLabel::Match)
+                    .map(|r| r as i64)
+                    .collect();
+                if matched.len() < 2 {
+                    LossOutput::empty(&device)
+                } else {
+                    let (t, i) = self.unimodal(batch);
+                    let rows = Tensor::<1, Int>::from_ints(matched.as_slice(), &device);
+                    head.forward(i.select(0, rows.clone()), t.select(0, rows))
+                        .loss
+                }
+            }
+            None => LossOutput::empty(&device),
+        };
         Objectives {
             mlm,
             itm,
@@ -211,14 +288,44 @@ impl PretrainModel {
             match_scores,
             region,
             region_accuracy,
+            itc,
         }
     }
 
-    /// The word-embedding table (shared with the MLM decoder).
+    /// Rows of the word-embedding table (shared with the MLM decoder).
     pub fn vocab_size(&self) -> usize {
-        match self {
-            Self::VisualBert(m) => m.visual_bert.embeddings.text.word_embeddings.weight.dims()[0],
-            Self::ViLBert(m) => m.bert.embeddings.word_embeddings.weight.dims()[0],
+        match &self.encoder {
+            Encoder::VisualBert(m) => {
+                m.visual_bert.embeddings.text.word_embeddings.weight.dims()[0]
+            }
+            Encoder::ViLBert(m) => m.bert.embeddings.word_embeddings.weight.dims()[0],
         }
     }
+}
+
+impl Encoder {
+    /// Widths of the image and text pooled vectors.
+    pub fn pooled_widths(&self) -> (usize, usize) {
+        match self {
+            Encoder::VisualBert(m) => {
+                let h = m.visual_bert.embeddings.text.word_embeddings.weight.dims()[1];
+                (h, h)
+            }
+            Encoder::ViLBert(m) => {
+                let v = m.bert.v_pooler.dense.weight.dims()[1];
+                let t = m.bert.t_pooler.dense.weight.dims()[1];
+                (v, t)
+            }
+        }
+    }
+}
+
+/// Softmax probability of the "match" class of each row.
+fn match_probabilities(logits: Tensor<2>, polarity: Polarity) -> Vec<f32> {
+    let index = polarity.index(MatchLabel::Match) as usize;
+    softmax(logits, 1)
+        .narrow(1, index, 1)
+        .into_data()
+        .try_into_vec_as()
+        .unwrap_or_default()
 }

@@ -32,9 +32,11 @@ use crate::config::{Architecture, BestMetric, TrainConfig};
 use crate::decay::{apply_weight_decay, decayed_params};
 use crate::guard::{NanGuard, StepAction};
 use crate::metrics::MetricsLog;
-use crate::model::{PretrainModel, visual_bert_config};
+use crate::model::{Encoder, PretrainModel, visual_bert_config};
 use crate::prefetch::Prefetcher;
+use crate::retrieval::Recalls;
 use crate::schedule::LrSchedule;
+use tuwen_objectives::itc::l2_normalize;
 
 /// Held-out metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -47,6 +49,8 @@ pub struct EvalMetrics {
     pub mlm_color_shape_accuracy: f32,
     /// Masked region classification accuracy (ViLBERT; 0 otherwise).
     pub region_accuracy: f32,
+    /// Zero-shot retrieval (ITC ranking, ITM re-ranking of the top k; zeros without ITC).
+    pub retrieval: Recalls,
 }
 
 impl EvalMetrics {
@@ -55,6 +59,9 @@ impl EvalMetrics {
         match metric {
             BestMetric::ItmAccuracy => self.itm_accuracy,
             BestMetric::MlmColorShapeAccuracy => self.mlm_color_shape_accuracy,
+            BestMetric::RetrievalR1 => {
+                (self.retrieval.image_to_text[0] + self.retrieval.text_to_image[0]) / 2.0
+            }
         }
     }
 }
@@ -88,6 +95,8 @@ pub struct StepReport {
     pub itm: f32,
     /// Region classification loss (0 without).
     pub region: f32,
+    /// Image-text contrastive loss (0 without).
+    pub itc: f32,
     /// ITM accuracy of the batch.
     pub itm_accuracy: f32,
     /// Gradient norm before clipping.
@@ -266,6 +275,91 @@ pub fn evaluate(
         mlm_accuracy: n[2] / n[3].max(1.0),
         mlm_color_shape_accuracy: n[4] / n[5].max(1.0),
         region_accuracy: n[6] / n[7].max(1.0),
+        retrieval: Recalls::default(),
+    }
+}
+
+/// Zero-shot retrieval on `images` held-out test scenes with distinct captions (each scene's
+/// longest, the most specific): ITC similarities of unimodal embeddings rank all pairs, ITM
+/// re-scores the `k` best candidates of every query (`retrieval::evaluate`).
+pub fn retrieval(
+    model: &PretrainModel,
+    batcher: &SceneBatcher,
+    images: usize,
+    k: usize,
+    device: &Device,
+) -> Result<Recalls, String> {
+    let Some(itc) = &model.itc else {
+        return Ok(Recalls::default());
+    };
+    let plain = SceneBatcher {
+        masking: MaskingConfig {
+            mask_prob: 0.0,
+            ..MaskingConfig::default()
+        },
+        mismatch_prob: 0.0,
+        region_masking: None,
+        scenes_per_split: 0,
+        ..batcher.clone()
+    };
+    // Scenes 1_000_000+ (the accuracy evaluation uses the first ones), each with its longest
+    // caption, skipping scenes whose caption an earlier one already has: every query then has
+    // exactly one correct answer.
+    let mut indices = Vec::with_capacity(images);
+    let mut captions: Vec<String> = Vec::with_capacity(images);
+    let mut seen = std::collections::HashSet::new();
+    for i in (1_000_000u64..).take(images * 20) {
+        if indices.len() == images {
+            break;
+        }
+        let (_, scene) = plain.scene(Split::Test, i);
+        let caption = scene
+            .captions
+            .iter()
+            .max_by_key(|c| (c.len(), *c))
+            .cloned()
+            .unwrap_or_default();
+        if seen.insert(caption.clone()) {
+            indices.push(i);
+            captions.push(caption);
+        }
+    }
+    let images = indices.len();
+    let mut rng = StdRng::seed_from_u64(0);
+    let host = plain
+        .host_captions(Split::Test, &indices, &captions, &mut rng)
+        .map_err(|e| e.to_string())?;
+    let mut image_emb = Vec::new();
+    let mut text_emb = Vec::new();
+    for chunk in host.split(host.rows.div_ceil(32)) {
+        let (t, i) = model.unimodal(&chunk.to_device(device));
+        image_emb.push(itc.image_proj.forward(i));
+        text_emb.push(itc.text_proj.forward(t));
+    }
+    let i = l2_normalize(burn::tensor::Tensor::cat(image_emb, 0));
+    let t = l2_normalize(burn::tensor::Tensor::cat(text_emb, 0));
+    let sim: Vec<f32> = i
+        .matmul(t.transpose())
+        .into_data()
+        .try_into_vec_as()
+        .map_err(|e| format!("{e:?}"))?;
+    let gold: Vec<usize> = (0..images).collect();
+    let mut failure = None;
+    let recalls = crate::retrieval::evaluate(&sim, images, images, &gold, k, |image, texts| {
+        // One image against its candidate captions, as a batch of pairs.
+        let pairs: Vec<String> = texts.iter().map(|&t| captions[t].clone()).collect();
+        let rows = vec![indices[image]; pairs.len()];
+        match plain.host_captions(Split::Test, &rows, &pairs, &mut StdRng::seed_from_u64(0)) {
+            Ok(h) => model.match_scores(&h.to_device(device)),
+            Err(e) => {
+                failure = Some(e.to_string());
+                vec![0.0; texts.len()]
+            }
+        }
+    });
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(recalls),
     }
 }
 
@@ -287,8 +381,8 @@ pub fn step_batch(
 /// Losses and gradients of one step over micro-batches spread on `devices` (autodiff devices;
 /// the first is the main device, holding `model`): `devices.len() x micro_batches` contiguous
 /// row ranges, micro-batch `i` on device `i % devices.len()`. Returns the summed gradients (on
-/// the main device) and the step's MLM, ITM, region losses and ITM accuracy over the whole
-/// batch. `seed` seeds the random draws of micro-batch `i` as `seed + i`.
+/// the main device) and the step's MLM, ITM, region losses, ITM accuracy and ITC loss over the
+/// whole batch. `seed` seeds the random draws of micro-batch `i` as `seed + i`.
 pub fn step_gradients(
     model: &PretrainModel,
     host: &HostBatch,
@@ -296,14 +390,20 @@ pub fn step_gradients(
     micro_batches: usize,
     region_weight: f64,
     seed: u64,
-) -> (GradientsParams, [f32; 4]) {
+) -> (GradientsParams, [f32; 5]) {
     let scalar = |t: &burn::tensor::Tensor<1>| t.clone().into_scalar::<f32>();
     let main = &devices[0];
     let parts = host.split(devices.len() * micro_batches);
+    let matched = host
+        .itm
+        .iter()
+        .filter(|&&l| l == tuwen_objectives::itm::MatchLabel::Match)
+        .count();
     let totals = [
         host.mlm_positions.len().max(1) as f32,
         host.rows.max(1) as f32,
         host.region_positions.len().max(1) as f32,
+        matched.max(1) as f32,
     ];
     let replicas: Vec<PretrainModel> = devices
         .iter()
@@ -317,7 +417,7 @@ pub fn step_gradients(
         })
         .collect();
     let mut accumulator = GradientsAccumulator::new();
-    let mut values = [0.0f32; 4];
+    let mut values = [0.0f32; 5];
     for (i, part) in parts.iter().enumerate() {
         let d = i % devices.len();
         let replica = &replicas[d];
@@ -430,7 +530,7 @@ pub fn run(
                     "text Transformer initialised from {}",
                     bert.display()
                 )));
-                PretrainModel::VisualBert(m)
+                PretrainModel::with_itc(Encoder::VisualBert(m), cfg.model.itc_dim, &ad[0])
             }
             None => PretrainModel::init(
                 &cfg.model,
@@ -492,7 +592,7 @@ pub fn run(
     while state.step < end {
         let step = state.step;
         let host = loader.next_batch()?;
-        let (mut grads, [mlm, itm, region, itm_accuracy]) = step_gradients(
+        let (mut grads, [mlm, itm, region, itm_accuracy, itc]) = step_gradients(
             &model,
             &host,
             &ad,
@@ -505,7 +605,7 @@ pub fn run(
         } else {
             crate::clip::global_norm(&model, &grads)
         };
-        let total = mlm + itm + region * cfg.data.region_loss_weight as f32;
+        let total = mlm + itm + region * cfg.data.region_loss_weight as f32 + itc;
         let lr = schedule.lr(step);
         match guard.observe(step as u64, total, norm) {
             StepAction::Apply => {
@@ -530,6 +630,9 @@ pub fn run(
             if batcher.region_masking.is_some() {
                 values.push(("train/region", region as f64));
             }
+            if model.itc.is_some() {
+                values.push(("train/itc", itc as f64));
+            }
             log.log(step as u64, &values).map_err(|e| e.to_string())?;
             events(Event::Step(StepReport {
                 step: state.step,
@@ -537,6 +640,7 @@ pub fn run(
                 mlm,
                 itm,
                 region,
+                itc,
                 itm_accuracy,
                 grad_norm: norm,
                 lr,
@@ -553,7 +657,15 @@ pub fn run(
                     ckpt_dir.display()
                 ));
             }
-            state.eval = evaluate(&model.valid(), &batcher, cfg.eval.scenes, device);
+            let valid = model.valid();
+            state.eval = evaluate(&valid, &batcher, cfg.eval.scenes, device);
+            state.eval.retrieval = retrieval(
+                &valid,
+                &batcher,
+                cfg.eval.retrieval_images,
+                cfg.eval.retrieval_top_k,
+                device,
+            )?;
             let mut values = vec![
                 ("eval/itm_accuracy", state.eval.itm_accuracy as f64),
                 ("eval/mlm_accuracy", state.eval.mlm_accuracy as f64),
@@ -564,6 +676,17 @@ pub fn run(
             ];
             if batcher.region_masking.is_some() {
                 values.push(("eval/region_accuracy", state.eval.region_accuracy as f64));
+            }
+            if model.itc.is_some() && cfg.eval.retrieval_images > 0 {
+                let r = state.eval.retrieval;
+                values.extend([
+                    ("eval/i2t_r1", r.image_to_text[0] as f64),
+                    ("eval/i2t_r5", r.image_to_text[1] as f64),
+                    ("eval/i2t_r10", r.image_to_text[2] as f64),
+                    ("eval/t2i_r1", r.text_to_image[0] as f64),
+                    ("eval/t2i_r5", r.text_to_image[1] as f64),
+                    ("eval/t2i_r10", r.text_to_image[2] as f64),
+                ]);
             }
             log.log(state.step as u64, &values)
                 .map_err(|e| e.to_string())?;

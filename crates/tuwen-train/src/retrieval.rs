@@ -4,7 +4,7 @@
 //! O(N k).
 
 /// Recall@1/5/10 in both directions.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Recalls {
     /// Image -> text R@1, R@5, R@10.
     pub image_to_text: [f32; 3],

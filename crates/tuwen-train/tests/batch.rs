@@ -59,7 +59,7 @@ fn batches_pair_captions_regions_and_labels_consistently() {
     let mut rng = StdRng::seed_from_u64(11);
     let indices: Vec<u64> = (0..16).collect();
     let batch = b.batch(Split::Train, &indices, &mut rng, &flex()).unwrap();
-    let input = batch.visual_bert_input();
+    let input = batch.visual_bert_input(tuwen_train::batch::View::Joint);
     let [rows, len] = input.input_ids.dims();
     assert_eq!(rows, 16);
     let [_, regions, dim] = input.visual_embeds.dims();

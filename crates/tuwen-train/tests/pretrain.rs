@@ -175,6 +175,93 @@ fn an_interrupted_and_resumed_run_matches_an_uninterrupted_one() {
     assert_eq!(read(a.path()), read(b.path()), "bit for bit");
 }
 
+/// ITC over unimodal passes, and zero-shot retrieval at every evaluation: ranked by ITC,
+/// re-ranked by ITM on the top k.
+#[test]
+fn a_run_with_itc_reports_retrieval_recalls() {
+    for arch in [Architecture::VisualBert, Architecture::Vilbert] {
+        let mut cfg = if arch == Architecture::Vilbert {
+            tiny_vilbert()
+        } else {
+            tiny()
+        };
+        cfg.model.itc_dim = 16;
+        cfg.eval.retrieval_images = 12;
+        cfg.eval.retrieval_top_k = 4;
+        cfg.run.steps = 10;
+        let dir = tempfile::tempdir().unwrap();
+        let summary = run(&cfg, dir.path(), &[flex()], None, |_| {}).unwrap();
+        let r = summary.eval.retrieval;
+        for recalls in [r.image_to_text, r.text_to_image] {
+            assert!(
+                recalls[0] <= recalls[1] && recalls[1] <= recalls[2],
+                "{r:?}"
+            );
+            assert!((0.0..=1.0).contains(&recalls[2]));
+        }
+        // With 12 images, R@10 over a random ranking is already ~0.8: something was ranked.
+        assert!(
+            r.image_to_text[2] > 0.0 && r.text_to_image[2] > 0.0,
+            "{r:?}"
+        );
+        let logged = lines(dir.path());
+        assert!(logged.iter().any(|v| v.get("train/itc").is_some()));
+        assert!(logged.iter().any(|v| v.get("eval/t2i_r10").is_some()));
+    }
+}
+
+/// The shipped MiniLM + MobileNetV2 configuration, shrunk to two steps: the text Transformer
+/// starts from the real MiniLM weights (and vocabulary), regions are RoIAlign MobileNetV2
+/// features at the ground-truth boxes.
+#[test]
+fn visual_bert_from_minilm_on_mobilenet_features_trains() {
+    let test = "visual_bert_from_minilm_on_mobilenet_features_trains";
+    for (asset, file) in [
+        ("minilm", "model.safetensors"),
+        ("mobilenet_v2", "mobilenet_v2.safetensors"),
+    ] {
+        if let Err(e) = tuwen_assets::locate(asset, file) {
+            return tuwen_testkit::skip_or_fail(test, &e.to_string());
+        }
+    }
+    let mut cfg = TrainConfig::load(&tuwen_testkit::package_path(
+        "../../configs/visual_bert_minilm.toml",
+    ))
+    .unwrap();
+    cfg.run.steps = 2;
+    cfg.run.batch_size = 4;
+    cfg.data.train_scenes = 4;
+    cfg.eval.every = 2;
+    cfg.eval.scenes = 4;
+    cfg.eval.retrieval_images = 0;
+    let dir = tempfile::tempdir().unwrap();
+    let mut notes = Vec::new();
+    let summary = run(&cfg, dir.path(), &[flex()], None, |e| {
+        if let Event::Note(n) = e {
+            notes.push(n)
+        }
+    })
+    .unwrap();
+    assert_eq!(summary.steps, 2);
+    assert!(
+        notes.iter().any(|n| n.contains("initialised from")),
+        "{notes:?}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("MobileNetV2") && n.contains("1280-d")),
+        "{notes:?}"
+    );
+    let vocab = std::fs::read_to_string(dir.path().join("vocab.txt")).unwrap();
+    assert_eq!(vocab.lines().count(), 30_522, "MiniLM's vocabulary");
+    let losses = lines(dir.path());
+    assert!(losses.iter().all(|v| {
+        v.get("train/mlm")
+            .is_none_or(|x| x.as_f64().unwrap().is_finite())
+    }));
+}
+
 #[test]
 fn resuming_with_another_configuration_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -233,7 +320,7 @@ fn gradients(
     host: &tuwen_train::batch::HostBatch,
     devices: &[Device],
     micro_batches: usize,
-) -> (Vec<Vec<f32>>, [f32; 4]) {
+) -> (Vec<Vec<f32>>, [f32; 5]) {
     let (grads, values) = step_gradients(model, host, devices, micro_batches, 1.0, 11);
     let mut v = Grads(&grads, Vec::new());
     model.visit(&mut v);
@@ -286,7 +373,7 @@ fn two_devices_with_half_batches_give_the_gradient_of_one_device_with_the_whole_
     );
     assert!(backends <= 1e-3 * scale, "backends differ by {backends}");
     for (a, b) in [(v1, v2), (v1, v3), (v1, v4)] {
-        for k in 0..4 {
+        for k in 0..5 {
             assert!(
                 (a[k] - b[k]).abs() <= 1e-4 * a[k].abs().max(1.0),
                 "{a:?} vs {b:?}"
