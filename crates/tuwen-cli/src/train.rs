@@ -95,13 +95,18 @@ pub fn train(
                 best,
             } => writeln!(
                 err,
-                "{}eval @ {step}: ITM acc {:.3}  MLM acc {:.3}  colour/shape MLM acc {:.3}{}{}{}",
+                "{}eval @ {step}: ITM acc {:.3}  MLM acc {:.3}  colour/shape MLM acc {:.3}{}{}{}{}",
                 newline(&mut last_line_open),
                 metrics.itm_accuracy,
                 metrics.mlm_accuracy,
                 metrics.mlm_color_shape_accuracy,
                 if config.data.region_mask_prob > 0.0 {
                     format!("  region acc {:.3}", metrics.region_accuracy)
+                } else {
+                    String::new()
+                },
+                if config.data.vqa_weight > 0.0 {
+                    format!("  VQA acc {:.3}", metrics.vqa_accuracy)
                 } else {
                     String::new()
                 },
@@ -165,6 +170,9 @@ pub fn progress_line(r: &StepReport) -> String {
     if r.itc > 0.0 {
         line.push_str(&format!("  itc {:.3}", r.itc));
     }
+    if r.vqa > 0.0 {
+        line.push_str(&format!("  vqa {:.3}", r.vqa));
+    }
     line.push_str(&format!(
         "  {:.1} scenes/s  ETA {}m{:02}s",
         r.scenes_per_second,
@@ -193,6 +201,9 @@ pub fn summary_table(config: &TrainConfig, s: &Summary) -> String {
     ];
     if config.data.region_mask_prob > 0.0 {
         rows.push(("region classification accuracy", |m| m.region_accuracy));
+    }
+    if config.data.vqa_weight > 0.0 {
+        rows.push(("VQA accuracy", |m| m.vqa_accuracy));
     }
     if config.model.itc_dim > 0 && config.eval.retrieval_images > 0 {
         rows.extend([

@@ -98,6 +98,9 @@ pub struct SceneBatcher {
     pub scenes_per_split: u64,
     /// Region vectors other than pooled pixels.
     pub region_features: Option<Arc<dyn RegionFeatures>>,
+    /// VQA answer vocabulary, sorted (`None`: no VQA batches); see
+    /// [`SceneBatcher::answer_vocabulary`].
+    pub answers: Option<Arc<Vec<String>>>,
 }
 
 impl SceneBatcher {
@@ -117,6 +120,16 @@ impl SceneBatcher {
         }
         let tokens = BertTokenizer::word_vocabulary(&corpus, 1000, true)?;
         BertTokenizer::from_tokens(&tokens, TokenizerOptions::default().with_max_len(max_len))
+    }
+
+    /// The sorted answers of the questions of `scenes` training scenes.
+    pub fn answer_vocabulary(config: &SceneConfig, seed: u64, scenes: u64) -> Vec<String> {
+        let mut answers = std::collections::BTreeSet::new();
+        for i in 0..scenes {
+            let s = config.generate(seed, Split::Train, i);
+            answers.extend(s.qa.into_iter().map(|q| q.answer));
+        }
+        answers.into_iter().collect()
     }
 
     /// Width of a region vector.
@@ -194,6 +207,10 @@ pub struct HostBatch {
     pub region_positions: Vec<usize>,
     /// `[rows * regions]` class of each region's object (`IGNORE` for the whole image, padding).
     pub region_labels: Vec<i64>,
+    /// VQA: the same scenes with one question each (unmasked), when the batcher has answers.
+    pub vqa: Option<Box<HostBatch>>,
+    /// In a VQA batch: the answer index of each row (`IGNORE`: not in the answer vocabulary).
+    pub answers: Vec<i64>,
 }
 
 impl HostBatch {
@@ -225,6 +242,11 @@ impl HostBatch {
             itm: self.itm[range.clone()].to_vec(),
             region_positions: within(&self.region_positions, r),
             region_labels: self.region_labels[range.start * r..range.end * r].to_vec(),
+            vqa: self.vqa.as_ref().map(|v| Box::new(v.slice(range.clone()))),
+            answers: self
+                .answers
+                .get(range.clone())
+                .map_or_else(Vec::new, <[i64]>::to_vec),
         }
     }
 
@@ -265,6 +287,8 @@ impl HostBatch {
             itm: self.itm.clone(),
             region_positions: self.region_positions.clone(),
             region_labels: self.region_labels.clone(),
+            vqa: self.vqa.as_ref().map(|v| Box::new(v.to_device(device))),
+            answers: self.answers.clone(),
         }
     }
 }
@@ -296,6 +320,10 @@ pub struct PretrainBatch {
     pub region_positions: Vec<usize>,
     /// Flat region classes (`IGNORE` where there is none).
     pub region_labels: Vec<i64>,
+    /// The VQA batch of the same scenes.
+    pub vqa: Option<Box<PretrainBatch>>,
+    /// In a VQA batch: answer index per row (`IGNORE`: unknown answer).
+    pub answers: Vec<i64>,
 }
 
 /// Which modalities an encoder pass sees. Unimodal passes replace the other modality by a
@@ -419,11 +447,36 @@ impl SceneBatcher {
             });
             captions.push(caption);
         }
-        self.assemble(split, scenes, captions, itm, rng)
+        let mut host = self.assemble(split, scenes.clone(), captions, itm, true, rng)?;
+        if let Some(answers) = &self.answers {
+            // One question per scene; drawn after everything else, so runs without VQA see the
+            // same batches as before.
+            let mut questions = Vec::with_capacity(b);
+            let mut targets = Vec::with_capacity(b);
+            for (_, scene) in &scenes {
+                if scene.qa.is_empty() {
+                    questions.push(String::new());
+                    targets.push(IGNORE);
+                    continue;
+                }
+                let qa = &scene.qa[rng.random_range(0..scene.qa.len())];
+                questions.push(qa.question.clone());
+                targets.push(
+                    answers
+                        .binary_search(&qa.answer)
+                        .map_or(IGNORE, |i| i as i64),
+                );
+            }
+            let itm = vec![MatchLabel::Match; b];
+            let mut vqa = self.assemble(split, scenes, questions, itm, false, rng)?;
+            vqa.answers = targets;
+            host.vqa = Some(Box::new(vqa));
+        }
+        Ok(host)
     }
 
-    /// Scenes `indices` of `split` paired with `captions` (row by row, labelled as matches): the
-    /// pairs of retrieval re-ranking, or any caption set a caller chooses. Masking as configured.
+    /// Scenes `indices` of `split` paired with `captions` (row by row, labelled as matches, no
+    /// masking): the pairs of retrieval re-ranking, or any text a caller chooses.
     pub fn host_captions(
         &self,
         split: Split,
@@ -433,17 +486,24 @@ impl SceneBatcher {
     ) -> Result<HostBatch, TokenizerError> {
         let scenes: Vec<(u64, Scene)> = indices.iter().map(|&i| self.scene(split, i)).collect();
         let itm = vec![MatchLabel::Match; scenes.len()];
-        self.assemble(split, scenes, captions.to_vec(), itm, rng)
+        self.assemble(split, scenes, captions.to_vec(), itm, false, rng)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn assemble(
         &self,
         split: Split,
         scenes: Vec<(u64, Scene)>,
         captions: Vec<String>,
         itm: Vec<MatchLabel>,
+        mask: bool,
         rng: &mut impl Rng,
     ) -> Result<HostBatch, TokenizerError> {
+        let masking = MaskingConfig {
+            mask_prob: if mask { self.masking.mask_prob } else { 0.0 },
+            ..self.masking
+        };
+        let region_masking = if mask { self.region_masking } else { None };
         let b = scenes.len();
         let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
         let encoded = self.tokenizer.encode_batch(&refs)?;
@@ -485,7 +545,7 @@ impl SceneBatcher {
             &specials,
             self.tokenizer.vocab_size(),
             special.mask as i64,
-            &self.masking,
+            &masking,
             rng,
         );
         let regions = scenes
@@ -512,7 +572,7 @@ impl SceneBatcher {
                 region_labels[at + 1 + k] = (shape * COLORS.len() + o.color) as i64;
             }
         }
-        let (features, region_positions) = match &self.region_masking {
+        let (features, region_positions) = match &region_masking {
             Some(config) => {
                 // Regions of mismatched pairs are never masked (as MLM).
                 let matched_regions: Vec<i64> = region_mask
@@ -549,6 +609,8 @@ impl SceneBatcher {
             itm,
             region_positions,
             region_labels,
+            vqa: None,
+            answers: Vec::new(),
         })
     }
 

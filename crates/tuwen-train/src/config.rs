@@ -184,6 +184,9 @@ pub struct DataConfig {
     pub region_mask_prob: f64,
     /// Weight of the region loss in the total.
     pub region_loss_weight: f64,
+    /// Weight of VQA (one question per scene through an answer head, soft-score BCE, as
+    /// LXMERT's QA pretraining); 0 disables it and its evaluation.
+    pub vqa_weight: f64,
     /// Maximum caption length in tokens, [CLS] and [SEP] included.
     pub max_text_len: usize,
     /// Training scenes whose captions and questions make the vocabulary.
@@ -202,6 +205,7 @@ impl Default for DataConfig {
             mismatch_prob: 0.5,
             region_mask_prob: 0.0,
             region_loss_weight: 1.0,
+            vqa_weight: 0.0,
             max_text_len: 24,
             vocab_scenes: 2000,
             train_scenes: 0,
@@ -219,6 +223,8 @@ pub enum BestMetric {
     MlmColorShapeAccuracy,
     /// Mean of image->text and text->image Recall@1 (needs `model.itc_dim`).
     RetrievalR1,
+    /// Held-out VQA accuracy (needs `data.vqa_weight`).
+    VqaAccuracy,
 }
 
 /// `[eval]`.
@@ -359,6 +365,12 @@ impl TrainConfig {
                 "eval.best = \"retrieval_r1\" needs model.itc_dim > 0 and eval.retrieval_images > 0"
                     .into(),
             );
+        }
+        if self.eval.best == BestMetric::VqaAccuracy && self.data.vqa_weight <= 0.0 {
+            return Err("eval.best = \"vqa_accuracy\" needs data.vqa_weight > 0".into());
+        }
+        if self.data.vqa_weight < 0.0 || self.data.region_loss_weight < 0.0 {
+            return Err("loss weights must be >= 0".into());
         }
         if self.data.max_text_len < 3 {
             return Err("data.max_text_len must be >= 3 ([CLS] word [SEP])".into());

@@ -6,7 +6,8 @@
 
 use burn::module::Module;
 use burn::tensor::activation::softmax;
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use tuwen_fusion::lxmert::AnswerHead;
 use tuwen_fusion::vilbert::PooledFusion;
 use tuwen_fusion::visual_bert::LocationEncoding;
 use tuwen_fusion::{
@@ -17,6 +18,7 @@ use tuwen_objectives::itc::{ItcConfig, ItcHead};
 use tuwen_objectives::itm::{MatchLabel, Polarity, itm_loss};
 use tuwen_objectives::mlm::{MlmOutput, mlm_loss};
 use tuwen_objectives::mrm::mrc_label_loss;
+use tuwen_objectives::vqa::{vqa_accuracy, vqa_loss};
 
 use crate::batch::{PretrainBatch, REGION_CLASSES, View};
 use crate::config::{Architecture, ModelConfig};
@@ -40,6 +42,8 @@ pub struct PretrainModel {
     pub encoder: Encoder,
     /// Projections + temperature of image-text contrastive learning.
     pub itc: Option<ItcHead>,
+    /// VQA answer classifier over the joint pooled vector.
+    pub vqa: Option<AnswerHead>,
 }
 
 /// What one forward pass gives the loop: each objective's loss (mean over its items, with the
@@ -60,6 +64,10 @@ pub struct Objectives {
     pub region_accuracy: f32,
     /// Image-text contrastive loss over the matched pairs (empty without an ITC head).
     pub itc: LossOutput,
+    /// VQA loss over the questions with a known answer (empty without a VQA head or batch).
+    pub vqa: LossOutput,
+    /// VQA accuracy (argmax answer) over those questions.
+    pub vqa_accuracy: f32,
 }
 
 /// The encoder configuration a [`ModelConfig`] describes (text side from `bert` when the model
@@ -134,12 +142,14 @@ pub fn vilbert_config(
 }
 
 impl PretrainModel {
-    /// A randomly initialised model (draws from `device`'s generator: seed it first).
+    /// A randomly initialised model (draws from `device`'s generator: seed it first), with a
+    /// VQA head over `answers` answers when `answers > 0`.
     pub fn init(
         cfg: &ModelConfig,
         vocab: usize,
         feature_dim: usize,
         max_text_len: usize,
+        answers: usize,
         device: &Device,
     ) -> Self {
         let encoder = match cfg.architecture {
@@ -155,11 +165,12 @@ impl PretrainModel {
                 Encoder::ViLBert(m)
             }
         };
-        Self::with_itc(encoder, cfg.itc_dim, device)
+        Self::with_heads(encoder, cfg.itc_dim, answers, device)
     }
 
-    /// `encoder` with an ITC head of `itc_dim` (0: none).
-    pub fn with_itc(encoder: Encoder, itc_dim: usize, device: &Device) -> Self {
+    /// `encoder` with an ITC head of `itc_dim` (0: none) and a VQA head over `answers` answers
+    /// (0: none).
+    pub fn with_heads(encoder: Encoder, itc_dim: usize, answers: usize, device: &Device) -> Self {
         let itc = (itc_dim > 0).then(|| {
             let (image, text) = encoder.pooled_widths();
             let config = ItcConfig {
@@ -168,7 +179,8 @@ impl PretrainModel {
             };
             ItcHead::new(image, text, &config, device)
         });
-        Self { encoder, itc }
+        let vqa = (answers > 0).then(|| AnswerHead::new(encoder.joint_width(), answers, device));
+        Self { encoder, itc, vqa }
     }
 
     /// Text-only and image-only pooled vectors of `batch` (rows as in the batch).
@@ -195,35 +207,48 @@ impl PretrainModel {
 
     /// ITM match probabilities of the joint pass over `batch` (rows as in the batch).
     pub fn match_scores(&self, batch: &PretrainBatch) -> Vec<f32> {
-        let (logits, polarity) = self.itm_logits(batch, View::Joint).1;
+        let (logits, polarity) = self.joint(batch).2;
         match_probabilities(logits, polarity)
     }
 
-    /// The joint pass: text hidden states (for MLM), ITM logits with their polarity, and the
-    /// image-stream states (ViLBERT; for region classification).
+    /// The joint pass: text hidden states (for MLM), the joint pooled vector (for VQA), ITM
+    /// logits with their polarity, and the image-stream states (ViLBERT; for region
+    /// classification).
     #[allow(clippy::type_complexity)]
-    fn itm_logits(
+    fn joint(
         &self,
         batch: &PretrainBatch,
-        view: View,
-    ) -> (Tensor<3>, (Tensor<2>, Polarity), Option<Tensor<3>>) {
+    ) -> (
+        Tensor<3>,
+        Tensor<2>,
+        (Tensor<2>, Polarity),
+        Option<Tensor<3>>,
+    ) {
         let [_, len] = batch.input_ids.dims();
         match &self.encoder {
             Encoder::VisualBert(model) => {
-                let out = model.visual_bert.forward(batch.visual_bert_input(view));
+                let out = model
+                    .visual_bert
+                    .forward(batch.visual_bert_input(View::Joint));
                 let text = out.last_hidden_state.narrow(1, 0, len);
-                let logits = model.sentence_image.forward(out.pooler_output);
-                (text, (logits, Polarity::VISUAL_BERT), None)
+                let logits = model.sentence_image.forward(out.pooler_output.clone());
+                (
+                    text,
+                    out.pooler_output,
+                    (logits, Polarity::VISUAL_BERT),
+                    None,
+                )
             }
             Encoder::ViLBert(model) => {
-                let out = model.bert.forward(batch.vilbert_input(view));
+                let out = model.bert.forward(batch.vilbert_input(View::Joint));
                 let pooled = match model.fusion {
                     PooledFusion::Mul => out.pooled_output_t * out.pooled_output_v,
                     PooledFusion::Sum => out.pooled_output_t + out.pooled_output_v,
                 };
-                let logits = model.itm.forward(model.itm_dropout.forward(pooled));
+                let logits = model.itm.forward(model.itm_dropout.forward(pooled.clone()));
                 (
                     out.sequence_output_t,
+                    pooled,
                     (logits, Polarity::VILBERT),
                     Some(out.sequence_output_v),
                 )
@@ -231,10 +256,34 @@ impl PretrainModel {
         }
     }
 
+    /// VQA loss and accuracy of `batch` (a question batch with `answers`).
+    fn vqa(&self, head: &AnswerHead, batch: &PretrainBatch) -> (LossOutput, f32) {
+        let device = batch.input_ids.device();
+        let known: Vec<i64> = (0..batch.answers.len())
+            .filter(|&r| batch.answers[r] >= 0)
+            .map(|r| r as i64)
+            .collect();
+        if known.is_empty() {
+            return (LossOutput::empty(&device), 0.0);
+        }
+        let (_, pooled, _, _) = self.joint(batch);
+        let rows = Tensor::<1, Int>::from_ints(known.as_slice(), &device);
+        let logits = head.forward(pooled.select(0, rows));
+        let [n, answers] = logits.dims();
+        // One annotator-free answer per question: a one-hot soft score.
+        let mut targets = vec![0.0f32; n * answers];
+        for (i, &r) in known.iter().enumerate() {
+            targets[i * answers + batch.answers[r as usize] as usize] = 1.0;
+        }
+        let targets = Tensor::<2>::from_data(TensorData::new(targets, [n, answers]), &device);
+        let accuracy = vqa_accuracy(logits.clone(), targets.clone());
+        (vqa_loss(logits, targets), accuracy)
+    }
+
     /// Every objective of the model on `batch`.
     pub fn objectives(&self, batch: &PretrainBatch) -> Objectives {
         let device = batch.input_ids.device();
-        let (text, (itm_logits, polarity), image) = self.itm_logits(batch, View::Joint);
+        let (text, _, (itm_logits, polarity), image) = self.joint(batch);
         let (head, words) = match &self.encoder {
             Encoder::VisualBert(m) => (
                 &m.mlm,
@@ -281,6 +330,10 @@ impl PretrainModel {
             }
             None => LossOutput::empty(&device),
         };
+        let (vqa, vqa_accuracy) = match (&self.vqa, &batch.vqa) {
+            (Some(head), Some(questions)) => self.vqa(head, questions),
+            _ => (LossOutput::empty(&device), 0.0),
+        };
         Objectives {
             mlm,
             itm,
@@ -289,6 +342,8 @@ impl PretrainModel {
             region,
             region_accuracy,
             itc,
+            vqa,
+            vqa_accuracy,
         }
     }
 
@@ -304,6 +359,14 @@ impl PretrainModel {
 }
 
 impl Encoder {
+    /// Width of the joint pooled vector (VQA head input).
+    pub fn joint_width(&self) -> usize {
+        match self {
+            Encoder::VisualBert(m) => m.visual_bert.pooler.dense.weight.dims()[1],
+            Encoder::ViLBert(m) => m.bert.t_pooler.dense.weight.dims()[1],
+        }
+    }
+
     /// Widths of the image and text pooled vectors.
     pub fn pooled_widths(&self) -> (usize, usize) {
         match self {

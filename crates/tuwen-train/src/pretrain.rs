@@ -51,6 +51,8 @@ pub struct EvalMetrics {
     pub region_accuracy: f32,
     /// Zero-shot retrieval (ITC ranking, ITM re-ranking of the top k; zeros without ITC).
     pub retrieval: Recalls,
+    /// VQA accuracy, one question per held-out scene (0 without VQA).
+    pub vqa_accuracy: f32,
 }
 
 impl EvalMetrics {
@@ -59,6 +61,7 @@ impl EvalMetrics {
         match metric {
             BestMetric::ItmAccuracy => self.itm_accuracy,
             BestMetric::MlmColorShapeAccuracy => self.mlm_color_shape_accuracy,
+            BestMetric::VqaAccuracy => self.vqa_accuracy,
             BestMetric::RetrievalR1 => {
                 (self.retrieval.image_to_text[0] + self.retrieval.text_to_image[0]) / 2.0
             }
@@ -97,6 +100,8 @@ pub struct StepReport {
     pub region: f32,
     /// Image-text contrastive loss (0 without).
     pub itc: f32,
+    /// VQA loss (0 without).
+    pub vqa: f32,
     /// ITM accuracy of the batch.
     pub itm_accuracy: f32,
     /// Gradient norm before clipping.
@@ -127,6 +132,23 @@ pub enum Event {
         /// Whether the `best` checkpoint was replaced.
         best: bool,
     },
+}
+
+/// The losses of one step over the whole batch (each objective's mean over its items).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepLosses {
+    /// Masked language modelling.
+    pub mlm: f32,
+    /// Image-text matching.
+    pub itm: f32,
+    /// Masked region classification.
+    pub region: f32,
+    /// ITM accuracy of the batch.
+    pub itm_accuracy: f32,
+    /// Image-text contrastive.
+    pub itc: f32,
+    /// VQA.
+    pub vqa: f32,
 }
 
 /// Summary of a finished (or stopped) run.
@@ -194,6 +216,32 @@ fn tokenizer(
     Ok(tok)
 }
 
+/// The VQA answers of the run (`answers.txt` in the run directory, one per line, sorted; built
+/// from the training scenes' questions on the first start).
+fn answer_vocabulary(
+    cfg: &TrainConfig,
+    scenes: &SceneConfig,
+    dir: &Path,
+) -> Result<Vec<String>, String> {
+    let path = dir.join("answers.txt");
+    if path.is_file() {
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let answers: Vec<String> = text.lines().map(str::to_string).collect();
+        if answers.is_empty() || !answers.is_sorted() {
+            return Err(format!(
+                "{}: expected one answer per line, sorted",
+                path.display()
+            ));
+        }
+        return Ok(answers);
+    }
+    let answers = SceneBatcher::answer_vocabulary(scenes, cfg.run.seed, cfg.data.vocab_scenes);
+    crate::checkpoint::write_atomic(&path, (answers.join("\n") + "\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    Ok(answers)
+}
+
 /// The directory of the BERT checkpoint named by `model.init`.
 fn bert_dir(init: &str) -> Result<PathBuf, String> {
     if init == "minilm" {
@@ -250,7 +298,8 @@ pub fn evaluate(
         scenes_per_split: 0,
         ..batcher.clone()
     };
-    let mut n = [0.0f32; 8]; // itm ok, itm n, mlm ok, mlm n, cs ok, cs n, region ok, region n
+    // itm ok, itm n, mlm ok, mlm n, cs ok, cs n, region ok, region n, vqa ok, vqa n
+    let mut n = [0.0f32; 10];
     for chunk in (0..scenes as u64).collect::<Vec<_>>().chunks(32) {
         let Ok(host) = eval_batcher.host_batch(Split::Test, chunk, &mut rng) else {
             continue;
@@ -269,6 +318,8 @@ pub fn evaluate(
         }
         n[6] += out.region_accuracy * out.region.count as f32;
         n[7] += out.region.count as f32;
+        n[8] += out.vqa_accuracy * out.vqa.count as f32;
+        n[9] += out.vqa.count as f32;
     }
     EvalMetrics {
         itm_accuracy: n[0] / n[1].max(1.0),
@@ -276,6 +327,7 @@ pub fn evaluate(
         mlm_color_shape_accuracy: n[4] / n[5].max(1.0),
         region_accuracy: n[6] / n[7].max(1.0),
         retrieval: Recalls::default(),
+        vqa_accuracy: n[8] / n[9].max(1.0),
     }
 }
 
@@ -378,19 +430,27 @@ pub fn step_batch(
         .map_err(|e| format!("step {step}: {e}"))
 }
 
+/// Weights of the objectives that have one (MLM, ITM and ITC count 1).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LossWeights {
+    /// Masked region classification.
+    pub region: f64,
+    /// VQA.
+    pub vqa: f64,
+}
+
 /// Losses and gradients of one step over micro-batches spread on `devices` (autodiff devices;
 /// the first is the main device, holding `model`): `devices.len() x micro_batches` contiguous
 /// row ranges, micro-batch `i` on device `i % devices.len()`. Returns the summed gradients (on
-/// the main device) and the step's MLM, ITM, region losses, ITM accuracy and ITC loss over the
-/// whole batch. `seed` seeds the random draws of micro-batch `i` as `seed + i`.
+/// the main device) and the step's losses over the whole batch. `seed` seeds the random draws of micro-batch `i` as `seed + i`.
 pub fn step_gradients(
     model: &PretrainModel,
     host: &HostBatch,
     devices: &[Device],
     micro_batches: usize,
-    region_weight: f64,
+    weights: LossWeights,
     seed: u64,
-) -> (GradientsParams, [f32; 5]) {
+) -> (GradientsParams, StepLosses) {
     let scalar = |t: &burn::tensor::Tensor<1>| t.clone().into_scalar::<f32>();
     let main = &devices[0];
     let parts = host.split(devices.len() * micro_batches);
@@ -404,6 +464,10 @@ pub fn step_gradients(
         host.rows.max(1) as f32,
         host.region_positions.len().max(1) as f32,
         matched.max(1) as f32,
+        host.vqa
+            .as_ref()
+            .map_or(0, |v| v.answers.iter().filter(|&&a| a >= 0).count())
+            .max(1) as f32,
     ];
     let replicas: Vec<PretrainModel> = devices
         .iter()
@@ -417,7 +481,7 @@ pub fn step_gradients(
         })
         .collect();
     let mut accumulator = GradientsAccumulator::new();
-    let mut values = [0.0f32; 5];
+    let mut values = StepLosses::default();
     for (i, part) in parts.iter().enumerate() {
         let d = i % devices.len();
         let replica = &replicas[d];
@@ -429,18 +493,26 @@ pub fn step_gradients(
         };
         // Each micro-batch's mean weighted by its share of the step's items: the sum of the
         // weighted gradients is the gradient of the whole batch's means.
+        // (ITC contrasts within a micro-batch, as data-parallel training without gathering the
+        // embeddings does: with ITC the split changes the negatives, not only the sum order.)
         let w = [
             out.mlm.loss.count as f32 / totals[0],
             part.rows as f32 / totals[1],
             out.region.count as f32 / totals[2],
+            out.itc.count as f32 / totals[3],
+            out.vqa.count as f32 / totals[4],
         ];
-        values[0] += scalar(&out.mlm.loss.loss) * w[0];
-        values[1] += scalar(&out.itm.loss) * w[1];
-        values[2] += scalar(&out.region.loss) * w[2];
+        values.mlm += scalar(&out.mlm.loss.loss) * w[0];
+        values.itm += scalar(&out.itm.loss) * w[1];
+        values.region += scalar(&out.region.loss) * w[2];
+        values.itm_accuracy += out.itm_accuracy * w[1];
+        values.itc += scalar(&out.itc.loss) * w[3];
+        values.vqa += scalar(&out.vqa.loss) * w[4];
         let loss = out.mlm.loss.loss.mul_scalar(w[0])
             + out.itm.loss.mul_scalar(w[1])
-            + out.region.loss.mul_scalar(w[2] * region_weight as f32);
-        values[3] += out.itm_accuracy * w[1];
+            + out.region.loss.mul_scalar(w[2] * weights.region as f32)
+            + out.itc.loss.mul_scalar(w[3])
+            + out.vqa.loss.mul_scalar(w[4] * weights.vqa as f32);
         let grads = GradientsParams::from_grads(loss.backward(), replica);
         accumulator.accumulate(model, grads.to_device(main, model));
     }
@@ -487,6 +559,15 @@ pub fn run(
     };
     let tokenizer = tokenizer(cfg, &scenes, dir, bert.as_deref())?;
     let region_features = crate::features::region_features(cfg, &scenes, device, &mut events)?;
+    let answers = if cfg.data.vqa_weight > 0.0 {
+        Some(Arc::new(answer_vocabulary(cfg, &scenes, dir)?))
+    } else {
+        None
+    };
+    let weights = LossWeights {
+        region: cfg.data.region_loss_weight,
+        vqa: cfg.data.vqa_weight,
+    };
     let batcher = Arc::new(SceneBatcher {
         tokenizer,
         scenes,
@@ -503,7 +584,9 @@ pub fn run(
         }),
         scenes_per_split: cfg.data.train_scenes,
         region_features,
+        answers: answers.clone(),
     });
+    let n_answers = answers.as_ref().map_or(0, |a| a.len());
     let ad: Vec<Device> = devices.iter().map(|d| d.clone().autodiff()).collect();
     let vocab = batcher.tokenizer.vocab_size();
     let feature_dim = batcher.feature_dim();
@@ -530,13 +613,19 @@ pub fn run(
                     "text Transformer initialised from {}",
                     bert.display()
                 )));
-                PretrainModel::with_itc(Encoder::VisualBert(m), cfg.model.itc_dim, &ad[0])
+                PretrainModel::with_heads(
+                    Encoder::VisualBert(m),
+                    cfg.model.itc_dim,
+                    n_answers,
+                    &ad[0],
+                )
             }
             None => PretrainModel::init(
                 &cfg.model,
                 vocab,
                 feature_dim,
                 cfg.data.max_text_len,
+                n_answers,
                 &ad[0],
             ),
         }
@@ -592,20 +681,28 @@ pub fn run(
     while state.step < end {
         let step = state.step;
         let host = loader.next_batch()?;
-        let (mut grads, [mlm, itm, region, itm_accuracy, itc]) = step_gradients(
+        let (mut grads, losses) = step_gradients(
             &model,
             &host,
             &ad,
             cfg.run.grad_accum_steps,
-            cfg.data.region_loss_weight,
+            weights,
             step_seed(cfg.run.seed, step),
         );
+        let StepLosses {
+            mlm,
+            itm,
+            region,
+            itm_accuracy,
+            itc,
+            vqa,
+        } = losses;
         let norm = if o.max_grad_norm > 0.0 {
             clip_global_norm(&model, &mut grads, o.max_grad_norm)
         } else {
             crate::clip::global_norm(&model, &grads)
         };
-        let total = mlm + itm + region * cfg.data.region_loss_weight as f32 + itc;
+        let total = mlm + itm + region * weights.region as f32 + itc + vqa * weights.vqa as f32;
         let lr = schedule.lr(step);
         match guard.observe(step as u64, total, norm) {
             StepAction::Apply => {
@@ -633,6 +730,9 @@ pub fn run(
             if model.itc.is_some() {
                 values.push(("train/itc", itc as f64));
             }
+            if model.vqa.is_some() {
+                values.push(("train/vqa", vqa as f64));
+            }
             log.log(step as u64, &values).map_err(|e| e.to_string())?;
             events(Event::Step(StepReport {
                 step: state.step,
@@ -641,6 +741,7 @@ pub fn run(
                 itm,
                 region,
                 itc,
+                vqa,
                 itm_accuracy,
                 grad_norm: norm,
                 lr,
@@ -676,6 +777,9 @@ pub fn run(
             ];
             if batcher.region_masking.is_some() {
                 values.push(("eval/region_accuracy", state.eval.region_accuracy as f64));
+            }
+            if model.vqa.is_some() {
+                values.push(("eval/vqa_accuracy", state.eval.vqa_accuracy as f64));
             }
             if model.itc.is_some() && cfg.eval.retrieval_images > 0 {
                 let r = state.eval.retrieval;

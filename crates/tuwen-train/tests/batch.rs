@@ -21,6 +21,7 @@ fn batcher() -> SceneBatcher {
         region_masking: Some(RegionMaskingConfig::VILBERT),
         scenes_per_split: 0,
         region_features: None,
+        answers: None,
     }
 }
 

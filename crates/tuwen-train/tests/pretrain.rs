@@ -10,7 +10,7 @@ use tuwen_testkit::flex;
 use tuwen_train::batch::SceneBatcher;
 use tuwen_train::config::{Architecture, TrainConfig};
 use tuwen_train::model::PretrainModel;
-use tuwen_train::pretrain::{Event, run, step_batch, step_gradients};
+use tuwen_train::pretrain::{Event, LossWeights, StepLosses, run, step_batch, step_gradients};
 
 /// A run of a few seconds.
 fn tiny() -> TrainConfig {
@@ -175,10 +175,10 @@ fn an_interrupted_and_resumed_run_matches_an_uninterrupted_one() {
     assert_eq!(read(a.path()), read(b.path()), "bit for bit");
 }
 
-/// ITC over unimodal passes, and zero-shot retrieval at every evaluation: ranked by ITC,
-/// re-ranked by ITM on the top k.
+/// ITC over unimodal passes and zero-shot retrieval at every evaluation (ranked by ITC,
+/// re-ranked by ITM on the top k); VQA through the answer head, with held-out accuracy.
 #[test]
-fn a_run_with_itc_reports_retrieval_recalls() {
+fn a_run_with_itc_and_vqa_reports_retrieval_recalls_and_vqa_accuracy() {
     for arch in [Architecture::VisualBert, Architecture::Vilbert] {
         let mut cfg = if arch == Architecture::Vilbert {
             tiny_vilbert()
@@ -186,6 +186,7 @@ fn a_run_with_itc_reports_retrieval_recalls() {
             tiny()
         };
         cfg.model.itc_dim = 16;
+        cfg.data.vqa_weight = 1.0;
         cfg.eval.retrieval_images = 12;
         cfg.eval.retrieval_top_k = 4;
         cfg.run.steps = 10;
@@ -205,7 +206,25 @@ fn a_run_with_itc_reports_retrieval_recalls() {
             "{r:?}"
         );
         let logged = lines(dir.path());
-        assert!(logged.iter().any(|v| v.get("train/itc").is_some()));
+        let itc: Vec<f64> = logged
+            .iter()
+            .filter_map(|v| v.get("train/itc")?.as_f64())
+            .collect();
+        // Zero only at a step with fewer than two matched pairs (nothing to contrast).
+        assert!(
+            itc.len() == 10 && itc.iter().filter(|&&l| l > 0.0).count() >= 7,
+            "ITC losses {itc:?}"
+        );
+        let vqa: Vec<f64> = logged
+            .iter()
+            .filter_map(|v| v.get("train/vqa")?.as_f64())
+            .collect();
+        assert!(
+            !vqa.is_empty() && vqa.iter().all(|&l| l > 0.0),
+            "VQA losses {vqa:?}"
+        );
+        assert!(logged.iter().any(|v| v.get("eval/vqa_accuracy").is_some()));
+        assert!(dir.path().join("answers.txt").is_file());
         assert!(logged.iter().any(|v| v.get("eval/t2i_r10").is_some()));
     }
 }
@@ -303,6 +322,11 @@ fn batch_and_model(cfg: &TrainConfig) -> (tuwen_train::batch::HostBatch, Pretrai
         region_masking: Some(tuwen_objectives::mrm::RegionMaskingConfig::VILBERT),
         scenes_per_split: 0,
         region_features: None,
+        answers: Some(std::sync::Arc::new(SceneBatcher::answer_vocabulary(
+            &tuwen_data::scene::SceneConfig::default(),
+            1,
+            200,
+        ))),
     };
     let host = step_batch(&batcher, cfg, 3).unwrap();
     let model = PretrainModel::init(
@@ -310,6 +334,7 @@ fn batch_and_model(cfg: &TrainConfig) -> (tuwen_train::batch::HostBatch, Pretrai
         batcher.tokenizer.vocab_size(),
         batcher.feature_dim(),
         24,
+        batcher.answers.as_ref().map_or(0, |a| a.len()),
         &flex().autodiff(),
     );
     (host, model)
@@ -320,8 +345,12 @@ fn gradients(
     host: &tuwen_train::batch::HostBatch,
     devices: &[Device],
     micro_batches: usize,
-) -> (Vec<Vec<f32>>, [f32; 5]) {
-    let (grads, values) = step_gradients(model, host, devices, micro_batches, 1.0, 11);
+) -> (Vec<Vec<f32>>, StepLosses) {
+    let weights = LossWeights {
+        region: 1.0,
+        vqa: 1.0,
+    };
+    let (grads, values) = step_gradients(model, host, devices, micro_batches, weights, 11);
     let mut v = Grads(&grads, Vec::new());
     model.visit(&mut v);
     (v.1, values)
@@ -372,8 +401,11 @@ fn two_devices_with_half_batches_give_the_gradient_of_one_device_with_the_whole_
         "flex + ndarray x b vs flex x 2b: {d}; flex vs ndarray on the whole batch: {backends}"
     );
     assert!(backends <= 1e-3 * scale, "backends differ by {backends}");
+    assert!(v1.vqa > 0.0 && v1.region > 0.0 && v1.mlm > 0.0, "{v1:?}");
+    let flat = |v: StepLosses| [v.mlm, v.itm, v.region, v.itm_accuracy, v.itc, v.vqa];
     for (a, b) in [(v1, v2), (v1, v3), (v1, v4)] {
-        for k in 0..5 {
+        let (a, b) = (flat(a), flat(b));
+        for k in 0..6 {
             assert!(
                 (a[k] - b[k]).abs() <= 1e-4 * a[k].abs().max(1.0),
                 "{a:?} vs {b:?}"
@@ -402,7 +434,7 @@ fn a_diverging_run_skips_non_finite_steps_then_aborts_without_a_bad_checkpoint()
             {
                 let scenes = tuwen_data::scene::SceneConfig::default();
                 let tok = SceneBatcher::train_tokenizer(&scenes, 1, 200, 24).unwrap();
-                PretrainModel::init(&cfg.model, tok.vocab_size(), 48, 24, &flex())
+                PretrainModel::init(&cfg.model, tok.vocab_size(), 48, 24, 0, &flex())
             },
             burn::optim::AdamWConfig::new().init(),
         )
