@@ -427,26 +427,8 @@ impl SceneBatcher {
     ) -> Result<HostBatch, TokenizerError> {
         let scenes: Vec<(u64, Scene)> = indices.iter().map(|&i| self.scene(split, i)).collect();
         let b = scenes.len();
-        let mut captions = Vec::with_capacity(b);
-        let mut itm = Vec::with_capacity(b);
-        for (row, (_, scene)) in scenes.iter().enumerate() {
-            let mismatched = b > 1 && rng.random_bool(self.mismatch_prob);
-            let source = if mismatched {
-                (row + rng.random_range(1..b)) % b
-            } else {
-                row
-            };
-            let pool = &scenes[source].1.captions;
-            let caption = pool[rng.random_range(0..pool.len())].clone();
-            // A caption of another scene can still be true of this one; label by text identity.
-            let matches = !mismatched || scene.captions.contains(&caption);
-            itm.push(if matches {
-                MatchLabel::Match
-            } else {
-                MatchLabel::Mismatch
-            });
-            captions.push(caption);
-        }
+        let pools: Vec<&[String]> = scenes.iter().map(|(_, s)| s.captions.as_slice()).collect();
+        let (captions, itm) = pair_captions(&pools, self.mismatch_prob, rng);
         let mut host = self.assemble(split, scenes.clone(), captions, itm, true, rng)?;
         if let Some(answers) = &self.answers {
             // One question per scene; drawn after everything else, so runs without VQA see the
@@ -499,119 +481,32 @@ impl SceneBatcher {
         mask: bool,
         rng: &mut impl Rng,
     ) -> Result<HostBatch, TokenizerError> {
-        let masking = MaskingConfig {
-            mask_prob: if mask { self.masking.mask_prob } else { 0.0 },
-            ..self.masking
-        };
-        let region_masking = if mask { self.region_masking } else { None };
-        let b = scenes.len();
-        let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
-        let encoded = self.tokenizer.encode_batch(&refs)?;
-        let len = encoded.iter().map(|e| e.len()).max().unwrap_or(0);
-        let special = self.tokenizer.special_tokens();
-        let mut ids = vec![special.pad as i64; b * len];
-        let mut attention = vec![0i64; b * len];
-        for (row, e) in encoded.iter().enumerate() {
-            for (j, &id) in e.ids.iter().enumerate() {
-                ids[row * len + j] = id as i64;
-                attention[row * len + j] = 1;
-            }
-        }
-        // MLM only where the caption belongs to the image.
-        let mlm_attention: Vec<i64> = attention
+        let images = scenes
             .iter()
-            .enumerate()
-            .map(|(i, &a)| {
-                if itm[i / len.max(1)] == MatchLabel::Match {
-                    a
-                } else {
-                    0
+            .map(|(index, scene)| {
+                let (features, locations, count) = self.regions(split, *index, scene);
+                let mut labels = vec![IGNORE; count];
+                for (k, o) in scene.objects.iter().enumerate() {
+                    let shape = tuwen_data::scene::Shape::ALL
+                        .iter()
+                        .position(|&s| s == o.shape)
+                        .unwrap_or(0);
+                    labels[1 + k] = (shape * COLORS.len() + o.color) as i64;
+                }
+                ImageRegions {
+                    features,
+                    locations,
+                    labels,
                 }
             })
             .collect();
-        let specials: Vec<i64> = [
-            special.pad,
-            special.unk,
-            special.cls,
-            special.sep,
-            special.mask,
-        ]
-        .iter()
-        .map(|&s| s as i64)
-        .collect();
-        let masked = mask_tokens(
-            &ids,
-            &mlm_attention,
-            &specials,
-            self.tokenizer.vocab_size(),
-            special.mask as i64,
-            &masking,
-            rng,
-        );
-        let regions = scenes
-            .iter()
-            .map(|(_, s)| s.objects.len() + 1)
-            .max()
-            .unwrap_or(1);
-        let d = self.feature_dim();
-        let mut features = vec![0.0f32; b * regions * d];
-        let mut locations = vec![0.0f32; b * regions * 5];
-        let mut region_mask = vec![0i64; b * regions];
-        let mut region_labels = vec![IGNORE; b * regions];
-        for (row, (index, scene)) in scenes.iter().enumerate() {
-            let (f, l, n) = self.regions(split, *index, scene);
-            let at = row * regions;
-            features[at * d..(at + n) * d].copy_from_slice(&f);
-            locations[at * 5..(at + n) * 5].copy_from_slice(&l);
-            region_mask[at..at + n].fill(1);
-            for (k, o) in scene.objects.iter().enumerate() {
-                let shape = tuwen_data::scene::Shape::ALL
-                    .iter()
-                    .position(|&s| s == o.shape)
-                    .unwrap_or(0);
-                region_labels[at + 1 + k] = (shape * COLORS.len() + o.color) as i64;
-            }
-        }
-        let (features, region_positions) = match &region_masking {
-            Some(config) => {
-                // Regions of mismatched pairs are never masked (as MLM).
-                let matched_regions: Vec<i64> = region_mask
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &m)| {
-                        if itm[i / regions] == MatchLabel::Match {
-                            m
-                        } else {
-                            0
-                        }
-                    })
-                    .collect();
-                let m = mask_regions(&features, &matched_regions, b, d, true, config, rng);
-                (m.features, m.positions)
-            }
-            None => (features, Vec::new()),
+        let text = TextSide {
+            tokenizer: &self.tokenizer,
+            masking: self.masking,
+            region_masking: self.region_masking,
+            feature_dim: self.feature_dim(),
         };
-        debug_assert!(masked.labels.iter().all(|&l| l == IGNORE || l >= 0));
-        Ok(HostBatch {
-            rows: b,
-            text_len: len,
-            regions,
-            feature_dim: d,
-            input_ids: masked.input_ids,
-            caption_ids: ids,
-            cls_sep: [special.cls as i64, special.sep as i64],
-            attention,
-            features,
-            locations,
-            region_mask,
-            mlm_positions: masked.positions,
-            mlm_labels: masked.labels,
-            itm,
-            region_positions,
-            region_labels,
-            vqa: None,
-            answers: Vec::new(),
-        })
+        assemble(&text, images, captions, itm, mask, rng)
     }
 
     /// [`SceneBatcher::host_batch`] moved to `device`.
@@ -624,4 +519,175 @@ impl SceneBatcher {
     ) -> Result<PretrainBatch, TokenizerError> {
         Ok(self.host_batch(split, indices, rng)?.to_device(device))
     }
+}
+
+/// One image's regions as a batch needs them (the whole image first).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImageRegions {
+    /// `[count, dim]` region vectors.
+    pub features: Vec<f32>,
+    /// `[count, 5]` box encodings.
+    pub locations: Vec<f32>,
+    /// Class per region for masked region classification (`IGNORE`: none; its length is the
+    /// region count).
+    pub labels: Vec<i64>,
+}
+
+/// What the text side of a batch needs: tokenizer, masking, and the region vector width.
+pub(crate) struct TextSide<'a> {
+    pub tokenizer: &'a BertTokenizer,
+    pub masking: MaskingConfig,
+    pub region_masking: Option<RegionMaskingConfig>,
+    pub feature_dim: usize,
+}
+
+/// Row `r` gets a caption from `pools[r]`, or (with probability `mismatch_prob`) from another
+/// row's pool; a caption that another row's pool shares with this one still counts as a match
+/// (labelled by text identity).
+pub(crate) fn pair_captions(
+    pools: &[&[String]],
+    mismatch_prob: f64,
+    rng: &mut impl Rng,
+) -> (Vec<String>, Vec<MatchLabel>) {
+    let b = pools.len();
+    let mut captions = Vec::with_capacity(b);
+    let mut itm = Vec::with_capacity(b);
+    for row in 0..b {
+        let mismatched = b > 1 && rng.random_bool(mismatch_prob);
+        let source = if mismatched {
+            (row + rng.random_range(1..b)) % b
+        } else {
+            row
+        };
+        let pool = pools[source];
+        // Every pool holds at least one caption (scenes always; corpora keep captioned images).
+        let caption = pool[rng.random_range(0..pool.len())].clone();
+        let matches = !mismatched || pools[row].contains(&caption);
+        itm.push(if matches {
+            MatchLabel::Match
+        } else {
+            MatchLabel::Mismatch
+        });
+        captions.push(caption);
+    }
+    (captions, itm)
+}
+
+/// Tokenises, masks and pads `captions` against `images` into a [`HostBatch`] (`mask`: MLM and
+/// region masking as configured; otherwise none).
+pub(crate) fn assemble(
+    text: &TextSide<'_>,
+    images: Vec<ImageRegions>,
+    captions: Vec<String>,
+    itm: Vec<MatchLabel>,
+    mask: bool,
+    rng: &mut impl Rng,
+) -> Result<HostBatch, TokenizerError> {
+    let masking = MaskingConfig {
+        mask_prob: if mask { text.masking.mask_prob } else { 0.0 },
+        ..text.masking
+    };
+    let region_masking = if mask { text.region_masking } else { None };
+    let b = images.len();
+    let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
+    let encoded = text.tokenizer.encode_batch(&refs)?;
+    let len = encoded.iter().map(|e| e.len()).max().unwrap_or(0);
+    let special = text.tokenizer.special_tokens();
+    let mut ids = vec![special.pad as i64; b * len];
+    let mut attention = vec![0i64; b * len];
+    for (row, e) in encoded.iter().enumerate() {
+        for (j, &id) in e.ids.iter().enumerate() {
+            ids[row * len + j] = id as i64;
+            attention[row * len + j] = 1;
+        }
+    }
+    // MLM only where the caption belongs to the image.
+    let mlm_attention: Vec<i64> = attention
+        .iter()
+        .enumerate()
+        .map(|(i, &a)| {
+            if itm[i / len.max(1)] == MatchLabel::Match {
+                a
+            } else {
+                0
+            }
+        })
+        .collect();
+    let specials: Vec<i64> = [
+        special.pad,
+        special.unk,
+        special.cls,
+        special.sep,
+        special.mask,
+    ]
+    .iter()
+    .map(|&s| s as i64)
+    .collect();
+    let masked = mask_tokens(
+        &ids,
+        &mlm_attention,
+        &specials,
+        text.tokenizer.vocab_size(),
+        special.mask as i64,
+        &masking,
+        rng,
+    );
+    let regions = images
+        .iter()
+        .map(|r| r.labels.len())
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let d = text.feature_dim;
+    let mut features = vec![0.0f32; b * regions * d];
+    let mut locations = vec![0.0f32; b * regions * 5];
+    let mut region_mask = vec![0i64; b * regions];
+    let mut region_labels = vec![IGNORE; b * regions];
+    for (row, image) in images.iter().enumerate() {
+        let (at, n) = (row * regions, image.labels.len());
+        features[at * d..(at + n) * d].copy_from_slice(&image.features);
+        locations[at * 5..(at + n) * 5].copy_from_slice(&image.locations);
+        region_mask[at..at + n].fill(1);
+        region_labels[at..at + n].copy_from_slice(&image.labels);
+    }
+    let (features, region_positions) = match &region_masking {
+        Some(config) => {
+            // Regions of mismatched pairs are never masked (as MLM).
+            let matched_regions: Vec<i64> = region_mask
+                .iter()
+                .enumerate()
+                .map(|(i, &m)| {
+                    if itm[i / regions] == MatchLabel::Match {
+                        m
+                    } else {
+                        0
+                    }
+                })
+                .collect();
+            let m = mask_regions(&features, &matched_regions, b, d, true, config, rng);
+            (m.features, m.positions)
+        }
+        None => (features, Vec::new()),
+    };
+    debug_assert!(masked.labels.iter().all(|&l| l == IGNORE || l >= 0));
+    Ok(HostBatch {
+        rows: b,
+        text_len: len,
+        regions,
+        feature_dim: d,
+        input_ids: masked.input_ids,
+        caption_ids: ids,
+        cls_sep: [special.cls as i64, special.sep as i64],
+        attention,
+        features,
+        locations,
+        region_mask,
+        mlm_positions: masked.positions,
+        mlm_labels: masked.labels,
+        itm,
+        region_positions,
+        region_labels,
+        vqa: None,
+        answers: Vec::new(),
+    })
 }
