@@ -10,9 +10,10 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tuwen_data::scene::SceneConfig;
 use tuwen_objectives::mlm::MaskingConfig;
 use tuwen_objectives::mrm::RegionMaskingConfig;
-use tuwen_train::batch::SceneBatcher;
+use tuwen_train::batch::{REGION_CLASSES, SceneBatcher};
 use tuwen_train::config::TrainConfig;
-use tuwen_train::model::PretrainModel;
+use tuwen_train::data::Data;
+use tuwen_train::model::{ModelShape, PretrainModel};
 use tuwen_train::pretrain::{LossWeights, step_batch, step_gradients};
 
 fn config(path: &str) -> TrainConfig {
@@ -46,6 +47,14 @@ fn bench(c: &mut Criterion) {
     for (name, file) in [("default", "default.toml"), ("vilbert", "vilbert.toml")] {
         let cfg = config(file);
         let batcher = batcher(&cfg);
+        let shape = ModelShape {
+            vocab: batcher.tokenizer.vocab_size(),
+            feature_dim: batcher.feature_dim(),
+            max_text_len: cfg.data.max_text_len,
+            answers: batcher.answers.as_ref().map_or(0, |a| a.len()),
+            region_classes: REGION_CLASSES,
+        };
+        let data = Data::Scenes(Arc::new(batcher));
         let mut group = c.benchmark_group(format!("pretrain_step_{name}_b32"));
         group.sample_size(10);
         group.throughput(Throughput::Elements(cfg.run.batch_size as u64));
@@ -53,19 +62,12 @@ fn bench(c: &mut Criterion) {
         group.bench_function("host_batch", |b| {
             b.iter(|| {
                 step += 1;
-                step_batch(&batcher, &cfg, step).expect("batch")
+                step_batch(&data, &cfg, step).expect("batch")
             })
         });
         let ad = Device::flex().autodiff();
-        let model = PretrainModel::init(
-            &cfg.model,
-            batcher.tokenizer.vocab_size(),
-            batcher.feature_dim(),
-            cfg.data.max_text_len,
-            batcher.answers.as_ref().map_or(0, |a| a.len()),
-            &ad,
-        );
-        let host = step_batch(&batcher, &cfg, 0).expect("batch");
+        let model = PretrainModel::init(&cfg.model, &shape, &ad);
+        let host = step_batch(&data, &cfg, 0).expect("batch");
         let weights = LossWeights {
             region: cfg.data.region_loss_weight,
             vqa: cfg.data.vqa_weight,

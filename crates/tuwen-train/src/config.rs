@@ -167,10 +167,43 @@ pub enum Features {
     MobilenetV2,
 }
 
-/// `[data]`: the built-in scenes and the objectives' inputs.
+/// Where the image-caption pairs come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// The built-in scene generator.
+    Scenes,
+    /// A caption file (`data.captions`) with region features from a feature store
+    /// (`data.store`, written by `tuwen extract-regions`).
+    Store,
+}
+
+/// Caption file formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaptionFormat {
+    /// COCO `captions_*.json`.
+    Coco,
+    /// Karpathy split JSON (`dataset_coco.json`, `dataset_flickr30k.json`).
+    Karpathy,
+    /// Conceptual-Captions-style TSV: caption, image (malformed lines skipped and counted).
+    CcTsv,
+}
+
+/// `[data]`: the data source and the objectives' inputs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DataConfig {
+    /// Where the pairs come from.
+    pub source: Source,
+    /// `store`: the caption file.
+    pub captions: Option<String>,
+    /// `store`: its format.
+    pub captions_format: CaptionFormat,
+    /// `store`: the feature store directory.
+    pub store: Option<String>,
+    /// `store`: images held out for evaluation (the last ones by id; never trained on).
+    pub held_out_images: usize,
     /// Region features.
     pub features: Features,
     /// Pooling grid side of `pixels` features.
@@ -199,6 +232,11 @@ pub struct DataConfig {
 impl Default for DataConfig {
     fn default() -> Self {
         Self {
+            source: Source::Scenes,
+            captions: None,
+            captions_format: CaptionFormat::Coco,
+            store: None,
+            held_out_images: 500,
             features: Features::Pixels,
             pool: 4,
             mask_prob: 0.15,
@@ -371,6 +409,25 @@ impl TrainConfig {
         }
         if self.data.vqa_weight < 0.0 || self.data.region_loss_weight < 0.0 {
             return Err("loss weights must be >= 0".into());
+        }
+        if self.data.source == Source::Store {
+            let d = &self.data;
+            if d.captions.is_none() || d.store.is_none() {
+                return Err("data.source = \"store\" needs data.captions and data.store".into());
+            }
+            if d.held_out_images == 0 {
+                return Err("data.held_out_images must be >= 1 (the evaluation images)".into());
+            }
+            if d.vqa_weight > 0.0 {
+                return Err(
+                    "data.vqa_weight > 0 needs the scenes' questions (source = \"scenes\")".into(),
+                );
+            }
+            if d.features != Features::Pixels {
+                return Err(
+                    "data.features applies to the scenes; a store brings its own features".into(),
+                );
+            }
         }
         if self.data.max_text_len < 3 {
             return Err("data.max_text_len must be >= 3 ([CLS] word [SEP])".into());

@@ -3,6 +3,8 @@
 //! * [`config`] — every hyper-parameter of a run, from TOML; saved resolved in the run directory.
 //! * [`batch`] — host batches from the built-in scenes (MLM, ITM, masked regions), split into
 //!   micro-batches for accumulation and data parallelism.
+//! * [`corpus`] — real captions (COCO, Karpathy, CC TSV) with features from a feature store.
+//! * [`data`] — a run's data (scenes or corpus) behind one type.
 //! * [`prefetch`] — loader threads that build batches ahead, in step order.
 //! * [`model`] — VisualBERT and ViLBERT behind one type, with their objectives.
 //! * [`features`] — CNN region features of the scenes.
@@ -22,6 +24,8 @@ pub mod batch;
 pub mod checkpoint;
 pub mod clip;
 pub mod config;
+pub mod corpus;
+pub mod data;
 pub mod decay;
 pub mod features;
 pub mod guard;

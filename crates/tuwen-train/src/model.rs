@@ -20,7 +20,7 @@ use tuwen_objectives::mlm::{MlmOutput, mlm_loss};
 use tuwen_objectives::mrm::mrc_label_loss;
 use tuwen_objectives::vqa::{vqa_accuracy, vqa_loss};
 
-use crate::batch::{PretrainBatch, REGION_CLASSES, View};
+use crate::batch::{PretrainBatch, View};
 use crate::config::{Architecture, ModelConfig};
 
 /// An encoder of either family with its pretraining heads. (Held once per run, so the size
@@ -70,6 +70,22 @@ pub struct Objectives {
     pub vqa_accuracy: f32,
 }
 
+/// What the data fixes about a model: vocabulary, region vector width, text length, VQA answers
+/// (0: no VQA head) and region classes (ViLBERT's region head).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelShape {
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Region vector width.
+    pub feature_dim: usize,
+    /// Maximum text length.
+    pub max_text_len: usize,
+    /// VQA answers (0: no VQA head).
+    pub answers: usize,
+    /// Classes of masked region classification.
+    pub region_classes: usize,
+}
+
 /// The encoder configuration a [`ModelConfig`] describes (text side from `bert` when the model
 /// starts from a BERT checkpoint).
 pub fn visual_bert_config(
@@ -115,6 +131,7 @@ pub fn vilbert_config(
     vocab: usize,
     feature_dim: usize,
     max_text_len: usize,
+    region_classes: usize,
 ) -> ViLBertConfig {
     ViLBertConfig {
         vocab_size: vocab,
@@ -134,7 +151,7 @@ pub fn vilbert_config(
         v_hidden_dropout_prob: cfg.dropout,
         v_biattention_id: (cfg.v_layers - cfg.co_layers..cfg.v_layers).collect(),
         t_biattention_id: (cfg.layers - cfg.co_layers..cfg.layers).collect(),
-        v_target_size: REGION_CLASSES,
+        v_target_size: region_classes.max(1),
         bi_hidden_size: cfg.hidden_size.max(cfg.v_hidden_size),
         bi_num_attention_heads: cfg.heads,
         ..ViLBertConfig::default()
@@ -143,23 +160,23 @@ pub fn vilbert_config(
 
 impl PretrainModel {
     /// A randomly initialised model (draws from `device`'s generator: seed it first), with a
-    /// VQA head over `answers` answers when `answers > 0`.
-    pub fn init(
-        cfg: &ModelConfig,
-        vocab: usize,
-        feature_dim: usize,
-        max_text_len: usize,
-        answers: usize,
-        device: &Device,
-    ) -> Self {
+    /// VQA head when `shape.answers > 0`.
+    pub fn init(cfg: &ModelConfig, shape: &ModelShape, device: &Device) -> Self {
+        let ModelShape {
+            vocab,
+            feature_dim,
+            max_text_len,
+            answers,
+            region_classes,
+        } = *shape;
         let encoder = match cfg.architecture {
             Architecture::VisualBert => Encoder::VisualBert(
                 visual_bert_config(cfg, None, vocab, feature_dim, max_text_len)
                     .init_pretraining(device),
             ),
             Architecture::Vilbert => {
-                let mut m =
-                    vilbert_config(cfg, vocab, feature_dim, max_text_len).init_pretraining(device);
+                let mut m = vilbert_config(cfg, vocab, feature_dim, max_text_len, region_classes)
+                    .init_pretraining(device);
                 // The reference fixes 0.1 before the ITM head; follow the configured dropout.
                 m.itm_dropout = burn::nn::DropoutConfig::new(cfg.dropout).init();
                 Encoder::ViLBert(m)

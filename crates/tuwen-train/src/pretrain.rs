@@ -19,20 +19,24 @@ use burn::tensor::Device;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
+use tuwen_data::formats::CaptionRecord;
 use tuwen_data::scene::{SceneConfig, Split};
 use tuwen_fusion::BertConfig;
 use tuwen_objectives::mlm::MaskingConfig;
 use tuwen_objectives::mrm::RegionMaskingConfig;
+use tuwen_regions::StoreReader;
 use tuwen_tokenizer::{BertTokenizer, TokenizerOptions};
 
 use crate::batch::{HostBatch, SceneBatcher};
 use crate::checkpoint;
 use crate::clip::clip_global_norm;
-use crate::config::{Architecture, BestMetric, TrainConfig};
+use crate::config::{Architecture, BestMetric, Source, TrainConfig};
+use crate::corpus::{StoreBatcher, read_captions};
+use crate::data::Data;
 use crate::decay::{apply_weight_decay, decayed_params};
 use crate::guard::{NanGuard, StepAction};
 use crate::metrics::MetricsLog;
-use crate::model::{Encoder, PretrainModel, visual_bert_config};
+use crate::model::{Encoder, ModelShape, PretrainModel, visual_bert_config};
 use crate::prefetch::Prefetcher;
 use crate::retrieval::Recalls;
 use crate::schedule::LrSchedule;
@@ -189,11 +193,12 @@ fn step_seed(seed: u64, step: usize) -> u64 {
 }
 
 /// The vocabulary of the run: the BERT checkpoint's when the model starts from one, else the
-/// deterministic whole-word vocabulary of the scenes. Saved as `vocab.txt` in the run directory
+/// deterministic whole-word vocabulary of the scenes or of the caption corpus. Saved as `vocab.txt` in the run directory
 /// and reloaded from there on resume.
 fn tokenizer(
     cfg: &TrainConfig,
     scenes: &SceneConfig,
+    corpus: Option<&[CaptionRecord]>,
     dir: &Path,
     bert_dir: Option<&Path>,
 ) -> Result<BertTokenizer, String> {
@@ -202,9 +207,14 @@ fn tokenizer(
     if saved.is_file() {
         return BertTokenizer::from_vocab(&saved, options).map_err(|e| e.to_string());
     }
-    let tok = match bert_dir {
-        Some(bert) => BertTokenizer::from_vocab(bert.join("vocab.txt"), options),
-        None => SceneBatcher::train_tokenizer(
+    let tok = match (bert_dir, corpus) {
+        (Some(bert), _) => BertTokenizer::from_vocab(bert.join("vocab.txt"), options),
+        // A corpus: its 30,000 most frequent words (deterministic), characters for the rest.
+        (None, Some(records)) => {
+            BertTokenizer::word_vocabulary(records.iter().map(|r| &r.caption), 30_000, true)
+                .and_then(|tokens| BertTokenizer::from_tokens(&tokens, options))
+        }
+        (None, None) => SceneBatcher::train_tokenizer(
             scenes,
             cfg.run.seed,
             cfg.data.vocab_scenes,
@@ -262,14 +272,16 @@ fn bert_dir(init: &str) -> Result<PathBuf, String> {
     }
 }
 
-/// Evaluates on `cfg.eval.scenes` held-out test scenes (never seen in training).
+/// Evaluates on `examples` held-out test examples (scenes or images never trained on): ITM and
+/// MLM accuracy (30% of tokens masked), accuracy on colour and shape words, region and VQA
+/// accuracy when the data has them.
 pub fn evaluate(
     model: &PretrainModel,
-    batcher: &SceneBatcher,
-    scenes: usize,
+    data: &Data,
+    examples: usize,
     device: &Device,
 ) -> EvalMetrics {
-    let mut rng = StdRng::seed_from_u64(batcher.seed ^ 0xe7a1);
+    let mut rng = StdRng::seed_from_u64(data.seed() ^ 0xe7a1);
     let words: Vec<i64> = [
         "red",
         "green",
@@ -287,21 +299,17 @@ pub fn evaluate(
         "triangles",
     ]
     .iter()
-    .filter_map(|w| batcher.tokenizer.token_to_id(w))
+    .filter_map(|w| data.tokenizer().token_to_id(w))
     .map(i64::from)
     .collect();
-    let eval_batcher = SceneBatcher {
-        masking: MaskingConfig {
-            mask_prob: 0.3,
-            ..MaskingConfig::default()
-        },
-        scenes_per_split: 0,
-        ..batcher.clone()
-    };
+    let eval_data = data.for_evaluation(MaskingConfig {
+        mask_prob: 0.3,
+        ..MaskingConfig::default()
+    });
     // itm ok, itm n, mlm ok, mlm n, cs ok, cs n, region ok, region n, vqa ok, vqa n
     let mut n = [0.0f32; 10];
-    for chunk in (0..scenes as u64).collect::<Vec<_>>().chunks(32) {
-        let Ok(host) = eval_batcher.host_batch(Split::Test, chunk, &mut rng) else {
+    for chunk in (0..examples as u64).collect::<Vec<_>>().chunks(32) {
+        let Ok(host) = eval_data.host_batch(Split::Test, chunk, &mut rng) else {
             continue;
         };
         let out = model.objectives(&host.to_device(device));
@@ -331,12 +339,12 @@ pub fn evaluate(
     }
 }
 
-/// Zero-shot retrieval on `images` held-out test scenes with distinct captions (each scene's
-/// longest, the most specific): ITC similarities of unimodal embeddings rank all pairs, ITM
+/// Zero-shot retrieval on up to `images` held-out examples with distinct captions
+/// ([`Data::retrieval_set`]): ITC similarities of unimodal embeddings rank all pairs, ITM
 /// re-scores the `k` best candidates of every query (`retrieval::evaluate`).
 pub fn retrieval(
     model: &PretrainModel,
-    batcher: &SceneBatcher,
+    data: &Data,
     images: usize,
     k: usize,
     device: &Device,
@@ -344,43 +352,13 @@ pub fn retrieval(
     let Some(itc) = &model.itc else {
         return Ok(Recalls::default());
     };
-    let plain = SceneBatcher {
-        masking: MaskingConfig {
-            mask_prob: 0.0,
-            ..MaskingConfig::default()
-        },
-        mismatch_prob: 0.0,
-        region_masking: None,
-        scenes_per_split: 0,
-        ..batcher.clone()
-    };
-    // Scenes 1_000_000+ (the accuracy evaluation uses the first ones), each with its longest
-    // caption, skipping scenes whose caption an earlier one already has: every query then has
-    // exactly one correct answer.
-    let mut indices = Vec::with_capacity(images);
-    let mut captions: Vec<String> = Vec::with_capacity(images);
-    let mut seen = std::collections::HashSet::new();
-    for i in (1_000_000u64..).take(images * 20) {
-        if indices.len() == images {
-            break;
-        }
-        let (_, scene) = plain.scene(Split::Test, i);
-        let caption = scene
-            .captions
-            .iter()
-            .max_by_key(|c| (c.len(), *c))
-            .cloned()
-            .unwrap_or_default();
-        if seen.insert(caption.clone()) {
-            indices.push(i);
-            captions.push(caption);
-        }
-    }
+    let (indices, captions) = data.retrieval_set(images);
     let images = indices.len();
+    if images == 0 {
+        return Ok(Recalls::default());
+    }
     let mut rng = StdRng::seed_from_u64(0);
-    let host = plain
-        .host_captions(Split::Test, &indices, &captions, &mut rng)
-        .map_err(|e| e.to_string())?;
+    let host = data.host_captions(Split::Test, &indices, &captions, &mut rng)?;
     let mut image_emb = Vec::new();
     let mut text_emb = Vec::new();
     for chunk in host.split(host.rows.div_ceil(32)) {
@@ -401,10 +379,10 @@ pub fn retrieval(
         // One image against its candidate captions, as a batch of pairs.
         let pairs: Vec<String> = texts.iter().map(|&t| captions[t].clone()).collect();
         let rows = vec![indices[image]; pairs.len()];
-        match plain.host_captions(Split::Test, &rows, &pairs, &mut StdRng::seed_from_u64(0)) {
+        match data.host_captions(Split::Test, &rows, &pairs, &mut StdRng::seed_from_u64(0)) {
             Ok(h) => model.match_scores(&h.to_device(device)),
             Err(e) => {
-                failure = Some(e.to_string());
+                failure = Some(e);
                 vec![0.0; texts.len()]
             }
         }
@@ -415,18 +393,14 @@ pub fn retrieval(
     }
 }
 
-/// The batch of training step `step`: scenes `step * B .. (step + 1) * B` and a generator seeded
-/// by (seed, step), so a resumed run sees exactly the batches the interrupted one would have.
-pub fn step_batch(
-    batcher: &SceneBatcher,
-    cfg: &TrainConfig,
-    step: usize,
-) -> Result<HostBatch, String> {
+/// The batch of training step `step`: examples `step * B .. (step + 1) * B` and a generator
+/// seeded by (seed, step), so a resumed run sees exactly the batches the interrupted one would
+/// have (with a finite corpus, example `i` is image `i mod images`: epochs follow the step).
+pub fn step_batch(data: &Data, cfg: &TrainConfig, step: usize) -> Result<HostBatch, String> {
     let mut rng = StdRng::seed_from_u64(cfg.run.seed.wrapping_mul(1_000_003) ^ step as u64);
     let b = cfg.run.batch_size as u64;
     let indices: Vec<u64> = (0..b).map(|i| step as u64 * b + i).collect();
-    batcher
-        .host_batch(Split::Train, &indices, &mut rng)
+    data.host_batch(Split::Train, &indices, &mut rng)
         .map_err(|e| format!("step {step}: {e}"))
 }
 
@@ -557,39 +531,87 @@ pub fn run(
         (Some(init), Architecture::VisualBert) => Some(bert_dir(init)?),
         _ => None,
     };
-    let tokenizer = tokenizer(cfg, &scenes, dir, bert.as_deref())?;
-    let region_features = crate::features::region_features(cfg, &scenes, device, &mut events)?;
-    let answers = if cfg.data.vqa_weight > 0.0 {
-        Some(Arc::new(answer_vocabulary(cfg, &scenes, dir)?))
-    } else {
-        None
+    let corpus = match (cfg.data.source, &cfg.data.captions) {
+        (Source::Store, Some(path)) => {
+            let (records, skipped) = read_captions(Path::new(path), cfg.data.captions_format)?;
+            if skipped > 0 {
+                events(Event::Note(format!(
+                    "{path}: {skipped} malformed lines skipped"
+                )));
+            }
+            Some(records)
+        }
+        _ => None,
     };
+    let tokenizer = tokenizer(cfg, &scenes, corpus.as_deref(), dir, bert.as_deref())?;
+    let masking = MaskingConfig {
+        mask_prob: cfg.data.mask_prob,
+        ..MaskingConfig::default()
+    };
+    let region_masking = (cfg.data.region_mask_prob > 0.0).then_some(RegionMaskingConfig {
+        mask_prob: cfg.data.region_mask_prob,
+        ..RegionMaskingConfig::VILBERT
+    });
     let weights = LossWeights {
         region: cfg.data.region_loss_weight,
         vqa: cfg.data.vqa_weight,
     };
-    let batcher = Arc::new(SceneBatcher {
-        tokenizer,
-        scenes,
-        seed: cfg.run.seed,
-        pool: cfg.data.pool,
-        masking: MaskingConfig {
-            mask_prob: cfg.data.mask_prob,
-            ..MaskingConfig::default()
-        },
-        mismatch_prob: cfg.data.mismatch_prob,
-        region_masking: (cfg.data.region_mask_prob > 0.0).then_some(RegionMaskingConfig {
-            mask_prob: cfg.data.region_mask_prob,
-            ..RegionMaskingConfig::VILBERT
-        }),
-        scenes_per_split: cfg.data.train_scenes,
-        region_features,
-        answers: answers.clone(),
-    });
-    let n_answers = answers.as_ref().map_or(0, |a| a.len());
+    let mut n_answers = 0;
+    let data = match (&corpus, &cfg.data.store) {
+        (Some(records), Some(store)) => {
+            let reader = StoreReader::open(store).map_err(|e| format!("{store}: {e}"))?;
+            let (batcher, stats) = StoreBatcher::new(
+                records,
+                reader,
+                cfg.data.held_out_images,
+                tokenizer,
+                masking,
+                cfg.data.mismatch_prob,
+                region_masking,
+            )?;
+            if region_masking.is_some() && batcher.classes() == 0 {
+                return Err(format!(
+                    "{store}: the store has no class distributions to classify masked regions \
+                     against; set data.region_mask_prob = 0"
+                ));
+            }
+            events(Event::Note(format!(
+                "corpus: {} training images, {} held out; {} captions without features dropped",
+                stats.train_images, stats.test_images, stats.missing_captions
+            )));
+            Data::Store(Arc::new(batcher))
+        }
+        _ => {
+            let region_features =
+                crate::features::region_features(cfg, &scenes, device, &mut events)?;
+            let answers = if cfg.data.vqa_weight > 0.0 {
+                Some(Arc::new(answer_vocabulary(cfg, &scenes, dir)?))
+            } else {
+                None
+            };
+            n_answers = answers.as_ref().map_or(0, |a| a.len());
+            Data::Scenes(Arc::new(SceneBatcher {
+                tokenizer,
+                scenes,
+                seed: cfg.run.seed,
+                pool: cfg.data.pool,
+                masking,
+                mismatch_prob: cfg.data.mismatch_prob,
+                region_masking,
+                scenes_per_split: cfg.data.train_scenes,
+                region_features,
+                answers,
+            }))
+        }
+    };
     let ad: Vec<Device> = devices.iter().map(|d| d.clone().autodiff()).collect();
-    let vocab = batcher.tokenizer.vocab_size();
-    let feature_dim = batcher.feature_dim();
+    let shape = ModelShape {
+        vocab: data.tokenizer().vocab_size(),
+        feature_dim: data.feature_dim(),
+        max_text_len: cfg.data.max_text_len,
+        answers: n_answers,
+        region_classes: data.region_classes(),
+    };
     // Seeded initialisation: the same config gives the same run.
     let mut model = {
         let _rng = seeded(device, cfg.run.seed);
@@ -600,9 +622,9 @@ pub fn run(
                 let vcfg = visual_bert_config(
                     &cfg.model,
                     Some(bert_cfg),
-                    vocab,
-                    feature_dim,
-                    cfg.data.max_text_len,
+                    shape.vocab,
+                    shape.feature_dim,
+                    shape.max_text_len,
                 );
                 let mut m = vcfg.init_pretraining(&ad[0]);
                 m.visual_bert = m
@@ -616,18 +638,11 @@ pub fn run(
                 PretrainModel::with_heads(
                     Encoder::VisualBert(m),
                     cfg.model.itc_dim,
-                    n_answers,
+                    shape.answers,
                     &ad[0],
                 )
             }
-            None => PretrainModel::init(
-                &cfg.model,
-                vocab,
-                feature_dim,
-                cfg.data.max_text_len,
-                n_answers,
-                &ad[0],
-            ),
+            None => PretrainModel::init(&cfg.model, &shape, &ad[0]),
         }
     };
     let o = &cfg.optim;
@@ -673,9 +688,9 @@ pub fn run(
     let first = state.step;
     let end = stop_after.unwrap_or(cfg.run.steps).min(cfg.run.steps);
     let build = {
-        let batcher = batcher.clone();
+        let data = data.clone();
         let cfg = cfg.clone();
-        Arc::new(move |step: usize| step_batch(&batcher, &cfg, step))
+        Arc::new(move |step: usize| step_batch(&data, &cfg, step))
     };
     let mut loader = Prefetcher::new(build, state.step, end, cfg.run.loader_threads, 2);
     while state.step < end {
@@ -724,7 +739,7 @@ pub fn run(
                 ("train/grad_norm", norm as f64),
                 ("train/lr", lr),
             ];
-            if batcher.region_masking.is_some() {
+            if data.masks_regions() {
                 values.push(("train/region", region as f64));
             }
             if model.itc.is_some() {
@@ -759,10 +774,10 @@ pub fn run(
                 ));
             }
             let valid = model.valid();
-            state.eval = evaluate(&valid, &batcher, cfg.eval.scenes, device);
+            state.eval = evaluate(&valid, &data, cfg.eval.scenes, device);
             state.eval.retrieval = retrieval(
                 &valid,
-                &batcher,
+                &data,
                 cfg.eval.retrieval_images,
                 cfg.eval.retrieval_top_k,
                 device,
@@ -775,7 +790,7 @@ pub fn run(
                     state.eval.mlm_color_shape_accuracy as f64,
                 ),
             ];
-            if batcher.region_masking.is_some() {
+            if data.masks_regions() {
                 values.push(("eval/region_accuracy", state.eval.region_accuracy as f64));
             }
             if model.vqa.is_some() {

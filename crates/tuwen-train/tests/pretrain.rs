@@ -7,9 +7,11 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
 use tuwen_testkit::flex;
+use tuwen_train::batch::REGION_CLASSES;
 use tuwen_train::batch::SceneBatcher;
 use tuwen_train::config::{Architecture, TrainConfig};
-use tuwen_train::model::PretrainModel;
+use tuwen_train::data::Data;
+use tuwen_train::model::{ModelShape, PretrainModel};
 use tuwen_train::pretrain::{Event, LossWeights, StepLosses, run, step_batch, step_gradients};
 
 /// A run of a few seconds.
@@ -328,15 +330,15 @@ fn batch_and_model(cfg: &TrainConfig) -> (tuwen_train::batch::HostBatch, Pretrai
             200,
         ))),
     };
-    let host = step_batch(&batcher, cfg, 3).unwrap();
-    let model = PretrainModel::init(
-        &cfg.model,
-        batcher.tokenizer.vocab_size(),
-        batcher.feature_dim(),
-        24,
-        batcher.answers.as_ref().map_or(0, |a| a.len()),
-        &flex().autodiff(),
-    );
+    let shape = ModelShape {
+        vocab: batcher.tokenizer.vocab_size(),
+        feature_dim: batcher.feature_dim(),
+        max_text_len: 24,
+        answers: batcher.answers.as_ref().map_or(0, |a| a.len()),
+        region_classes: REGION_CLASSES,
+    };
+    let host = step_batch(&Data::Scenes(std::sync::Arc::new(batcher)), cfg, 3).unwrap();
+    let model = PretrainModel::init(&cfg.model, &shape, &flex().autodiff());
     (host, model)
 }
 
@@ -434,7 +436,17 @@ fn a_diverging_run_skips_non_finite_steps_then_aborts_without_a_bad_checkpoint()
             {
                 let scenes = tuwen_data::scene::SceneConfig::default();
                 let tok = SceneBatcher::train_tokenizer(&scenes, 1, 200, 24).unwrap();
-                PretrainModel::init(&cfg.model, tok.vocab_size(), 48, 24, 0, &flex())
+                PretrainModel::init(
+                    &cfg.model,
+                    &ModelShape {
+                        vocab: tok.vocab_size(),
+                        feature_dim: 48,
+                        max_text_len: 24,
+                        answers: 0,
+                        region_classes: REGION_CLASSES,
+                    },
+                    &flex(),
+                )
             },
             burn::optim::AdamWConfig::new().init(),
         )
