@@ -45,6 +45,17 @@ pub fn resolve(args: &TrainArgs) -> Result<(TrainConfig, PathBuf)> {
         );
     }
     if args.overwrite && dir.exists() {
+        // Only a run directory is deleted, never an arbitrary one given by mistake.
+        if !(saved.is_file()
+            || dir.join("checkpoints").is_dir()
+            || dir.join("metrics.jsonl").is_file())
+        {
+            bail!(
+                "{} is not a tuwen run directory (no config.toml, checkpoints/ or metrics.jsonl); \
+                 --overwrite deletes run directories only",
+                dir.display()
+            );
+        }
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     }
     let mut config = match (&args.config, args.resume && saved.is_file()) {

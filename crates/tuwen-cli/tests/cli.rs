@@ -207,6 +207,25 @@ fn train_runs_a_config_prints_the_summary_and_guards_the_run_directory() {
     let msg = String::from_utf8_lossy(&resumed.stderr);
     assert!(resumed.status.success(), "{msg}");
     assert!(msg.contains("resuming from"), "{msg}");
+    // --overwrite deletes run directories only.
+    let not_a_run = dir.path().join("precious");
+    std::fs::create_dir_all(&not_a_run).unwrap();
+    std::fs::write(not_a_run.join("notes.txt"), "keep me").unwrap();
+    let refused = tuwen()
+        .args([
+            "train",
+            "--overwrite",
+            "--run-dir",
+            &not_a_run.display().to_string(),
+        ])
+        .output()
+        .unwrap();
+    let msg = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && msg.contains("not a tuwen run directory"),
+        "{msg}"
+    );
+    assert!(not_a_run.join("notes.txt").is_file());
     // A bad configuration names the file and the key.
     std::fs::write(&config, "[run]\nstepz = 4\n").unwrap();
     let bad = tuwen()

@@ -353,6 +353,14 @@ impl TrainConfig {
     /// Checks values the loop cannot run with.
     pub fn validate(&self) -> Result<(), String> {
         let r = &self.run;
+        let o = &self.optim;
+        let optim_ok = o.learning_rate.is_finite()
+            && o.learning_rate > 0.0
+            && (0.0..1.0).contains(&o.beta1)
+            && (0.0..1.0).contains(&o.beta2);
+        if !optim_ok {
+            return Err("optim.learning_rate must be > 0 and optim.beta1/beta2 in [0, 1)".into());
+        }
         if r.steps == 0 || r.batch_size == 0 || r.grad_accum_steps == 0 {
             return Err("run.steps, run.batch_size and run.grad_accum_steps must be >= 1".into());
         }
@@ -375,6 +383,18 @@ impl TrainConfig {
         if m.architecture == Architecture::Vilbert {
             if m.init.is_some() {
                 return Err("model.init is supported for visual_bert only".into());
+            }
+            if m.co_layers == 0 {
+                return Err(
+                    "model.co_layers must be >= 1: without co-attention the streams never meet"
+                        .into(),
+                );
+            }
+            if m.v_hidden_size == 0 || !m.v_hidden_size.is_multiple_of(m.heads) {
+                return Err(format!(
+                    "model.v_hidden_size {} is not a multiple of model.heads {}",
+                    m.v_hidden_size, m.heads
+                ));
             }
             if m.co_layers > m.layers.min(m.v_layers) {
                 return Err(format!(
@@ -404,11 +424,28 @@ impl TrainConfig {
                     .into(),
             );
         }
+        if self.data.features == Features::MobilenetV2 && self.data.train_scenes == 0 {
+            return Err(
+                "data.features = \"mobilenet_v2\" caches every scene's features: set \
+                 data.train_scenes (e.g. 4000)"
+                    .into(),
+            );
+        }
+        if self.data.pool == 0 {
+            return Err("data.pool must be >= 1".into());
+        }
+        if m.itc_dim > 0 && self.eval.retrieval_images > 0 && self.eval.retrieval_top_k == 0 {
+            return Err("eval.retrieval_top_k must be >= 1".into());
+        }
+        if self.data.vqa_weight > 0.0 && self.data.vocab_scenes == 0 {
+            return Err("data.vqa_weight > 0 needs data.vocab_scenes >= 1 (the answers)".into());
+        }
         if self.eval.best == BestMetric::VqaAccuracy && self.data.vqa_weight <= 0.0 {
             return Err("eval.best = \"vqa_accuracy\" needs data.vqa_weight > 0".into());
         }
-        if self.data.vqa_weight < 0.0 || self.data.region_loss_weight < 0.0 {
-            return Err("loss weights must be >= 0".into());
+        let weight_ok = |w: f64| w.is_finite() && w >= 0.0;
+        if !weight_ok(self.data.vqa_weight) || !weight_ok(self.data.region_loss_weight) {
+            return Err("loss weights must be finite and >= 0".into());
         }
         if self.data.source == Source::Store {
             let d = &self.data;

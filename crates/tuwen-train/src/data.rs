@@ -133,6 +133,14 @@ impl Data {
         (indices, captions)
     }
 
+    /// Held-out examples available (unbounded for the scenes).
+    pub fn test_len(&self) -> usize {
+        match self {
+            Self::Scenes(_) => usize::MAX,
+            Self::Store(b) => b.images(Split::Test).len(),
+        }
+    }
+
     /// A seed for evaluation draws.
     pub fn seed(&self) -> u64 {
         match self {

@@ -87,6 +87,8 @@ pub struct RunState {
     pub metrics_lines: usize,
     /// Step and metrics of the `best` checkpoint.
     pub best: Option<(usize, EvalMetrics)>,
+    /// Devices the run trained on (a resume on another count is not bit-exact).
+    pub devices: usize,
 }
 
 /// One training step's report.
@@ -189,7 +191,15 @@ fn seeded(device: &Device, seed: u64) -> MutexGuard<'static, ()> {
 
 /// The generator seed of one training step.
 fn step_seed(seed: u64, step: usize) -> u64 {
-    seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (step as u64).wrapping_add(1)
+    splitmix64(splitmix64(seed) ^ step as u64)
+}
+
+/// SplitMix64's finaliser: nearby inputs give unrelated outputs (seeds of steps and parts).
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// The vocabulary of the run: the BERT checkpoint's when the model starts from one, else the
@@ -280,7 +290,7 @@ pub fn evaluate(
     data: &Data,
     examples: usize,
     device: &Device,
-) -> EvalMetrics {
+) -> Result<EvalMetrics, String> {
     let mut rng = StdRng::seed_from_u64(data.seed() ^ 0xe7a1);
     let words: Vec<i64> = [
         "red",
@@ -308,10 +318,10 @@ pub fn evaluate(
     });
     // itm ok, itm n, mlm ok, mlm n, cs ok, cs n, region ok, region n, vqa ok, vqa n
     let mut n = [0.0f32; 10];
+    // A finite held-out set is evaluated once, not wrapped around.
+    let examples = examples.min(data.test_len());
     for chunk in (0..examples as u64).collect::<Vec<_>>().chunks(32) {
-        let Ok(host) = eval_data.host_batch(Split::Test, chunk, &mut rng) else {
-            continue;
-        };
+        let host = eval_data.host_batch(Split::Test, chunk, &mut rng)?;
         let out = model.objectives(&host.to_device(device));
         n[0] += out.itm_accuracy * host.rows as f32;
         n[1] += host.rows as f32;
@@ -329,14 +339,14 @@ pub fn evaluate(
         n[8] += out.vqa_accuracy * out.vqa.count as f32;
         n[9] += out.vqa.count as f32;
     }
-    EvalMetrics {
+    Ok(EvalMetrics {
         itm_accuracy: n[0] / n[1].max(1.0),
         mlm_accuracy: n[2] / n[3].max(1.0),
         mlm_color_shape_accuracy: n[4] / n[5].max(1.0),
         region_accuracy: n[6] / n[7].max(1.0),
         retrieval: Recalls::default(),
         vqa_accuracy: n[8] / n[9].max(1.0),
-    }
+    })
 }
 
 /// Zero-shot retrieval on up to `images` held-out examples with distinct captions
@@ -352,6 +362,8 @@ pub fn retrieval(
     let Some(itc) = &model.itc else {
         return Ok(Recalls::default());
     };
+    // Held-out scenes are never wrapped to the training set's size.
+    let data = &data.for_evaluation(MaskingConfig::default());
     let (indices, captions) = data.retrieval_set(images);
     let images = indices.len();
     if images == 0 {
@@ -416,7 +428,7 @@ pub struct LossWeights {
 /// Losses and gradients of one step over micro-batches spread on `devices` (autodiff devices;
 /// the first is the main device, holding `model`): `devices.len() x micro_batches` contiguous
 /// row ranges, micro-batch `i` on device `i % devices.len()`. Returns the summed gradients (on
-/// the main device) and the step's losses over the whole batch. `seed` seeds the random draws of micro-batch `i` as `seed + i`.
+/// the main device) and the step's losses over the whole batch. `seed` and the micro-batch index seed the random draws of each micro-batch.
 pub fn step_gradients(
     model: &PretrainModel,
     host: &HostBatch,
@@ -428,11 +440,17 @@ pub fn step_gradients(
     let scalar = |t: &burn::tensor::Tensor<1>| t.clone().into_scalar::<f32>();
     let main = &devices[0];
     let parts = host.split(devices.len() * micro_batches);
-    let matched = host
-        .itm
+    // ITC counts the matched pairs of the micro-batches that have a negative (two or more).
+    let matched: usize = parts
         .iter()
-        .filter(|&&l| l == tuwen_objectives::itm::MatchLabel::Match)
-        .count();
+        .map(|p| {
+            p.itm
+                .iter()
+                .filter(|&&l| l == tuwen_objectives::itm::MatchLabel::Match)
+                .count()
+        })
+        .filter(|&n| n >= 2)
+        .sum();
     let totals = [
         host.mlm_positions.len().max(1) as f32,
         host.rows.max(1) as f32,
@@ -462,7 +480,7 @@ pub fn step_gradients(
         let batch = part.to_device(&devices[d]);
         let out = {
             // Random draws inside the step (dropout) are a function of (seed, step, part).
-            let _rng = seeded(&devices[d], seed.wrapping_add(i as u64));
+            let _rng = seeded(&devices[d], splitmix64(seed ^ splitmix64(i as u64)));
             replica.objectives(&batch)
         };
         // Each micro-batch's mean weighted by its share of the step's items: the sum of the
@@ -525,6 +543,16 @@ pub fn run(
     }
     crate::checkpoint::write_atomic(&config_path, resolved.as_bytes())
         .map_err(|e| e.to_string())?;
+    if !has_checkpoint {
+        // A fresh start: files a stopped earlier run left (perhaps with another configuration)
+        // must not be reused.
+        for stale in ["vocab.txt", "answers.txt"] {
+            let path = dir.join(stale);
+            if path.is_file() {
+                std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+        }
+    }
 
     let scenes = SceneConfig::default();
     let bert = match (&cfg.model.init, cfg.model.architecture) {
@@ -663,6 +691,14 @@ pub fn run(
             loaded.path.display(),
             loaded.state.step
         )));
+        if loaded.state.devices != 0 && loaded.state.devices != devices.len() {
+            events(Event::Note(format!(
+                "the run trained on {} device(s) and resumes on {}: the micro-batches change, \
+                 so the continuation is not bit-identical",
+                loaded.state.devices,
+                devices.len()
+            )));
+        }
         model = loaded.model;
         optim = loaded.optimizer;
         state = loaded.state;
@@ -678,12 +714,14 @@ pub fn run(
     let decayed = decayed_params(&model);
     let mut guard = NanGuard::new(cfg.run.max_nan_steps);
     guard.skipped = state.skipped;
+    let metrics_path = dir.join("metrics.jsonl");
+    let metrics_err = |e: std::io::Error| format!("{}: {e}", metrics_path.display());
     let mut log = if resumed {
         MetricsLog::resume(dir, state.metrics_lines)
     } else {
         MetricsLog::open(dir)
     }
-    .map_err(|e| e.to_string())?;
+    .map_err(metrics_err)?;
     let start = Instant::now();
     let first = state.step;
     let end = stop_after.unwrap_or(cfg.run.steps).min(cfg.run.steps);
@@ -748,7 +786,7 @@ pub fn run(
             if model.vqa.is_some() {
                 values.push(("train/vqa", vqa as f64));
             }
-            log.log(step as u64, &values).map_err(|e| e.to_string())?;
+            log.log(step as u64, &values).map_err(metrics_err)?;
             events(Event::Step(StepReport {
                 step: state.step,
                 steps: cfg.run.steps,
@@ -774,7 +812,7 @@ pub fn run(
                 ));
             }
             let valid = model.valid();
-            state.eval = evaluate(&valid, &data, cfg.eval.scenes, device);
+            state.eval = evaluate(&valid, &data, cfg.eval.scenes, device)?;
             state.eval.retrieval = retrieval(
                 &valid,
                 &data,
@@ -807,9 +845,9 @@ pub fn run(
                     ("eval/t2i_r10", r.text_to_image[2] as f64),
                 ]);
             }
-            log.log(state.step as u64, &values)
-                .map_err(|e| e.to_string())?;
+            log.log(state.step as u64, &values).map_err(metrics_err)?;
             state.metrics_lines = log.lines();
+            state.devices = devices.len();
             let score = state.eval.get(cfg.eval.best);
             let best = state.best.is_none_or(|(_, m)| score > m.get(cfg.eval.best));
             if best {
@@ -830,7 +868,8 @@ pub fn run(
             });
         }
     }
-    log.plot(dir).map_err(|e| e.to_string())?;
+    log.plot(dir)
+        .map_err(|e| format!("plots in {}: {e}", dir.display()))?;
     Ok(Summary {
         eval: state.eval,
         best: state.best,

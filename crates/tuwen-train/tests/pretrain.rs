@@ -283,6 +283,20 @@ fn visual_bert_from_minilm_on_mobilenet_features_trains() {
     }));
 }
 
+/// Files an earlier run left before its first checkpoint are not reused by a fresh start.
+#[test]
+fn a_fresh_start_rebuilds_the_vocabulary() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("vocab.txt"),
+        "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nstale\n",
+    )
+    .unwrap();
+    run(&tiny(), dir.path(), &[flex()], Some(2), |_| {}).unwrap();
+    let vocab = std::fs::read_to_string(dir.path().join("vocab.txt")).unwrap();
+    assert!(!vocab.contains("stale") && vocab.lines().any(|l| l == "circle"));
+}
+
 #[test]
 fn resuming_with_another_configuration_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -476,6 +490,17 @@ fn config_errors_name_the_file_and_the_key() {
     assert!(err.to_string().contains("data.mask_prob"), "{err}");
     let err = TrainConfig::from_toml("[data]\nregion_mask_prob = 0.15\n", "my.toml").unwrap_err();
     assert!(err.to_string().contains("vilbert"), "{err}");
+    let err = TrainConfig::from_toml(
+        "[model]\narchitecture = \"vilbert\"\nco_layers = 0\n",
+        "my.toml",
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("co_layers"), "{err}");
+    let err =
+        TrainConfig::from_toml("[data]\nfeatures = \"mobilenet_v2\"\n", "my.toml").unwrap_err();
+    assert!(err.to_string().contains("train_scenes"), "{err}");
+    let err = TrainConfig::from_toml("[optim]\nlearning_rate = -1.0\n", "my.toml").unwrap_err();
+    assert!(err.to_string().contains("learning_rate"), "{err}");
     let err = TrainConfig::load(Path::new("/nonexistent/run.toml")).unwrap_err();
     assert!(err.to_string().contains("/nonexistent/run.toml"), "{err}");
 }
