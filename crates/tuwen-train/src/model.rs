@@ -197,7 +197,21 @@ impl PretrainModel {
             ItcHead::new(image, text, &config, device)
         });
         let vqa = (answers > 0).then(|| AnswerHead::new(encoder.joint_width(), answers, device));
-        Self { encoder, itc, vqa }
+        Self { encoder, itc, vqa }.materialize()
+    }
+
+    /// Draws every parameter now. Burn initialises parameters lazily, on first use; a run must
+    /// draw them under its initialisation seed (not whatever seed the first step sets), and
+    /// before data-parallel replicas are forked (a forked lazy parameter would draw its own).
+    pub fn materialize(self) -> Self {
+        struct Touch;
+        impl burn::module::ModuleVisitor for Touch {
+            fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+                let _ = param.val();
+            }
+        }
+        self.visit(&mut Touch);
+        self
     }
 
     /// Text-only and image-only pooled vectors of `batch` (rows as in the batch).
