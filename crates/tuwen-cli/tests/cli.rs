@@ -207,6 +207,22 @@ fn train_runs_a_config_prints_the_summary_and_guards_the_run_directory() {
     let msg = String::from_utf8_lossy(&resumed.stderr);
     assert!(resumed.status.success(), "{msg}");
     assert!(msg.contains("resuming from"), "{msg}");
+    // Data parallelism from the command line: two devices (Flex holds the model, NdArray a replica).
+    let dp = tuwen()
+        .args(args(&[
+            "--overwrite",
+            "--device",
+            "flex",
+            "--device",
+            "ndarray",
+        ]))
+        .output()
+        .unwrap();
+    let msg = String::from_utf8_lossy(&dp.stderr);
+    assert!(
+        dp.status.success() && msg.contains("on 2 device(s)"),
+        "{msg}"
+    );
     // --overwrite deletes run directories only.
     let not_a_run = dir.path().join("precious");
     std::fs::create_dir_all(&not_a_run).unwrap();
