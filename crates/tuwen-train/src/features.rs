@@ -56,11 +56,6 @@ impl CnnRegionFeatures {
             cache: Mutex::new(HashMap::new()),
         }
     }
-
-    /// Scenes extracted so far.
-    pub fn cached(&self) -> usize {
-        self.cache.lock().map_or(0, |c| c.len())
-    }
 }
 
 impl RegionFeatures for CnnRegionFeatures {

@@ -56,8 +56,6 @@ pub struct Objectives {
     pub itm: LossOutput,
     /// ITM accuracy of the batch.
     pub itm_accuracy: f32,
-    /// ITM match probability per row (for retrieval re-ranking).
-    pub match_scores: Vec<f32>,
     /// Masked region classification (empty without region masking).
     pub region: LossOutput,
     /// Region classification accuracy at the masked regions.
@@ -340,7 +338,6 @@ impl PretrainModel {
             }
             _ => None,
         };
-        let match_scores = match_probabilities(itm_logits.clone(), polarity);
         let (itm, itm_accuracy) = itm_loss(itm_logits, &batch.itm, polarity);
         let (region, region_accuracy) = region.unwrap_or_else(|| (LossOutput::empty(&device), 0.0));
         let itc = match &self.itc {
@@ -369,7 +366,6 @@ impl PretrainModel {
             mlm,
             itm,
             itm_accuracy,
-            match_scores,
             region,
             region_accuracy,
             itc,
