@@ -441,9 +441,13 @@ fn a_diverging_run_skips_non_finite_steps_then_aborts_without_a_bad_checkpoint()
     let dir = tempfile::tempdir().unwrap();
     let err = run(&cfg, dir.path(), &[flex()], None, |_| {}).unwrap_err();
     assert!(err.contains("non-finite steps in a row"), "{err}");
-    // Whatever was saved holds finite weights only.
+    // The step-1 checkpoint (before the weights blew up) exists and holds finite weights only.
     let ckpt = dir.path().join("checkpoints/last");
-    if ckpt.is_dir() {
+    assert!(
+        ckpt.is_dir(),
+        "no checkpoint was written before the divergence"
+    );
+    {
         let loaded = tuwen_train::checkpoint::load::<_, tuwen_train::pretrain::RunState>(
             &dir.path().join("checkpoints"),
             "last",
