@@ -8,7 +8,12 @@
 //!   no arguments the default run (MLM + ITM on the built-in scenes, `configs/default.toml`).
 //! * `cargo xtask parity DIR [--device flex|ndarray|wgpu] [--tol 1e-4]` — numerical parity of a
 //!   tuwen model with reference outputs (see `tuwen parity`).
+//! * `cargo xtask tuwen ARGS` — any `tuwen` command (`tokenize`, `classify`, `extract-regions`,
+//!   ...), built by the same build as the tests: no second Burn build.
 //! * `cargo xtask bench`  — criterion benchmarks.
+//! * `cargo xtask fuzz [--cases N]` — the parser fuzz test (`crates/tuwen-fuzz/tests/fuzz.rs`)
+//!   with N cases per parser (default 100000; `cargo xtask test` runs it with 1000), and a table
+//!   of cases, rejections, panics, hangs and the slowest case per parser.
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -60,6 +65,21 @@ enum Task {
         #[arg(long, default_value = "1e-4")]
         tol: String,
     },
+    /// Run any `tuwen` command (built with the test suite's profile and features).
+    Tuwen {
+        /// Arguments for `tuwen`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Fuzz every file parser with mutated fixtures and print per-parser figures.
+    Fuzz {
+        /// Cases per parser.
+        #[arg(long, default_value_t = 100_000)]
+        cases: usize,
+        /// Extra arguments for the test binary (e.g. a parser name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Run the criterion benchmarks and print comparable numbers.
     Bench {
         /// Extra arguments for criterion (e.g. a benchmark name filter).
@@ -82,22 +102,17 @@ fn run(task: Task) -> Result<()> {
     match task {
         Task::Test { no_lint, args } => test(no_lint, &args),
         Task::Assets { home, only } => assets(home, &only),
-        Task::Train { args } => train(&args),
+        Task::Train { args } => tuwen("train", &args),
+        Task::Fuzz { cases, args } => fuzz(cases, &args),
+        Task::Tuwen { args } => match args.split_first() {
+            Some((command, rest)) => tuwen(command, rest),
+            None => tuwen("--help", &[]),
+        },
         Task::Parity { dir, device, tol } => {
             let dir = dir.to_string_lossy().into_owned();
-            cargo(
-                &[
-                    "run",
-                    "--quiet",
-                    "--package",
-                    "tuwen-cli",
-                    "--features",
-                    "flex,ndarray,wgpu",
-                    "--",
-                    "parity",
-                ],
+            tuwen(
+                "parity",
                 &[dir, "--device".into(), device, "--tol".into(), tol],
-                &[],
             )
         }
         // Benches are built in the test profile (dependencies at opt-level 3, see Cargo.toml), so
@@ -153,25 +168,109 @@ fn test(no_lint: bool, args: &[String]) -> Result<()> {
     )
 }
 
-/// Builds `tuwen` and runs `tuwen train ARGS` (no arguments: the default run).
+/// Runs the fuzz test with `cases` cases per parser, streaming its output, then prints the
+/// per-parser `FUZZ` summary lines as a table.
+fn fuzz(cases: usize, args: &[String]) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(&cargo);
+    cmd.args(["test", "--workspace", "--test", "fuzz", "--", "--nocapture"])
+        .args(args)
+        .env("TUWEN_FUZZ_CASES", cases.to_string())
+        .stdout(Stdio::piped());
+    eprintln!(
+        "$ TUWEN_FUZZ_CASES={cases} cargo test --workspace --test fuzz -- --nocapture {}",
+        args.join(" ")
+    );
+    let started = std::time::Instant::now();
+    let mut child = cmd.spawn().with_context(|| format!("cannot run {cargo}"))?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut rows: Vec<Vec<(String, String)>> = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading the test output")?;
+        println!("{line}");
+        // `FUZZ <parser> cases=.. rejected=.. ...` (tuwen_fuzz::Report::summary_line).
+        if let Some(rest) = line.strip_prefix("FUZZ ") {
+            let mut words = rest.split_whitespace();
+            let Some(parser) = words.next() else { continue };
+            let fields: Vec<(String, String)> = words
+                .filter_map(|w| w.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            if fields.first().is_some_and(|(k, _)| k == "cases") {
+                let mut row = vec![("parser".to_string(), parser.to_string())];
+                row.extend(fields);
+                rows.push(row);
+            }
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    let wall = started.elapsed();
+    let columns = [
+        ("parser", "parser"),
+        ("cases", "cases"),
+        ("rejected", "rejected"),
+        ("accepted", "accepted"),
+        ("panics", "panics"),
+        ("hangs", "hangs"),
+        ("empty_errors", "empty errors"),
+        ("huge_allocs", "huge allocs"),
+        ("max_case_ms", "max ms/case"),
+        ("total_s", "total s"),
+    ];
+    rows.sort_by(|a, b| a[0].1.cmp(&b[0].1));
+    let get = |row: &[(String, String)], key: &str| {
+        row.iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    println!();
+    println!(
+        "| {} |",
+        columns
+            .iter()
+            .map(|(_, h)| *h)
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    println!("|{}", "---|".repeat(columns.len()));
+    for row in &rows {
+        let cells: Vec<String> = columns.iter().map(|(k, _)| get(row, k)).collect();
+        println!("| {} |", cells.join(" | "));
+    }
+    println!(
+        "\n{} parsers, {cases} cases each, {:.1} min wall time (build included)",
+        rows.len(),
+        wall.as_secs_f64() / 60.0
+    );
+    if !status.success() {
+        bail!("the fuzz test failed ({status}); findings and seeds are listed above");
+    }
+    Ok(())
+}
+
+/// Builds `tuwen` and runs `tuwen COMMAND ARGS` (`train` with no arguments: the default run).
 ///
 /// The binary is built by `cargo test --workspace --no-run`: the same profile and the same
-/// unified dependency features as the test suite, so the README's two commands share one build
-/// (a separate `cargo build` of the CLI resolves other Burn features and recompiles Burn,
-/// 20+ minutes on a small machine).
-fn train(args: &[String]) -> Result<()> {
+/// unified dependency features as the test suite, so every README command shares one build
+/// (a separate `cargo build` / `cargo run -p tuwen-cli` resolves other Burn features and
+/// recompiles Burn, 20+ minutes on a small machine).
+fn tuwen(command: &str, args: &[String]) -> Result<()> {
     cargo(&["test", "--workspace", "--no-run", "--quiet"], &[], &[])?;
     let tuwen = target_dir()?
         .join("debug")
         .join(if cfg!(windows) { "tuwen.exe" } else { "tuwen" });
     let mut cmd = Command::new(&tuwen);
-    cmd.arg("train").args(args);
-    eprintln!("$ {} train {}", tuwen.display(), args.join(" "));
+    cmd.arg(command).args(args);
+    eprintln!("$ {} {command} {}", tuwen.display(), args.join(" "));
     let status = cmd
         .status()
         .with_context(|| format!("cannot run {}", tuwen.display()))?;
     if !status.success() {
-        bail!("`tuwen train` failed ({status})");
+        bail!("`tuwen {command}` failed ({status})");
     }
     Ok(())
 }

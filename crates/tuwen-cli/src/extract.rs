@@ -2,12 +2,13 @@
 //! image.
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
+use indicatif::{ProgressBar, ProgressStyle};
 use tuwen_regions::{BoxXyxy, ExtractorConfig, RegionExtractor, StoreDtype, StoreWriter};
 use tuwen_vision::{Backbone, load_rgb};
 
@@ -117,7 +118,16 @@ pub fn run(options: ExtractOptions<'_>) -> Result<ExtractSummary> {
     let mut summary = ExtractSummary::default();
     let start = Instant::now();
     let total = images.len();
-    let mut stderr = std::io::stderr().lock();
+    // A live bar on a terminal; otherwise a progress line every tenth of the images.
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let style = ProgressStyle::with_template(
+            "[{elapsed_precise}] {bar:30.cyan/blue} {pos}/{len}  {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        ProgressBar::new(total as u64).with_style(style)
+    });
+    let mut stderr = std::io::stderr();
     for (done, (id, path)) in images.iter().enumerate() {
         if writer.contains(id) {
             summary.already_stored += 1;
@@ -134,17 +144,34 @@ pub fn run(options: ExtractOptions<'_>) -> Result<ExtractSummary> {
                     summary.extracted += 1;
                 }
                 Err(e) => {
-                    writeln!(stderr, "\rwarning: skipping {e}")?;
+                    let warn = || writeln!(std::io::stderr(), "warning: skipping {e}");
+                    match &bar {
+                        Some(bar) => bar.suspend(warn)?,
+                        None => warn()?,
+                    }
                     summary.failed += 1;
                 }
             }
         }
-        progress(&mut stderr, done + 1, total, summary.extracted, start)?;
+        let message = rate_and_eta(done + 1, total, summary.extracted, start);
+        match &bar {
+            Some(bar) => {
+                bar.set_position(done as u64 + 1);
+                bar.set_message(message);
+            }
+            None if (done + 1) % total.div_ceil(10) == 0 || done + 1 == total => {
+                writeln!(stderr, "{}/{total}  {message}", done + 1)?;
+            }
+            None => {}
+        }
+    }
+    if let Some(bar) = bar {
+        bar.abandon();
     }
     writer.finish()?;
     writeln!(
         stderr,
-        "\n{} extracted, {} already in the store, {} failed -> {}",
+        "{} extracted, {} already in the store, {} failed -> {}",
         summary.extracted,
         summary.already_stored,
         summary.failed,
@@ -153,15 +180,8 @@ pub fn run(options: ExtractOptions<'_>) -> Result<ExtractSummary> {
     Ok(summary)
 }
 
-fn progress(
-    out: &mut impl Write,
-    done: usize,
-    total: usize,
-    extracted: usize,
-    start: Instant,
-) -> std::io::Result<()> {
-    const WIDTH: usize = 30;
-    let filled = done * WIDTH / total.max(1);
+/// `rate img/s  ETA s` after `done` of `total` images, `extracted` of them in this run.
+fn rate_and_eta(done: usize, total: usize, extracted: usize, start: Instant) -> String {
     let secs = start.elapsed().as_secs_f64().max(1e-9);
     let rate = extracted as f64 / secs;
     let eta = if rate > 0.0 {
@@ -169,11 +189,5 @@ fn progress(
     } else {
         0.0
     };
-    write!(
-        out,
-        "\r[{}{}] {done}/{total}  {rate:.2} img/s  ETA {eta:.0}s ",
-        "#".repeat(filled),
-        ".".repeat(WIDTH - filled)
-    )?;
-    out.flush()
+    format!("{rate:.2} img/s  ETA {eta:.0}s")
 }

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use tuwen_cli::{device, extract, parity, train};
-use tuwen_regions::{ExtractorConfig, StoreDtype};
+use tuwen_cli::device::{BackboneName, DeviceName, DtypeName};
+use tuwen_cli::{extract, parity, train};
+use tuwen_regions::ExtractorConfig;
 use tuwen_tokenizer::{BertTokenizer, TokenizerOptions};
 use tuwen_vision::{Backbone, Preprocess, imagenet_classes, top_k};
 
@@ -49,15 +50,15 @@ enum Command {
     ///
     /// Without --weights, the torchvision ImageNet MobileNetV2 from `cargo xtask assets` is used.
     Classify {
-        /// Backbone: mobilenet_v2, resnet18, resnet34, resnet50, resnet101.
-        #[arg(long, default_value = "mobilenet_v2")]
-        backbone: String,
+        /// Backbone.
+        #[arg(long, value_enum, default_value_t = BackboneName::MobileNetV2)]
+        backbone: BackboneName,
         /// A torchvision ImageNet state dict converted to safetensors.
         #[arg(long)]
         weights: Option<PathBuf>,
-        /// Backend: flex, ndarray, wgpu, cuda (those compiled in).
-        #[arg(long, default_value = "flex")]
-        device: String,
+        /// Backend (those compiled in).
+        #[arg(long, value_enum, default_value_t = DeviceName::Flex)]
+        device: DeviceName,
         /// JPEG/PNG files.
         #[arg(required = true)]
         images: Vec<PathBuf>,
@@ -71,9 +72,9 @@ enum Command {
         /// The store directory (created or resumed).
         #[arg(long)]
         out: PathBuf,
-        /// Backbone: mobilenet_v2, resnet18, resnet34, resnet50, resnet101.
-        #[arg(long, default_value = "mobilenet_v2")]
-        backbone: String,
+        /// Backbone.
+        #[arg(long, value_enum, default_value_t = BackboneName::MobileNetV2)]
+        backbone: BackboneName,
         /// torchvision ImageNet weights (safetensors); default: the MobileNetV2 asset.
         #[arg(long)]
         weights: Option<PathBuf>,
@@ -83,17 +84,17 @@ enum Command {
         /// Regions per image.
         #[arg(long, default_value_t = 36)]
         max_regions: usize,
-        /// Store precision: f16 or f32.
-        #[arg(long, default_value = "f16")]
-        dtype: String,
-        /// Backend: flex, ndarray, wgpu, cuda (those compiled in).
-        #[arg(long, default_value = "flex")]
-        device: String,
+        /// Store precision.
+        #[arg(long, value_enum, default_value_t = DtypeName::F16)]
+        dtype: DtypeName,
+        /// Backend (those compiled in).
+        #[arg(long, value_enum, default_value_t = DeviceName::Flex)]
+        device: DeviceName,
     },
     /// Pretrain a vision-language model on the built-in scenes (see configs/ for the settings).
     ///
     /// Without --config, the default run (configs/default.toml). Outputs go to the run
-    /// directory: config.toml (resolved), vocab.txt, metrics.jsonl, train.svg / eval.svg,
+    /// directory: config.toml (resolved), vocab.txt, metrics.jsonl, train/eval/test plots (SVG + PNG),
     /// checkpoints/last and checkpoints/best.
     Train {
         /// TOML configuration; keys left out take the default run's values.
@@ -111,19 +112,19 @@ enum Command {
         /// Override run.steps.
         #[arg(long)]
         steps: Option<usize>,
-        /// Backend(s): flex, ndarray, wgpu, cuda (those compiled in). Several = data parallelism
-        /// (the batch is split across them; the first holds the model).
-        #[arg(long, default_value = "flex")]
-        device: Vec<String>,
+        /// Backend(s) (those compiled in). Several = data parallelism (the batch is split
+        /// across them; the first holds the model).
+        #[arg(long, value_enum, default_values_t = [DeviceName::Flex])]
+        device: Vec<DeviceName>,
     },
     /// Compare a model with reference outputs stored in a fixture directory
     /// (config.json, model.safetensors, inputs.safetensors, expected.safetensors).
     Parity {
         /// The fixture directory.
         dir: PathBuf,
-        /// Backend: flex, ndarray, wgpu, cuda (those compiled in).
-        #[arg(long, default_value = "flex")]
-        device: String,
+        /// Backend (those compiled in).
+        #[arg(long, value_enum, default_value_t = DeviceName::Flex)]
+        device: DeviceName,
         /// Maximum absolute difference allowed per output.
         #[arg(long, default_value_t = 1e-4)]
         tol: f32,
@@ -175,9 +176,9 @@ fn run(cli: Cli) -> Result<()> {
             device,
             images,
         } => {
-            let device = device::parse(&device)?;
-            let weights = default_weights(&backbone, weights)?;
-            let model = Backbone::from_torchvision(&backbone, &weights, 1000, &device)?;
+            let device = device.open()?;
+            let weights = default_weights(backbone, weights)?;
+            let model = Backbone::from_torchvision(backbone.as_str(), &weights, 1000, &device)?;
             let classes = imagenet_classes();
             let preprocess = Preprocess::default();
             let mut out = std::io::stdout().lock();
@@ -201,19 +202,14 @@ fn run(cli: Cli) -> Result<()> {
             dtype,
             device,
         } => {
-            let device = device::parse(&device)?;
-            let weights = default_weights(&backbone, weights)?;
-            let dtype = match dtype.as_str() {
-                "f16" => StoreDtype::F16,
-                "f32" => StoreDtype::F32,
-                other => anyhow::bail!("--dtype {other}: expected f16 or f32"),
-            };
+            let device = device.open()?;
+            let weights = default_weights(backbone, weights)?;
             let options = extract::ExtractOptions {
                 images: &images,
                 out: &out,
-                backbone: Backbone::from_torchvision(&backbone, &weights, 1000, &device)?,
+                backbone: Backbone::from_torchvision(backbone.as_str(), &weights, 1000, &device)?,
                 boxes: boxes.as_deref().map(extract::read_boxes).transpose()?,
-                dtype,
+                dtype: dtype.into(),
                 config: ExtractorConfig {
                     max_regions,
                     ..ExtractorConfig::default()
@@ -233,7 +229,7 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let devices = device
                 .iter()
-                .map(|d| device::parse(d))
+                .map(|d| d.open())
                 .collect::<Result<Vec<_>>>()?;
             let args = train::TrainArgs {
                 config,
@@ -251,7 +247,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Parity { dir, device, tol } => {
-            let device = device::parse(&device)?;
+            let device = device.open()?;
             let report = parity::run(&dir, &device, tol)
                 .with_context(|| format!("parity fixture {}", dir.display()))?;
             println!("{report}");
@@ -262,7 +258,8 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 /// `--weights`, or the bundled ImageNet MobileNetV2 from the assets.
-fn default_weights(backbone: &str, weights: Option<PathBuf>) -> Result<PathBuf> {
+fn default_weights(backbone: BackboneName, weights: Option<PathBuf>) -> Result<PathBuf> {
+    let backbone = backbone.as_str();
     match weights {
         Some(w) => Ok(w),
         None if backbone == "mobilenet_v2" => {

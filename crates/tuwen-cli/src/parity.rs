@@ -25,6 +25,7 @@ use tuwen_objectives::itm::{MatchLabel, Polarity, itm_loss};
 use tuwen_objectives::mlm::{IGNORE, mlm_loss};
 use tuwen_regions::RoiAlign;
 use tuwen_vision::Backbone;
+use tuwen_weights::compare::{self, NonFinite};
 
 /// One compared output.
 #[derive(Clone, Debug)]
@@ -47,11 +48,14 @@ pub struct ParityReport {
 }
 
 impl ParityReport {
-    /// Whether every output was produced, had the right shape and is within tolerance.
+    /// Whether there was at least one expected output, and every one was produced, had the
+    /// right shape, could be read and is within tolerance (a NaN or infinity never is).
     pub fn passed(&self) -> bool {
-        self.comparisons
-            .iter()
-            .all(|c| matches!(c.result, Ok(d) if d <= self.tolerance))
+        !self.comparisons.is_empty()
+            && self
+                .comparisons
+                .iter()
+                .all(|c| matches!(c.result, Ok(d) if d <= self.tolerance))
     }
 }
 
@@ -204,18 +208,22 @@ pub fn run(dir: &Path, device: &Device, tolerance: f32) -> Result<ParityReport> 
             config_path.display()
         ),
     };
-    let expected = read_tensors(&dir.join("expected.safetensors"))?;
+    let expected_path = dir.join("expected.safetensors");
+    let expected = read_tensors(&expected_path)?;
+    if expected.is_empty() {
+        bail!(
+            "{}: no expected outputs, nothing to compare",
+            expected_path.display()
+        );
+    }
     let comparisons = expected
         .into_iter()
         .map(|(name, want)| {
             let result = match outputs.get(name.as_str()) {
                 None => Err(format!("{architecture} does not produce this output")),
-                Some(got) if got.shape() != want.shape() => Err(format!(
-                    "shape {:?}, expected {:?}",
-                    got.shape().to_vec(),
-                    want.shape().to_vec()
-                )),
-                Some(got) => Ok(max_abs_diff(got, &want)),
+                Some(got) => compare::tensor_data(got, &want, NonFinite::Reject)
+                    .map(|d| d.max_abs)
+                    .map_err(|e| e.to_string()),
             };
             Comparison { name, result }
         })
@@ -225,21 +233,6 @@ pub fn run(dir: &Path, device: &Device, tolerance: f32) -> Result<ParityReport> 
         tolerance,
         comparisons,
     })
-}
-
-fn max_abs_diff(a: &TensorData, b: &TensorData) -> f32 {
-    let a = a.clone().try_into_vec_as::<f32>().unwrap_or_default();
-    let b = b.clone().try_into_vec_as::<f32>().unwrap_or_default();
-    a.iter()
-        .zip(&b)
-        .map(|(x, y)| {
-            if x.is_nan() || y.is_nan() {
-                f32::INFINITY
-            } else {
-                (x - y).abs()
-            }
-        })
-        .fold(0.0, f32::max)
 }
 
 fn bert_model(config: &Path, weights: &Path, inputs: &Inputs, device: &Device) -> Result<Outputs> {

@@ -1,11 +1,12 @@
-//! `tuwen train`: a pretraining run from a TOML configuration, with a progress bar and a final
-//! summary table.
+//! `tuwen train`: a pretraining run from a TOML configuration, with a progress bar (`indicatif`,
+//! on a terminal; one line per report otherwise) and a final summary table.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
+use indicatif::{ProgressBar, ProgressStyle};
 use tuwen_train::config::TrainConfig;
 use tuwen_train::pretrain::{self, EvalMetrics, Event, StepReport, Summary};
 
@@ -79,7 +80,6 @@ pub fn train(
     err: &mut impl Write,
 ) -> Result<Summary> {
     let (config, dir) = resolve(args)?;
-    let tty = std::io::stderr().is_terminal();
     writeln!(
         err,
         "training {} on {} device(s) into {}",
@@ -87,27 +87,32 @@ pub fn train(
         devices.len(),
         dir.display()
     )?;
-    let mut last_line_open = false;
-    let summary = pretrain::run(&config, &dir, devices, None, |event| {
-        let _ = match event {
-            Event::Note(note) => writeln!(err, "{}{note}", newline(&mut last_line_open)),
-            Event::Step(report) => {
-                let bar = progress_line(&report);
-                if tty {
-                    last_line_open = true;
-                    write!(err, "\r{bar}\x1b[K")
-                } else {
-                    writeln!(err, "{bar}")
+    // A live bar only on a terminal; otherwise (logs, captured output) one line per report.
+    let bar = std::io::stderr()
+        .is_terminal()
+        .then(|| progress_bar(config.run.steps));
+    // The first failed write to `err` (a closed pipe, a full disk): the run goes on (its
+    // checkpoints and metrics are on disk) and the command then fails with it.
+    let mut write_error: Option<std::io::Error> = None;
+    let result = pretrain::run(&config, &dir, devices, None, |event| {
+        let line = match event {
+            Event::Note(note) => Some(note),
+            Event::Step(report) => match &bar {
+                Some(bar) => {
+                    bar.set_length(report.steps as u64);
+                    bar.set_position(report.step as u64);
+                    bar.set_prefix(speed(&report));
+                    bar.set_message(losses(&report));
+                    None
                 }
-            }
+                None => Some(progress_line(&report)),
+            },
             Event::Eval {
                 step,
                 metrics,
                 best,
-            } => writeln!(
-                err,
-                "{}eval @ {step}: ITM acc {:.3}  MLM acc {:.3}  colour/shape MLM acc {:.3}{}{}{}{}",
-                newline(&mut last_line_open),
+            } => Some(format!(
+                "eval @ {step}: ITM acc {:.3}  MLM acc {:.3}  colour/shape MLM acc {:.3}{}{}{}{}",
                 metrics.itm_accuracy,
                 metrics.mlm_accuracy,
                 metrics.mlm_color_shape_accuracy,
@@ -130,21 +135,35 @@ pub fn train(
                     String::new()
                 },
                 if best { "  (best)" } else { "" }
-            ),
+            )),
         };
-        let _ = err.flush();
-    })
-    .map_err(anyhow::Error::msg)
-    .with_context(|| format!("training run in {}", dir.display()))?;
-    if last_line_open {
-        writeln!(err)?;
+        if let Some(line) = line {
+            // Above the bar: it is cleared, the line written, the bar redrawn below it.
+            let written = match &bar {
+                Some(bar) => bar.suspend(|| writeln!(err, "{line}")),
+                None => writeln!(err, "{line}"),
+            }
+            .and_then(|()| err.flush());
+            if let Err(e) = written {
+                write_error.get_or_insert(e);
+            }
+        }
+    });
+    if let Some(bar) = bar {
+        // Left on screen as the run's last progress line (also when the run failed).
+        bar.abandon();
+    }
+    let summary = result
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("training run in {}", dir.display()))?;
+    if let Some(e) = write_error {
+        return Err(anyhow::Error::new(e).context(format!(
+            "cannot write training progress (the run in {} finished)",
+            dir.display()
+        )));
     }
     write!(out, "{}", summary_table(&config, &summary))?;
     Ok(summary)
-}
-
-fn newline(open: &mut bool) -> &'static str {
-    if std::mem::take(open) { "\n" } else { "" }
 }
 
 fn architecture(config: &TrainConfig) -> String {
@@ -161,20 +180,31 @@ fn architecture(config: &TrainConfig) -> String {
     }
 }
 
-/// `[#####.....] step/steps  losses  throughput  ETA`.
+/// The terminal progress bar (`indicatif`): bar, step/steps, [`speed`], then [`losses`] cut to
+/// the terminal's width (so the bar never wraps).
+fn progress_bar(steps: usize) -> ProgressBar {
+    let style =
+        ProgressStyle::with_template("{bar:20.cyan/blue} {pos:>6}/{len}  {prefix}  {wide_msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+    ProgressBar::new(steps as u64).with_style(style)
+}
+
+/// The line printed per report when stderr is not a terminal:
+/// `step step/steps  losses  throughput  ETA`.
 pub fn progress_line(r: &StepReport) -> String {
-    let width = 24;
-    let filled = (r.step * width / r.steps.max(1)).min(width);
-    let eta = r.eta_seconds.round() as u64;
-    let mut line = format!(
-        "[{}{}] {:>6}/{}  mlm {:.3}  itm {:.3}",
-        "#".repeat(filled),
-        ".".repeat(width - filled),
+    format!(
+        "step {:>6}/{}  {}  {}",
         r.step,
         r.steps,
-        r.mlm,
-        r.itm
-    );
+        losses(r),
+        speed(r)
+    )
+}
+
+/// `mlm 2.345  itm 0.693 ...` (and the non-finite steps skipped so far, if any).
+fn losses(r: &StepReport) -> String {
+    let mut line = format!("mlm {:.3}  itm {:.3}", r.mlm, r.itm);
     if r.region > 0.0 {
         line.push_str(&format!("  region {:.3}", r.region));
     }
@@ -184,22 +214,28 @@ pub fn progress_line(r: &StepReport) -> String {
     if r.vqa > 0.0 {
         line.push_str(&format!("  vqa {:.3}", r.vqa));
     }
-    line.push_str(&format!(
-        "  {:.1} scenes/s  ETA {}m{:02}s",
-        r.scenes_per_second,
-        eta / 60,
-        eta % 60
-    ));
     if r.skipped > 0 {
         line.push_str(&format!("  ({} non-finite steps skipped)", r.skipped));
     }
     line
 }
 
+/// `321.0 scenes/s  ETA 1m05s`.
+fn speed(r: &StepReport) -> String {
+    let eta = r.eta_seconds.round() as u64;
+    format!(
+        "{:.1} scenes/s  ETA {}m{:02}s",
+        r.scenes_per_second,
+        eta / 60,
+        eta % 60
+    )
+}
+
 /// Reads one metric.
 type Metric = fn(&EvalMetrics) -> f32;
 
-/// The final table: held-out metrics at the end and at the best checkpoint.
+/// The final table: validation metrics at the end and at the best checkpoint, and the test
+/// split's metrics of the selected model (when the run reached its last step).
 pub fn summary_table(config: &TrainConfig, s: &Summary) -> String {
     let best = s.best.map(|(_, m)| m).unwrap_or_default();
     let best_step = s.best.map_or("-".to_string(), |(step, _)| step.to_string());
@@ -238,18 +274,26 @@ pub fn summary_table(config: &TrainConfig, s: &Summary) -> String {
         s.seconds,
         s.dir.display()
     ));
+    let test_header = s
+        .test
+        .map_or(String::new(), |(step, _)| format!("test @ {step}"));
     t.push_str(&format!(
-        "{:<34} {:>8} {:>14}\n",
+        "{:<34} {:>8} {:>14} {:>12}\n",
         "held-out metric",
-        "final",
-        format!("best @ {best_step}")
+        "val final",
+        format!("val best @ {best_step}"),
+        test_header
     ));
     for (name, get) in rows {
+        let test = s
+            .test
+            .map_or(String::new(), |(_, m)| format!("{:.3}", get(&m)));
         t.push_str(&format!(
-            "{:<34} {:>8.3} {:>14.3}\n",
+            "{:<34} {:>8.3} {:>14.3} {:>12}\n",
             name,
             get(&s.eval),
-            get(&best)
+            get(&best),
+            test
         ));
     }
     t

@@ -189,7 +189,12 @@ fn train_runs_a_config_prints_the_summary_and_guards_the_run_directory() {
         stderr.contains("eval @ 2") && stderr.contains("eval @ 4"),
         "{stderr}"
     );
-    for row in ["ITM accuracy", "MLM accuracy, colour/shape words", "best @"] {
+    for row in [
+        "ITM accuracy",
+        "MLM accuracy, colour/shape words",
+        "best @",
+        "test @",
+    ] {
         assert!(stdout.contains(row), "{row} missing from\n{stdout}");
     }
     assert!(run_dir.join("config.toml").is_file() && run_dir.join("checkpoints/best").is_dir());
@@ -252,5 +257,33 @@ fn train_runs_a_config_prints_the_summary_and_guards_the_run_directory() {
     assert!(
         !bad.status.success() && msg.contains("tiny.toml") && msg.contains("stepz"),
         "{msg}"
+    );
+}
+
+/// Every command the README shows runs from the one build the tests use: `cargo run -p`,
+/// `cargo build -p` or `--release` would resolve other Burn features and build Burn again
+/// (20+ minutes on a small machine).
+#[test]
+fn readme_commands_need_no_second_build() {
+    let readme = std::fs::read_to_string(tuwen_testkit::package_path("../../README.md")).unwrap();
+    let offending: Vec<&str> = readme
+        .lines()
+        .filter(|l| {
+            let l = l.trim_start();
+            l.starts_with("cargo ")
+                && (l.contains(" -p ")
+                    || l.contains("--package")
+                    || l.contains("--release")
+                    || l.starts_with("cargo build")
+                    || l.starts_with("cargo run"))
+        })
+        .collect();
+    assert!(
+        offending.is_empty(),
+        "README commands that build Burn again: {offending:?}"
+    );
+    assert!(
+        readme.contains("cargo xtask tuwen "),
+        "README shows `cargo xtask tuwen`"
     );
 }

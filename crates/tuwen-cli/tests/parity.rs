@@ -12,13 +12,22 @@ fn fixtures_dir() -> PathBuf {
     tuwen_testkit::package_path("tests/fixtures/parity")
 }
 
+/// Every directory under the fixtures directory: each must be a fixture (a directory without
+/// `config.json` fails the test instead of being skipped).
 fn fixtures() -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(fixtures_dir())
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.join("config.json").is_file())
+        .filter(|p| p.is_dir())
         .collect();
     dirs.sort();
+    for dir in &dirs {
+        assert!(
+            dir.join("config.json").is_file(),
+            "{} is not a parity fixture (no config.json)",
+            dir.display()
+        );
+    }
     dirs
 }
 
@@ -26,8 +35,8 @@ fn fixtures() -> Vec<PathBuf> {
 fn every_fixture_passes_on_every_backend() {
     let fixtures = fixtures();
     assert!(
-        fixtures.len() >= 2,
-        "fixtures missing from {}",
+        !fixtures.is_empty(),
+        "no fixtures in {}",
         fixtures_dir().display()
     );
     let mut failures = Vec::new();
@@ -157,4 +166,44 @@ fn unknown_architecture_is_refused() {
     std::fs::write(&config, text).unwrap();
     let err = parity::run(dir.path(), &tuwen_testkit::flex(), TOL).unwrap_err();
     assert!(format!("{err:#}").contains("GPT2Model"), "{err:#}");
+}
+
+#[test]
+fn an_empty_expected_file_is_an_error() {
+    let dir = scratch_copy("bert_tiny");
+    rewrite_safetensors(&dir.path().join("expected.safetensors"), |t| t.clear());
+    let err = parity::run(dir.path(), &tuwen_testkit::flex(), TOL).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("expected.safetensors") && msg.contains("nothing to compare"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_nan_expected_output_fails() {
+    let dir = scratch_copy("bert_tiny");
+    rewrite_safetensors(&dir.path().join("expected.safetensors"), |t| {
+        let pooled = t.iter_mut().find(|(n, ..)| n == "pooler_output").unwrap();
+        for chunk in pooled.3.chunks_exact_mut(4) {
+            chunk.copy_from_slice(&f32::NAN.to_le_bytes());
+        }
+    });
+    let report = parity::run(dir.path(), &tuwen_testkit::flex(), TOL).unwrap();
+    assert!(!report.passed(), "{report}");
+}
+
+#[test]
+fn an_expected_output_that_cannot_be_read_fails() {
+    let dir = scratch_copy("bert_tiny");
+    rewrite_safetensors(&dir.path().join("expected.safetensors"), |t| {
+        let pooled = t.iter_mut().find(|(n, ..)| n == "pooler_output").unwrap();
+        // Same byte count, a dtype that has no f32 reading.
+        pooled.1 = safetensors::Dtype::BOOL;
+        pooled.2 = vec![pooled.3.len()];
+    });
+    match parity::run(dir.path(), &tuwen_testkit::flex(), TOL) {
+        Ok(report) => assert!(!report.passed(), "{report}"),
+        Err(e) => assert!(format!("{e:#}").contains("expected.safetensors"), "{e:#}"),
+    }
 }

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use tuwen_regions::BoxXyxy;
 
+use crate::scene::Split;
+
 /// Errors of the loaders.
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
@@ -52,7 +54,8 @@ pub struct CaptionRecord {
     pub image: String,
     /// The caption.
     pub caption: String,
-    /// Split, when the source has one (`train`, `val`, `test`, `restval`).
+    /// Split, when the source has one (Karpathy: `train`, `val`, `test`, `restval`; see
+    /// [`karpathy_split`]).
     pub split: Option<String>,
 }
 
@@ -196,16 +199,19 @@ struct Karpathy {
 }
 
 /// Karpathy split JSON (`dataset_flickr30k.json`, `dataset_coco.json`): one record per sentence,
-/// with the split (`train`, `val`, `test`, `restval`).
+/// with the split (`train`, `val`, `test`, `restval`; see [`karpathy_split`]). The image is
+/// `filepath/filename` when the file has a `filepath` (COCO: `val2014/COCO_val2014_...jpg`), else
+/// `filename` (Flickr30k: `1000092795.jpg`); the image id is the COCO id when present, else
+/// `imgid`.
 pub fn karpathy(path: &Path) -> Result<Vec<CaptionRecord>, FormatError> {
     let data: Karpathy = read_json(path)?;
     Ok(data
         .images
         .into_iter()
         .flat_map(|img| {
-            let image = match &img.filepath {
-                Some(dir) => format!("{dir}/{}", img.filename),
-                None => img.filename.clone(),
+            let image = match img.filepath.as_deref().map(|d| d.trim_end_matches('/')) {
+                Some(dir) if !dir.is_empty() => format!("{dir}/{}", img.filename),
+                _ => img.filename.clone(),
             };
             let image_id = id_string(img.cocoid.as_ref().unwrap_or(&img.imgid));
             let split = img.split.clone();
@@ -217,6 +223,18 @@ pub fn karpathy(path: &Path) -> Result<Vec<CaptionRecord>, FormatError> {
             })
         })
         .collect())
+}
+
+/// The split a Karpathy `split` value names: `train` and `restval` (the COCO validation images
+/// Karpathy moved to training) are [`Split::Train`], `val` is [`Split::Validation`], `test` is
+/// [`Split::Test`]; anything else is `None`.
+pub fn karpathy_split(name: &str) -> Option<Split> {
+    match name {
+        "train" | "restval" => Some(Split::Train),
+        "val" => Some(Split::Validation),
+        "test" => Some(Split::Test),
+        _ => None,
+    }
 }
 
 /// Conceptual-Captions-style TSV: `caption<TAB>image` per line (image: URL or path), the image

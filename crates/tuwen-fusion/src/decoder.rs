@@ -188,13 +188,14 @@ impl CaptionDecoder {
             let input = Tensor::<2, Int>::from_data(TensorData::new(flat, [b, t]), &device);
             let logits = self.forward(input, encoder.clone(), None);
             let [_, _, v] = logits.dims();
-            let next: Vec<i64> = logits
-                .narrow(1, t - 1, 1)
-                .reshape([b, v])
-                .argmax(1)
-                .into_data()
-                .try_into_vec_as()
-                .unwrap_or_default();
+            let next: Vec<i64> = tuwen_weights::host::computed(
+                logits
+                    .narrow(1, t - 1, 1)
+                    .reshape([b, v])
+                    .argmax(1)
+                    .into_data(),
+                "next-token predictions",
+            );
             for (row, &id) in next.iter().enumerate() {
                 let id = if done[row] { eos } else { id };
                 done[row] |= id == eos;

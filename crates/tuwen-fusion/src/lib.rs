@@ -14,6 +14,7 @@
 //! * [`decoder`] — a Transformer caption decoder over fused encoder states (T5-style Seq2Seq),
 //!   with tied output projection and greedy generation.
 //! * [`heads`] — pretraining heads (MLM with a decoder tied to the word embeddings, pair heads).
+//! * [`init`] — HF BERT's weight initialisation for models trained from scratch.
 //! * [`mask`] — attention masks as values (HF convention in, additive bias out).
 //! * [`blocks`] — the Transformer pieces shared by all encoders.
 //! * [`weights`] — strict checkpoint loading: every missing, unused or mis-shaped tensor is an error.
@@ -24,6 +25,7 @@ pub mod blocks;
 pub mod cross;
 pub mod decoder;
 pub mod heads;
+pub mod init;
 mod input;
 pub mod lxmert;
 pub mod mask;

@@ -17,7 +17,8 @@ pub struct ItcConfig {
     pub embed_dim: usize,
     /// Initial temperature.
     pub temperature: f32,
-    /// The temperature is clamped to `[min, max]` in every forward pass.
+    /// The temperature is kept in `[min, max]` by [`ItcHead::clamp_temperature`] after every
+    /// optimiser step (ALBEF's `temp.clamp_` under `no_grad`).
     pub temperature_range: (f32, f32),
 }
 
@@ -38,7 +39,8 @@ pub struct ItcHead {
     pub image_proj: Linear,
     /// Text pooled vector -> shared space.
     pub text_proj: Linear,
-    /// Learnable temperature (clamped when used).
+    /// Learnable temperature, used as is; the trainer clamps the parameter itself after each
+    /// step ([`ItcHead::clamp_temperature`]) and exempts it from weight decay.
     pub temperature: Param<Tensor<1>>,
     #[module(skip)]
     range: (f32, f32),
@@ -65,9 +67,22 @@ impl ItcHead {
         }
     }
 
-    /// The temperature in use (after clamping).
+    /// The temperature in use: the parameter itself. (A clamp inside the graph would zero its
+    /// gradient outside the range, where it could then never move back.)
     pub fn temperature(&self) -> Tensor<1> {
-        self.temperature.val().clamp(self.range.0, self.range.1)
+        self.temperature.val()
+    }
+
+    /// The head with its temperature parameter clamped into the configured range, outside the
+    /// graph (a new leaf; ALBEF clamps `temp` in place under `torch.no_grad()` after each step).
+    pub fn clamp_temperature(mut self) -> Self {
+        let (lo, hi) = self.range;
+        self.temperature = self.temperature.map(|t| {
+            let tracked = t.is_require_grad();
+            let t = t.clamp(lo, hi).detach();
+            if tracked { t.require_grad() } else { t }
+        });
+        self
     }
 
     /// Loss over a batch of matched pairs: image `i` goes with caption `i`.

@@ -86,10 +86,8 @@ pub fn hard_negatives(similarity: Tensor<2>, rng: &mut impl Rng) -> Option<Vec<u
     if b < 2 {
         return None;
     }
-    let probs: Vec<f32> = softmax(similarity, 1)
-        .into_data()
-        .try_into_vec_as()
-        .unwrap_or_default();
+    let probs: Vec<f32> =
+        tuwen_weights::host::computed(softmax(similarity, 1).into_data(), "ITC similarities");
     Some(
         (0..b)
             .map(|i| {

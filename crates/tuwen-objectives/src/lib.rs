@@ -71,12 +71,8 @@ pub(crate) fn cross_entropy(
     smoothing: Option<f32>,
 ) -> (LossOutput, Vec<i64>, f32) {
     let device = logits.device();
-    let predictions: Vec<i64> = logits
-        .clone()
-        .argmax(1)
-        .into_data()
-        .try_into_vec_as()
-        .unwrap_or_default();
+    let predictions: Vec<i64> =
+        tuwen_weights::host::computed(logits.clone().argmax(1).into_data(), "argmax predictions");
     let correct = predictions
         .iter()
         .zip(&targets)

@@ -169,7 +169,7 @@ fn mlm_loss_at_gathered_positions_equals_the_full_projection_reference() {
 }
 
 #[test]
-fn itc_is_symmetric_infonce_with_a_clamped_temperature() {
+fn itc_is_symmetric_infonce_with_a_learned_temperature() {
     let device = flex().autodiff();
     let head = ItcHead::new(
         6,
@@ -206,9 +206,44 @@ fn itc_is_symmetric_infonce_with_a_clamped_temperature() {
 
     let mut hot = ItcHead::new(6, 4, &ItcConfig::default(), &flex());
     hot.temperature = burn::module::Param::from_tensor(Tensor::from_floats([5.0], &flex()));
+    let hot = hot.clamp_temperature();
     assert_eq!(hot.temperature().into_scalar::<f32>(), 0.5);
     let single = hot.forward(Tensor::ones([1, 6], &flex()), Tensor::ones([1, 4], &flex()));
     assert!(single.loss.empty, "one pair has no negative");
+}
+
+/// Outside the clamp range the temperature still gets a gradient (a clamp inside the graph
+/// zeroed it, so a temperature that left the range was stuck there), and clamping the parameter
+/// after a step brings it back.
+#[test]
+fn itc_temperature_outside_its_range_still_learns_and_is_clamped_after_the_step() {
+    let device = flex().autodiff();
+    let mut head = ItcHead::new(6, 4, &ItcConfig::default(), &device);
+    head.temperature = burn::module::Param::from_tensor(Tensor::from_floats([0.9], &device));
+    let image = Tensor::<2>::random(
+        [4, 6],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let text = Tensor::<2>::random(
+        [4, 4],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let grads = head.forward(image, text).loss.loss.backward();
+    let g = head
+        .temperature
+        .val()
+        .grad(&grads)
+        .expect("temperature gradient")
+        .into_scalar::<f32>();
+    assert!(g != 0.0 && g.is_finite(), "temperature gradient {g}");
+    let clamped = head.clamp_temperature();
+    assert_eq!(clamped.temperature().into_scalar::<f32>(), 0.5);
+    assert!(
+        clamped.temperature.val().is_require_grad(),
+        "still a trainable leaf"
+    );
 }
 
 #[test]

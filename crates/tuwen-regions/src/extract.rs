@@ -154,14 +154,12 @@ impl RegionExtractor {
         let [k, c, _, _] = pooled.dims();
         let probs = softmax(self.backbone.classify(pooled.clone()), 1);
         let classes = probs.dims()[1];
-        let vectors: Vec<f32> = pooled
-            .mean_dim(3)
-            .mean_dim(2)
-            .reshape([k, c])
-            .into_data()
-            .try_into_vec_as()
-            .unwrap_or_default();
-        let probs: Vec<f32> = probs.into_data().try_into_vec_as().unwrap_or_default();
+        let vectors: Vec<f32> = tuwen_weights::host::computed(
+            pooled.mean_dim(3).mean_dim(2).reshape([k, c]).into_data(),
+            "region features",
+        );
+        let probs: Vec<f32> =
+            tuwen_weights::host::computed(probs.into_data(), "class probabilities");
         let scores: Vec<f32> = probs
             .chunks_exact(classes)
             .map(|row| row.iter().copied().fold(0.0, f32::max))

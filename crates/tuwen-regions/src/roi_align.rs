@@ -33,6 +33,9 @@ pub enum RoiAlignError {
     /// A box coordinate is NaN or infinite.
     #[error("box {0} has a non-finite coordinate")]
     NonFinite(usize),
+    /// The boxes' values cannot be read (a dtype without an f32 reading).
+    #[error("boxes: {0}")]
+    Read(#[from] tuwen_weights::host::ReadBackError),
 }
 
 /// RoIAlign parameters, as `torchvision.ops.roi_align`.
@@ -60,10 +63,7 @@ impl RoiAlign {
         if dims[1] != 5 {
             return Err(RoiAlignError::BoxShape(dims.to_vec()));
         }
-        let rows: Vec<f32> = boxes
-            .into_data()
-            .try_into_vec_as::<f32>()
-            .unwrap_or_default();
+        let rows: Vec<f32> = tuwen_weights::host::values(boxes.into_data(), "boxes")?;
         let rows: Vec<[f32; 5]> = rows
             .chunks_exact(5)
             .map(|r| [r[0], r[1], r[2], r[3], r[4]])

@@ -10,15 +10,24 @@
 //!
 //! Shards are written to a temporary name and renamed, and index lines are appended only after
 //! their shard is in place, so a crash never leaves an index entry without data; a resumed
-//! writer skips every image already in the index.
+//! writer skips every image already in the index. A crash in the middle of an index append can
+//! leave a torn last line (partial JSON, no trailing newline): readers and resumed writers keep
+//! every complete record before it and report what they dropped ([`Recovered`]); the writer
+//! truncates the torn tail before appending.
+//!
+//! One writer at a time: [`StoreWriter::open`] takes an exclusive OS lock on `DIR/.lock` (released
+//! when the writer is dropped or finished, and by the OS if the process dies), so a second writer
+//! fails instead of overwriting the first one's shards. Readers take no lock.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::fmt;
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use burn::tensor::f16;
+use safetensors::tensor::Metadata;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
@@ -47,6 +56,17 @@ pub enum StoreError {
     /// The image is not in the store.
     #[error("image {0:?} is not in the store")]
     Missing(String),
+    /// Another writer holds the store's lock.
+    #[error(
+        "{dir}: store in use by another writer ({holder}); wait for it to finish, or remove \
+         {dir}/.lock only if no writer is running"
+    )]
+    InUse {
+        /// The store directory.
+        dir: PathBuf,
+        /// Who holds the lock, as far as the lock file says (e.g. `pid 1234`).
+        holder: String,
+    },
     /// Features added to a store do not fit its metadata.
     #[error("cannot add image {id:?}: {reason}")]
     Mismatch {
@@ -102,24 +122,114 @@ pub struct IndexEntry {
     pub height: u32,
 }
 
-fn read_index(dir: &Path) -> Result<Vec<IndexEntry>, StoreError> {
-    let path = dir.join("index.jsonl");
-    if !path.exists() {
-        return Ok(Vec::new());
+/// What a reader or resumed writer dropped from a torn `index.jsonl` (a crash in the middle of
+/// an append); the records before it are intact. Its `Display` is a note for the user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recovered {
+    /// The index file.
+    pub path: PathBuf,
+    /// 1-based line number of the torn line.
+    pub line: usize,
+    /// Bytes of the torn line that were ignored (a resumed writer truncates them).
+    pub dropped_bytes: u64,
+    /// Complete records kept.
+    pub kept: usize,
+}
+
+impl fmt::Display for Recovered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: ignored a torn last line {} ({} bytes, an append interrupted by a crash); kept \
+             the {} complete records before it",
+            self.path.display(),
+            self.line,
+            self.dropped_bytes,
+            self.kept
+        )
     }
-    let file = File::open(&path).map_err(io(&path))?;
-    let mut out = Vec::new();
-    for (n, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(io(&path))?;
-        if line.trim().is_empty() {
+}
+
+/// `index.jsonl` as read: the complete records, where they end, and a torn tail if any.
+struct Index {
+    entries: Vec<IndexEntry>,
+    /// Length of the file up to and including the last complete record's newline, plus a
+    /// complete last record without its newline.
+    valid_len: u64,
+    /// The file ends with a complete record but no newline (a writer must add one first).
+    needs_newline: bool,
+    recovered: Option<Recovered>,
+}
+
+fn parse_entry(path: &Path, line_no: usize, line: &[u8]) -> Result<IndexEntry, StoreError> {
+    let format = |reason: String| StoreError::Format {
+        path: path.to_path_buf(),
+        reason: format!("line {line_no}: {reason}"),
+    };
+    let entry: IndexEntry = serde_json::from_slice(line).map_err(|e| format(e.to_string()))?;
+    // Shard names come from the file: never let one point outside the store directory.
+    let plain = Path::new(&entry.shard)
+        .file_name()
+        .is_some_and(|name| name == entry.shard.as_str());
+    if !plain || entry.shard.contains(['/', '\\']) {
+        return Err(format(format!(
+            "shard {:?} is not a file name inside the store",
+            entry.shard
+        )));
+    }
+    Ok(entry)
+}
+
+fn read_index(dir: &Path) -> Result<Index, StoreError> {
+    let path = dir.join("index.jsonl");
+    let mut index = Index {
+        entries: Vec::new(),
+        valid_len: 0,
+        needs_newline: false,
+        recovered: None,
+    };
+    let file = match File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(index),
+        Err(e) => return Err(io(&path)(e)),
+    };
+    let mut reader = BufReader::new(file);
+    let mut line = Vec::new();
+    let mut line_no = 0;
+    loop {
+        line.clear();
+        let read = reader.read_until(b'\n', &mut line).map_err(io(&path))?;
+        if read == 0 {
+            break;
+        }
+        line_no += 1;
+        let terminated = line.last() == Some(&b'\n');
+        if line.trim_ascii().is_empty() {
+            if terminated {
+                index.valid_len += read as u64;
+            }
             continue;
         }
-        out.push(serde_json::from_str(&line).map_err(|e| StoreError::Format {
-            path: path.clone(),
-            reason: format!("line {}: {e}", n + 1),
-        })?);
+        match parse_entry(&path, line_no, &line) {
+            Ok(entry) => {
+                index.entries.push(entry);
+                index.valid_len += read as u64;
+                index.needs_newline = !terminated;
+            }
+            // The last line without a newline: an append cut short by a crash. Everything before
+            // it is complete.
+            Err(_) if !terminated => {
+                index.recovered = Some(Recovered {
+                    path: path.clone(),
+                    line: line_no,
+                    dropped_bytes: read as u64,
+                    kept: index.entries.len(),
+                });
+            }
+            Err(e) => return Err(e),
+        }
     }
-    Ok(out)
+    Ok(index)
 }
 
 fn read_meta(dir: &Path) -> Result<Option<StoreMeta>, StoreError> {
@@ -152,7 +262,43 @@ fn encode(values: &[f32], dtype: StoreDtype) -> (Dtype, Vec<u8>) {
     }
 }
 
-/// Writes a store, shard by shard; resumes an existing one.
+/// Takes the exclusive writer lock of the store in `dir` (`DIR/.lock`, holding the writer's pid
+/// for messages). The OS releases it when the file is closed or the process dies.
+fn lock(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join(".lock");
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io(&path))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            // Best effort: the holder wrote its pid after locking.
+            let _ = file.read_to_string(&mut holder);
+            let holder = match holder.trim() {
+                "" => "lock file .lock is held".to_string(),
+                pid => format!("pid {pid}"),
+            };
+            return Err(StoreError::InUse {
+                dir: dir.to_path_buf(),
+                holder,
+            });
+        }
+        Err(TryLockError::Error(e)) => return Err(io(&path)(e)),
+    }
+    file.set_len(0)
+        .and_then(|()| file.seek(SeekFrom::Start(0)))
+        .and_then(|_| file.write_all(std::process::id().to_string().as_bytes()))
+        .map_err(io(&path))?;
+    Ok(file)
+}
+
+/// Writes a store, shard by shard; resumes an existing one. Holds the store's writer lock until
+/// it is dropped (or [`StoreWriter::finish`]ed).
 #[derive(Debug)]
 pub struct StoreWriter {
     dir: PathBuf,
@@ -162,10 +308,18 @@ pub struct StoreWriter {
     pending: Vec<(String, RegionFeatures)>,
     done: HashSet<String>,
     next_shard: usize,
+    /// The index ends with a complete record but no newline: the next append starts with one.
+    needs_newline: bool,
+    recovered: Option<Recovered>,
+    /// Held for the writer's lifetime; closing it releases the lock.
+    _lock: File,
 }
 
 impl StoreWriter {
     /// Opens (creating or resuming) the store in `dir`.
+    ///
+    /// Fails with [`StoreError::InUse`] while another writer has the store open. A torn last
+    /// index line left by a crash is truncated (see [`StoreWriter::recovered`]).
     pub fn open(
         dir: impl AsRef<Path>,
         dtype: StoreDtype,
@@ -173,6 +327,7 @@ impl StoreWriter {
     ) -> Result<Self, StoreError> {
         let dir = dir.as_ref().to_path_buf();
         fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let lock = lock(&dir)?;
         let meta = read_meta(&dir)?;
         if let Some(m) = &meta
             && m.dtype != dtype
@@ -182,7 +337,20 @@ impl StoreWriter {
                 reason: format!("store holds {:?} data, {dtype:?} requested", m.dtype),
             });
         }
-        let done = read_index(&dir)?.into_iter().map(|e| e.id).collect();
+        let index = read_index(&dir)?;
+        let index_path = dir.join("index.jsonl");
+        if index.recovered.is_some() {
+            // Drop the torn tail so the next append starts on a fresh line.
+            OpenOptions::new()
+                .write(true)
+                .open(&index_path)
+                .and_then(|f| {
+                    f.set_len(index.valid_len)?;
+                    f.sync_all()
+                })
+                .map_err(io(&index_path))?;
+        }
+        let done = index.entries.into_iter().map(|e| e.id).collect();
         let next_shard = fs::read_dir(&dir)
             .map_err(io(&dir))?
             .filter_map(|e| e.ok())
@@ -194,7 +362,7 @@ impl StoreWriter {
                     .parse::<usize>()
                     .ok()
             })
-            .map(|n| n + 1)
+            .map(|n| n.saturating_add(1))
             .max()
             .unwrap_or(0);
         Ok(Self {
@@ -205,7 +373,16 @@ impl StoreWriter {
             pending: Vec::new(),
             done,
             next_shard,
+            needs_newline: index.needs_newline,
+            recovered: index.recovered,
+            _lock: lock,
         })
+    }
+
+    /// The torn index line this writer truncated when it opened the store, if any (print it:
+    /// the images of that line are extracted again).
+    pub fn recovered(&self) -> Option<&Recovered> {
+        self.recovered.as_ref()
     }
 
     /// Whether `id` is already stored (or queued).
@@ -339,20 +516,42 @@ impl StoreWriter {
             .open(&index_path)
             .map_err(io(&index_path))?;
         let mut lines = String::new();
+        if self.needs_newline {
+            lines.push('\n');
+        }
         for e in &entries {
             lines.push_str(&serde_json::to_string(e).expect("serialisable"));
             lines.push('\n');
         }
         index.write_all(lines.as_bytes()).map_err(io(&index_path))?;
         index.sync_all().map_err(io(&index_path))?;
+        self.needs_newline = false;
         self.pending.clear();
-        self.next_shard += 1;
+        self.next_shard = self.next_shard.saturating_add(1);
         Ok(())
     }
 
     /// Writes what is queued; the store is complete afterwards.
     pub fn finish(mut self) -> Result<(), StoreError> {
         self.flush()
+    }
+}
+
+/// A memory-mapped shard with its header parsed once.
+struct Shard {
+    map: memmap2::Mmap,
+    /// Where the tensor data starts (8-byte length + JSON header).
+    data_start: usize,
+    /// Names, dtypes, shapes and validated byte ranges of the tensors.
+    metadata: Metadata,
+}
+
+impl fmt::Debug for Shard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shard")
+            .field("bytes", &self.map.len())
+            .field("tensors", &self.metadata.tensors().len())
+            .finish()
     }
 }
 
@@ -363,11 +562,14 @@ pub struct StoreReader {
     meta: StoreMeta,
     index: Vec<IndexEntry>,
     by_id: HashMap<String, usize>,
-    maps: Mutex<HashMap<String, Arc<memmap2::Mmap>>>,
+    shards: Mutex<HashMap<String, Arc<Shard>>>,
+    recovered: Option<Recovered>,
 }
 
 impl StoreReader {
-    /// Opens the store in `dir`.
+    /// Opens the store in `dir`. A torn last index line (an append interrupted by a crash) is
+    /// ignored and reported by [`StoreReader::recovered`]; any other malformed line is an error
+    /// naming the file and line.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
         let dir = dir.as_ref().to_path_buf();
         let meta = read_meta(&dir)?.ok_or_else(|| StoreError::Format {
@@ -376,6 +578,7 @@ impl StoreReader {
         })?;
         let index = read_index(&dir)?;
         let by_id = index
+            .entries
             .iter()
             .enumerate()
             .map(|(i, e)| (e.id.clone(), i))
@@ -383,10 +586,16 @@ impl StoreReader {
         Ok(Self {
             dir,
             meta,
-            index,
+            index: index.entries,
             by_id,
-            maps: Mutex::new(HashMap::new()),
+            shards: Mutex::new(HashMap::new()),
+            recovered: index.recovered,
         })
+    }
+
+    /// The torn last index line that was ignored, if any (a note for the user).
+    pub fn recovered(&self) -> Option<&Recovered> {
+        self.recovered.as_ref()
     }
 
     /// Store metadata.
@@ -409,17 +618,28 @@ impl StoreReader {
         self.index.is_empty()
     }
 
-    fn map(&self, shard: &str) -> Result<Arc<memmap2::Mmap>, StoreError> {
-        let mut maps = self.maps.lock().expect("not poisoned");
-        if let Some(m) = maps.get(shard) {
-            return Ok(m.clone());
+    /// The mapped shard, mapped and its header parsed on first use only.
+    fn shard(&self, name: &str) -> Result<Arc<Shard>, StoreError> {
+        let mut shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = shards.get(name) {
+            return Ok(s.clone());
         }
-        let path = self.dir.join(shard);
+        let path = self.dir.join(name);
         let file = File::open(&path).map_err(io(&path))?;
         // SAFETY: shards are immutable once renamed into place; the store never rewrites them.
-        let map = Arc::new(unsafe { memmap2::Mmap::map(&file) }.map_err(io(&path))?);
-        maps.insert(shard.to_string(), map.clone());
-        Ok(map)
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io(&path))?;
+        let (header_len, metadata) =
+            SafeTensors::read_metadata(&map).map_err(|e| StoreError::Format {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        let shard = Arc::new(Shard {
+            data_start: 8 + header_len,
+            metadata,
+            map,
+        });
+        shards.insert(name.to_string(), shard.clone());
+        Ok(shard)
     }
 
     /// The regions of image `id`.
@@ -429,17 +649,27 @@ impl StoreReader {
             .get(id)
             .ok_or_else(|| StoreError::Missing(id.to_string()))?];
         let path = self.dir.join(&entry.shard);
-        let map = self.map(&entry.shard)?;
+        let shard = self.shard(&entry.shard)?;
         let fmt = |reason: String| StoreError::Format {
             path: path.clone(),
             reason,
         };
-        let st = SafeTensors::deserialize(&map).map_err(|e| fmt(e.to_string()))?;
-        let read = |name: &str, want: usize| -> Result<Vec<f32>, StoreError> {
+        let read = |name: &str, want: Option<usize>| -> Result<Vec<f32>, StoreError> {
             let key = format!("{id}::{name}");
-            let view = st.tensor(&key).map_err(|e| fmt(format!("{key}: {e}")))?;
-            let data = view.data();
-            let values: Vec<f32> = match view.dtype() {
+            let want = want.ok_or_else(|| {
+                fmt(format!(
+                    "{key}: {} regions of index.jsonl overflow the tensor size",
+                    entry.regions
+                ))
+            })?;
+            let info = shard
+                .metadata
+                .info(&key)
+                .ok_or_else(|| fmt(format!("{key}: tensor not found")))?;
+            // `read_metadata` checked that every range lies inside the file.
+            let (start, end) = info.data_offsets;
+            let data = &shard.map[shard.data_start + start..shard.data_start + end];
+            let values: Vec<f32> = match info.dtype {
                 Dtype::F32 => data
                     .chunks_exact(4)
                     .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -459,19 +689,19 @@ impl StoreReader {
             Ok(values)
         };
         let n = entry.regions;
-        let boxes = read("boxes", n * 4)?
+        let boxes = read("boxes", n.checked_mul(4))?
             .chunks_exact(4)
             .map(|b| BoxXyxy::new(b[0], b[1], b[2], b[3]))
             .collect();
         Ok(RegionFeatures {
             image_size: [entry.width, entry.height],
             boxes,
-            features: read("features", n * self.meta.dim)?,
+            features: read("features", n.checked_mul(self.meta.dim))?,
             dim: self.meta.dim,
-            global: read("global", self.meta.dim)?,
-            class_probs: read("class_probs", n * self.meta.classes)?,
+            global: read("global", Some(self.meta.dim))?,
+            class_probs: read("class_probs", n.checked_mul(self.meta.classes))?,
             classes: self.meta.classes,
-            scores: read("scores", n)?,
+            scores: read("scores", Some(n))?,
         })
     }
 }

@@ -102,14 +102,16 @@ pub fn parse_line(line: &str) -> Result<(String, RegionFeatures), String> {
             .map_err(|_| format!("{name} {:?} is not a non-negative integer", fields[i]))
     };
     let (h, w, n) = (int(1, "img_h")?, int(2, "img_w")?, int(7, "num_boxes")?);
+    let (Ok(h), Ok(w)) = (u32::try_from(h), u32::try_from(w)) else {
+        return Err(format!("image size {w} x {h} does not fit in 32 bits"));
+    };
     let boxes = decode_f32(fields[8]).map_err(|e| format!("boxes: {e}"))?;
     let features = decode_f32(fields[9]).map_err(|e| format!("features: {e}"))?;
     let scores = decode_f32(fields[4]).map_err(|e| format!("objects_conf: {e}"))?;
-    if boxes.len() != n * 4 {
+    if n.checked_mul(4) != Some(boxes.len()) {
         return Err(format!(
-            "boxes hold {} values, num_boxes {n} needs {}",
-            boxes.len(),
-            n * 4
+            "boxes hold {} values, num_boxes {n} needs 4 per box",
+            boxes.len()
         ));
     }
     if n == 0 || features.len() % n != 0 || features.is_empty() {
@@ -131,7 +133,7 @@ pub fn parse_line(line: &str) -> Result<(String, RegionFeatures), String> {
     Ok((
         fields[0].to_string(),
         RegionFeatures {
-            image_size: [w as u32, h as u32],
+            image_size: [w, h],
             boxes: boxes
                 .chunks_exact(4)
                 .map(|b| BoxXyxy::new(b[0], b[1], b[2], b[3]))
@@ -163,13 +165,24 @@ pub fn import(
         if line.trim().is_empty() {
             continue;
         }
-        match parse_line(&line) {
-            Ok((id, _)) if writer.contains(&id) => summary.already_stored += 1,
-            Ok((id, features)) => {
-                writer.add(&id, features)?;
-                summary.imported += 1;
+        // `Err(Ok(reason))`: a malformed line; `Err(Err(e))`: the store failed.
+        let outcome: Result<(), Result<String, StoreError>> = match parse_line(&line) {
+            Ok((id, _)) if writer.contains(&id) => {
+                summary.already_stored += 1;
+                continue;
             }
-            Err(reason) => match on_malformed {
+            // A line the store cannot take (another feature width, an id with "::") is a
+            // malformed line of this file too.
+            Ok((id, features)) => writer.add(&id, features).map_err(|e| match e {
+                StoreError::Mismatch { id, reason } => Ok(format!("image {id:?}: {reason}")),
+                other => Err(other),
+            }),
+            Err(reason) => Err(Ok(reason)),
+        };
+        match outcome {
+            Ok(()) => summary.imported += 1,
+            Err(Err(store)) => return Err(store.into()),
+            Err(Ok(reason)) => match on_malformed {
                 OnMalformed::Fail => {
                     return Err(TsvError::Malformed {
                         path: path.to_path_buf(),

@@ -10,6 +10,7 @@
 
 use burn::Tensor;
 use burn::tensor::Device;
+pub use tuwen_weights::compare::{self, Difference, NonFinite};
 
 /// Environment variable that makes missing prerequisites (wgpu adapter, assets) test failures.
 pub const STRICT_ENV: &str = "TUWEN_STRICT_TESTS";
@@ -87,32 +88,54 @@ pub fn devices(test: &str) -> Vec<NamedDevice> {
     out
 }
 
-/// Maximum absolute difference between two tensors of the same shape (read back as f32).
-pub fn max_abs_diff<const D: usize>(a: &Tensor<D>, b: &Tensor<D>) -> f32 {
-    let (da, db) = (a.to_data(), b.to_data());
-    assert_eq!(da.shape(), db.shape(), "shape mismatch");
-    let (va, vb) = (
-        da.try_into_vec_as::<f32>().expect("f32 data"),
-        db.try_into_vec_as::<f32>().expect("f32 data"),
-    );
-    va.iter()
-        .zip(&vb)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+/// How `a` differs from `b` (same shape; read back as f32). A position where either side is
+/// NaN or infinite is an infinite difference (`f32::max` would ignore a NaN: an all-NaN output
+/// must never pass); see [`assert_close_non_finite_equal`] for outputs that legitimately hold
+/// the same non-finite values.
+pub fn difference<const D: usize>(
+    a: &Tensor<D>,
+    b: &Tensor<D>,
+    non_finite: NonFinite,
+) -> Difference {
+    compare::tensor_data(&a.to_data(), &b.to_data(), non_finite)
+        .unwrap_or_else(|e| panic!("cannot compare tensors: {e}"))
 }
 
-/// Asserts that `actual` matches `expected` within `tol` (max absolute difference), naming `what`.
+/// Maximum absolute difference between two tensors of the same shape (read back as f32);
+/// `f32::INFINITY` when either holds a NaN or an infinity.
+pub fn max_abs_diff<const D: usize>(a: &Tensor<D>, b: &Tensor<D>) -> f32 {
+    difference(a, b, NonFinite::Reject).max_abs
+}
+
+/// Maximum absolute difference between two sequences of values (same length); `f32::INFINITY`
+/// when either holds a NaN or an infinity.
+pub fn max_abs_diff_slices(a: &[f32], b: &[f32]) -> f32 {
+    compare::slices(a, b, NonFinite::Reject).max_abs
+}
+
+/// Asserts that `actual` matches `expected` within `tol` (max absolute difference), naming
+/// `what`. Fails on any NaN or infinity in either tensor.
 pub fn assert_close<const D: usize>(
     what: &str,
     actual: &Tensor<D>,
     expected: &Tensor<D>,
     tol: f32,
 ) {
-    let diff = max_abs_diff(actual, expected);
-    assert!(
-        diff <= tol,
-        "{what}: max |diff| = {diff:e} exceeds tolerance {tol:e}"
-    );
+    let diff = difference(actual, expected, NonFinite::Reject);
+    assert!(diff.within(tol), "{what}: {diff} exceeds tolerance {tol:e}");
+}
+
+/// [`assert_close`] for outputs that hold non-finite values by design (a fully masked softmax
+/// row, an `f32::MIN` fill): the same non-finite value on both sides is equal; any other
+/// non-finite value still fails.
+pub fn assert_close_non_finite_equal<const D: usize>(
+    what: &str,
+    actual: &Tensor<D>,
+    expected: &Tensor<D>,
+    tol: f32,
+) {
+    let diff = difference(actual, expected, NonFinite::MustMatch);
+    assert!(diff.within(tol), "{what}: {diff} exceeds tolerance {tol:e}");
 }
 
 /// `relative` under the directory of the package whose test is running, read from
@@ -123,4 +146,49 @@ pub fn package_path(relative: &str) -> std::path::PathBuf {
     let dir = std::env::var_os("CARGO_MANIFEST_DIR")
         .expect("CARGO_MANIFEST_DIR is set by cargo when it runs tests");
     std::path::PathBuf::from(dir).join(relative)
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use super::*;
+
+    fn tensor(values: &[f32]) -> Tensor<1> {
+        Tensor::from_floats(values, &flex())
+    }
+
+    #[test]
+    #[should_panic(expected = "exceeds tolerance")]
+    fn an_all_nan_output_fails() {
+        let nan = tensor(&[f32::NAN; 4]);
+        assert_close("nan", &nan, &tensor(&[0.0; 4]), 1e-4);
+    }
+
+    #[test]
+    #[should_panic(expected = "exceeds tolerance")]
+    fn nan_on_both_sides_fails_by_default() {
+        let nan = tensor(&[1.0, f32::NAN]);
+        assert_close("nan", &nan, &nan, 1e-4);
+    }
+
+    #[test]
+    #[should_panic(expected = "exceeds tolerance")]
+    fn an_infinity_against_a_finite_value_fails() {
+        let inf = tensor(&[1.0, f32::INFINITY]);
+        assert_close_non_finite_equal("inf", &inf, &tensor(&[1.0, 3.0]), 1e-4);
+    }
+
+    #[test]
+    fn the_same_non_finite_values_pass_only_where_a_test_says_so() {
+        let a = tensor(&[1.0, f32::NAN, f32::NEG_INFINITY]);
+        assert_close_non_finite_equal("same", &a, &a.clone(), 0.0);
+        assert_eq!(max_abs_diff(&a, &a), f32::INFINITY);
+        assert_eq!(max_abs_diff_slices(&[f32::NAN], &[f32::NAN]), f32::INFINITY);
+    }
+
+    #[test]
+    fn finite_differences_are_measured() {
+        let d = max_abs_diff(&tensor(&[1.0, 2.0]), &tensor(&[1.0, 2.5]));
+        assert_eq!(d, 0.5);
+        assert_close("ok", &tensor(&[1.0]), &tensor(&[1.00001]), 1e-4);
+    }
 }

@@ -73,7 +73,9 @@ fn bench(c: &mut Criterion) {
             vqa: cfg.data.vqa_weight,
         };
         group.bench_function("forward_backward", |b| {
-            b.iter(|| step_gradients(&model, &host, std::slice::from_ref(&ad), 1, weights, 0))
+            b.iter(|| {
+                step_gradients(&model, &host, std::slice::from_ref(&ad), 1, weights, 0).unwrap()
+            })
         });
         group.finish();
     }

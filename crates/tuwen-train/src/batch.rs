@@ -193,6 +193,10 @@ pub struct HostBatch {
     pub cls_sep: [i64; 2],
     /// `[rows, regions, feature_dim]` region vectors after region masking.
     pub features: Vec<f32>,
+    /// The region vectors before region masking, when a region was masked (`None`: `features`
+    /// are unmasked): the image of contrastive and retrieval passes, as `caption_ids` is their
+    /// text.
+    pub unmasked_features: Option<Vec<f32>>,
     /// `[rows, regions, 5]` box encodings.
     pub locations: Vec<f32>,
     /// `[rows, regions]` 1 for real regions.
@@ -235,6 +239,10 @@ impl HostBatch {
             cls_sep: self.cls_sep,
             attention: self.attention[range.start * t..range.end * t].to_vec(),
             features: self.features[range.start * r * d..range.end * r * d].to_vec(),
+            unmasked_features: self
+                .unmasked_features
+                .as_ref()
+                .map(|f| f[range.start * r * d..range.end * r * d].to_vec()),
             locations: self.locations[range.start * r * 5..range.end * r * 5].to_vec(),
             region_mask: self.region_mask[range.start * r..range.end * r].to_vec(),
             mlm_positions: within(&self.mlm_positions, t),
@@ -277,6 +285,10 @@ impl HostBatch {
             cls_sep: self.cls_sep,
             attention_mask: int(&self.attention, [b, t]),
             features: Tensor::from_data(TensorData::new(self.features.clone(), [b, r, d]), device),
+            unmasked_features: self
+                .unmasked_features
+                .as_ref()
+                .map(|f| Tensor::from_data(TensorData::new(f.clone(), [b, r, d]), device)),
             locations: Tensor::from_data(
                 TensorData::new(self.locations.clone(), [b, r, 5]),
                 device,
@@ -304,8 +316,10 @@ pub struct PretrainBatch {
     pub cls_sep: [i64; 2],
     /// `[B, T]` 1 for real tokens.
     pub attention_mask: Tensor<2, Int>,
-    /// `[B, R, D]` region vectors (whole image first).
+    /// `[B, R, D]` region vectors after region masking (whole image first).
     pub features: Tensor<3>,
+    /// `[B, R, D]` region vectors before region masking (`None`: none was masked).
+    pub unmasked_features: Option<Tensor<3>>,
     /// `[B, R, 5]` box encodings.
     pub locations: Tensor<3>,
     /// `[B, R]` 1 for real regions.
@@ -335,7 +349,7 @@ pub enum View {
     Joint,
     /// Unmasked captions with the null image.
     Text,
-    /// The regions with the null text.
+    /// The unmasked regions with the null text.
     Image,
 }
 
@@ -385,10 +399,14 @@ impl PretrainBatch {
                 let ids = Tensor::<1, Int>::from_ints(self.cls_sep, &device)
                     .reshape([1, 2])
                     .repeat_dim(0, b);
+                // The image view sees the unmasked regions, as the text view sees the
+                // unmasked caption.
                 (
                     ids,
                     Tensor::<2, Int>::ones([b, 2], &device),
-                    self.features.clone(),
+                    self.unmasked_features
+                        .clone()
+                        .unwrap_or_else(|| self.features.clone()),
                     self.locations.clone(),
                     self.region_mask.clone(),
                 )
@@ -424,7 +442,7 @@ impl SceneBatcher {
         split: Split,
         indices: &[u64],
         rng: &mut impl Rng,
-    ) -> Result<HostBatch, TokenizerError> {
+    ) -> Result<HostBatch, BatchError> {
         let scenes: Vec<(u64, Scene)> = indices.iter().map(|&i| self.scene(split, i)).collect();
         let b = scenes.len();
         let pools: Vec<&[String]> = scenes.iter().map(|(_, s)| s.captions.as_slice()).collect();
@@ -465,7 +483,7 @@ impl SceneBatcher {
         indices: &[u64],
         captions: &[String],
         rng: &mut impl Rng,
-    ) -> Result<HostBatch, TokenizerError> {
+    ) -> Result<HostBatch, BatchError> {
         let scenes: Vec<(u64, Scene)> = indices.iter().map(|&i| self.scene(split, i)).collect();
         let itm = vec![MatchLabel::Match; scenes.len()];
         self.assemble(split, scenes, captions.to_vec(), itm, false, rng)
@@ -480,7 +498,7 @@ impl SceneBatcher {
         itm: Vec<MatchLabel>,
         mask: bool,
         rng: &mut impl Rng,
-    ) -> Result<HostBatch, TokenizerError> {
+    ) -> Result<HostBatch, BatchError> {
         let images = scenes
             .iter()
             .map(|(index, scene)| {
@@ -516,8 +534,50 @@ impl SceneBatcher {
         indices: &[u64],
         rng: &mut impl Rng,
         device: &Device,
-    ) -> Result<PretrainBatch, TokenizerError> {
+    ) -> Result<PretrainBatch, BatchError> {
         Ok(self.host_batch(split, indices, rng)?.to_device(device))
+    }
+}
+
+/// Why a batch could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// A caption could not be tokenised.
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    /// An image's regions do not fit the batch (a feature source of another width, a store
+    /// entry whose arrays disagree).
+    #[error("image {row} of the batch: {what} holds {got} values, expected {want}")]
+    Regions {
+        /// Row of the image in the batch.
+        row: usize,
+        /// Which array (`features`, `locations`).
+        what: &'static str,
+        /// Values it holds.
+        got: usize,
+        /// Values it should hold (regions x width).
+        want: usize,
+    },
+}
+
+impl ImageRegions {
+    /// Checks that the arrays agree with the region count (`labels.len()`) and `width`.
+    fn check(&self, row: usize, width: usize) -> Result<(), BatchError> {
+        let n = self.labels.len();
+        for (what, got, want) in [
+            ("features", self.features.len(), n * width),
+            ("locations", self.locations.len(), n * 5),
+        ] {
+            if got != want {
+                return Err(BatchError::Regions {
+                    row,
+                    what,
+                    got,
+                    want,
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -582,13 +642,16 @@ pub(crate) fn assemble(
     itm: Vec<MatchLabel>,
     mask: bool,
     rng: &mut impl Rng,
-) -> Result<HostBatch, TokenizerError> {
+) -> Result<HostBatch, BatchError> {
     let masking = MaskingConfig {
         mask_prob: if mask { text.masking.mask_prob } else { 0.0 },
         ..text.masking
     };
     let region_masking = if mask { text.region_masking } else { None };
     let b = images.len();
+    for (row, image) in images.iter().enumerate() {
+        image.check(row, text.feature_dim)?;
+    }
     let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
     let encoded = text.tokenizer.encode_batch(&refs)?;
     let len = encoded.iter().map(|e| e.len()).max().unwrap_or(0);
@@ -650,7 +713,7 @@ pub(crate) fn assemble(
         region_mask[at..at + n].fill(1);
         region_labels[at..at + n].copy_from_slice(&image.labels);
     }
-    let (features, region_positions) = match &region_masking {
+    let (features, region_positions, unmasked_features) = match &region_masking {
         Some(config) => {
             // Regions of mismatched pairs are never masked (as MLM).
             let matched_regions: Vec<i64> = region_mask
@@ -665,9 +728,10 @@ pub(crate) fn assemble(
                 })
                 .collect();
             let m = mask_regions(&features, &matched_regions, b, d, true, config, rng);
-            (m.features, m.positions)
+            let unmasked = (!m.positions.is_empty()).then_some(features);
+            (m.features, m.positions, unmasked)
         }
-        None => (features, Vec::new()),
+        None => (features, Vec::new(), None),
     };
     debug_assert!(masked.labels.iter().all(|&l| l == IGNORE || l >= 0));
     Ok(HostBatch {
@@ -680,6 +744,7 @@ pub(crate) fn assemble(
         cls_sep: [special.cls as i64, special.sep as i64],
         attention,
         features,
+        unmasked_features,
         locations,
         region_mask,
         mlm_positions: masked.positions,

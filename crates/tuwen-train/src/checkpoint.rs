@@ -127,13 +127,23 @@ pub fn load<M: Module, S: DeserializeOwned>(
         }
         path = old;
     }
+    // Read into memory, not mapped lazily from the file: the next save of this checkpoint
+    // replaces its directory, and a tensor still backed by the old file (a parameter or optimiser
+    // moment not yet touched) could then no longer be read.
+    let read = |p: &Path| {
+        fs::read(p)
+            .map(burn::tensor::Bytes::from_bytes_vec)
+            .map_err(io(p))
+    };
     let model_path = path.join("model.bpk");
-    let record = ModuleRecord::load(&model_path).map_err(|e| format(&model_path, e))?;
+    let record =
+        ModuleRecord::from_bytes(read(&model_path)?).map_err(|e| format(&model_path, e))?;
     let model = model
         .try_load_record(record)
         .map_err(|e| format(&model_path, format!("does not fit the model: {e}")))?;
     let optim_path = path.join("optimizer.bpk");
-    let optim_record = OptimizerRecord::load(&optim_path).map_err(|e| format(&optim_path, e))?;
+    let optim_record =
+        OptimizerRecord::from_bytes(read(&optim_path)?).map_err(|e| format(&optim_path, e))?;
     let state_path = path.join("state.json");
     let text = fs::read_to_string(&state_path).map_err(io(&state_path))?;
     let state = serde_json::from_str(&text).map_err(|e| format(&state_path, e))?;

@@ -202,7 +202,9 @@ pub struct DataConfig {
     pub captions_format: CaptionFormat,
     /// `store`: the feature store directory.
     pub store: Option<String>,
-    /// `store`: images held out for evaluation (the last ones by id; never trained on).
+    /// `store`, formats without splits (COCO captions, CC-TSV): images held out, the last ones
+    /// by id, never trained on — the first half validation (model selection), the rest test.
+    /// Karpathy files use their own `split` fields instead.
     pub held_out_images: usize,
     /// Region features.
     pub features: Features,
@@ -325,9 +327,21 @@ pub enum ConfigError {
 impl TrainConfig {
     /// Parses TOML text; `source` names it in errors.
     pub fn from_toml(text: &str, source: &str) -> Result<Self, ConfigError> {
-        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let parse = |reason: String| ConfigError::Parse {
             path: source.to_string(),
-            reason: e.to_string(),
+            reason,
+        };
+        let de = toml::Deserializer::parse(text).map_err(|e| parse(e.to_string()))?;
+        // serde_path_to_error names the key of a value of the wrong type or range (toml alone
+        // says only "invalid value: integer `-5`, expected usize").
+        let config: Self = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            parse(if key == "." {
+                inner
+            } else {
+                format!("key `{key}`: {inner}")
+            })
         })?;
         config.validate().map_err(|reason| ConfigError::Invalid {
             path: source.to_string(),

@@ -3,13 +3,35 @@
 //! imported with `tuwen_regions::tsv`). Each region's label for masked region classification is
 //! the extractor's most probable class; the store's global vector is the first region.
 //!
-//! The last `held_out` captioned images (by id) form the evaluation set and are never trained on.
+//! **Matching captions with the store.** A store id is the image's path relative to the
+//! directory or list file it was extracted from, without extension: `tuwen extract-regions`
+//! names an image of a directory by its file stem (`COCO_val2014_000000391895`) and a listed image
+//! by the listed path (`val2014/COCO_val2014_000000391895`). A caption's image (Karpathy
+//! `filepath/filename`, COCO `file_name`, the CC-TSV path or URL) is the image of the longest
+//! trailing part of its path, without extension, that is a store id — down to the file stem —
+//! then of the image path as written, then of the image id. Two different image paths that reach
+//! the same store id (`train2014/x.jpg` and `val2014/x.jpg` with a store of file stems) are an
+//! error: extract from a list file so that ids keep their directories.
+//!
+//! **Splits.** A corpus whose records carry splits (Karpathy) is split by them: `train` and
+//! `restval` train, `val` is the validation split, `test` the test split, and `held_out` is
+//! unused. A corpus without splits (COCO captions JSON, CC-TSV) holds out its last `held_out`
+//! images by id: the first half of them (rounded down) is the validation split, the rest the test
+//! split (a single held-out image serves as both). Held-out images are never trained on.
+//!
+//! **Order.** Training example `i` is position `i % N` of epoch `i / N` (`N` training images),
+//! and each epoch visits the training images in a permutation drawn from a generator seeded by
+//! `(seed, epoch)`: a pure function of the seed and the index, so loader threads agree and a
+//! resumed run sees the same images. Validation and test example `i` is image `i mod N` of the
+//! split, in id order.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
-use rand::Rng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 use tuwen_data::formats::{self, CaptionRecord, OnMalformed};
 use tuwen_data::scene::Split;
 use tuwen_objectives::itm::MatchLabel;
@@ -40,6 +62,82 @@ pub fn read_captions(
     })
 }
 
+/// The store ids image `image` (with id `image_id`) may have, in the order they are tried: the
+/// path without extension, then ever shorter trailing parts of it down to the file stem, then
+/// the path as written, then the image id (see the module documentation).
+pub fn candidate_ids(image: &str, image_id: &str) -> Vec<String> {
+    let stem = Path::new(image)
+        .with_extension("")
+        .to_string_lossy()
+        .into_owned();
+    let mut out = vec![stem.clone()];
+    let mut rest = stem.as_str();
+    while let Some(k) = rest.find(['/', '\\']) {
+        rest = &rest[k + 1..];
+        if !rest.is_empty() {
+            out.push(rest.to_string());
+        }
+    }
+    out.push(image.to_string());
+    out.push(image_id.to_string());
+    out
+}
+
+/// Permutations of the training images, the last few epochs' kept (loader threads work on
+/// nearby steps, so at most two epochs are in use at a time).
+#[derive(Default)]
+struct EpochOrders(Mutex<Vec<(u64, Arc<[u32]>)>>);
+
+impl EpochOrders {
+    const KEEP: usize = 4;
+
+    fn get(&self, seed: u64, epoch: u64, n: usize) -> Arc<[u32]> {
+        let lock = || self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, p)) = lock().iter().find(|(e, _)| *e == epoch) {
+            return p.clone();
+        }
+        // Drawn outside the lock; two threads drawing the same epoch get the same permutation.
+        let p: Arc<[u32]> = epoch_order(seed, epoch, n).into();
+        let mut cached = lock();
+        if let Some((_, q)) = cached.iter().find(|(e, _)| *e == epoch) {
+            return q.clone();
+        }
+        cached.push((epoch, p.clone()));
+        if cached.len() > Self::KEEP {
+            let oldest = (0..cached.len()).min_by_key(|&k| cached[k].0).unwrap_or(0);
+            cached.swap_remove(oldest);
+        }
+        p
+    }
+}
+
+impl std::fmt::Debug for EpochOrders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cached = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let epochs: Vec<u64> = cached.iter().map(|(e, _)| *e).collect();
+        f.debug_struct("EpochOrders")
+            .field("cached_epochs", &epochs)
+            .finish()
+    }
+}
+
+/// SplitMix64's finaliser: nearby inputs give unrelated outputs.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce5_e9b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The order in which epoch `epoch` visits `n` training images: a Fisher-Yates shuffle driven by
+/// a generator seeded by `(seed, epoch)` (distinct from the step generators' seeds).
+pub fn epoch_order(seed: u64, epoch: u64, n: usize) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    let mut rng = StdRng::seed_from_u64(splitmix64(splitmix64(seed ^ 0x0e90_c4a1) ^ epoch));
+    order.shuffle(&mut rng);
+    order
+}
+
 /// Batches of captioned images whose region features live in a store.
 #[derive(Clone, Debug)]
 pub struct StoreBatcher {
@@ -51,9 +149,12 @@ pub struct StoreBatcher {
     pub mismatch_prob: f64,
     /// Region masking for masked region classification (`None`: none).
     pub region_masking: Option<RegionMaskingConfig>,
+    seed: u64,
     store: Arc<StoreReader>,
     train: Vec<Captioned>,
+    validation: Vec<Captioned>,
     test: Vec<Captioned>,
+    orders: Arc<EpochOrders>,
 }
 
 /// How a corpus was matched with its store.
@@ -61,58 +162,136 @@ pub struct StoreBatcher {
 pub struct CorpusStats {
     /// Captioned images with features, for training.
     pub train_images: usize,
-    /// Held-out images.
+    /// Validation images.
+    pub validation_images: usize,
+    /// Test images.
     pub test_images: usize,
     /// Captions of images that have no features in the store (dropped).
     pub missing_captions: usize,
+    /// Whether the splits came from the corpus (Karpathy) rather than `held_out`.
+    pub corpus_splits: bool,
 }
 
 impl StoreBatcher {
-    /// Groups `records` by image, keeps the images the store has (looked up by image path
-    /// without extension, as `tuwen extract-regions` names them, then by image id), and holds
-    /// out the last `held_out` images by id.
+    /// Groups `records` by store image (see the module documentation for how paths match ids),
+    /// splits them by the records' own splits when they have them, else holds out the last
+    /// `held_out` images by id (validation, then test), and shuffles training epochs with
+    /// `seed`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         records: &[CaptionRecord],
         store: StoreReader,
         held_out: usize,
+        seed: u64,
         tokenizer: BertTokenizer,
         masking: MaskingConfig,
         mismatch_prob: f64,
         region_masking: Option<RegionMaskingConfig>,
     ) -> Result<(Self, CorpusStats), String> {
         let ids: HashSet<&str> = store.entries().iter().map(|e| e.id.as_str()).collect();
-        let mut images: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let corpus_splits = records.iter().any(|r| r.split.is_some());
+        // Store id -> (the image path first seen for it, split, captions).
+        let mut images: BTreeMap<String, (String, Option<Split>, Vec<String>)> = BTreeMap::new();
         let mut missing = 0;
         for r in records {
-            let stem = Path::new(&r.image)
-                .with_extension("")
-                .to_string_lossy()
-                .into_owned();
-            let id = [stem.as_str(), r.image.as_str(), r.image_id.as_str()]
+            let split = match (&r.split, corpus_splits) {
+                (Some(s), _) => Some(formats::karpathy_split(s).ok_or_else(|| {
+                    format!(
+                        "image {}: unknown split {s:?} (expected train, restval, val or test)",
+                        r.image
+                    )
+                })?),
+                (None, true) => {
+                    return Err(format!(
+                        "image {}: no split, while other images of the corpus have one",
+                        r.image
+                    ));
+                }
+                (None, false) => None,
+            };
+            let id = candidate_ids(&r.image, &r.image_id)
                 .into_iter()
-                .find(|id| ids.contains(id));
-            match id {
-                Some(id) if !r.caption.trim().is_empty() => images
-                    .entry(id.to_string())
-                    .or_default()
-                    .push(r.caption.clone()),
-                _ => missing += 1,
+                .find(|id| ids.contains(id.as_str()));
+            let Some(id) = id.filter(|_| !r.caption.trim().is_empty()) else {
+                missing += 1;
+                continue;
+            };
+            let entry = images
+                .entry(id.clone())
+                .or_insert_with(|| (r.image.clone(), split, Vec::new()));
+            if entry.0 != r.image {
+                return Err(format!(
+                    "images {} and {} both match store id {id}; extract the images from a list \
+                     file so that store ids keep their directories",
+                    entry.0, r.image
+                ));
             }
+            if entry.1 != split {
+                return Err(format!(
+                    "image {} is in two splits ({:?} and {split:?})",
+                    r.image, entry.1
+                ));
+            }
+            entry.2.push(r.caption.clone());
         }
-        let mut all: Vec<Captioned> = images.into_iter().collect();
-        if all.len() <= held_out {
-            return Err(format!(
-                "{} captioned images have features in the store; {} are held out for evaluation, \
-                 none would be left to train on",
-                all.len(),
-                held_out
-            ));
+        let (train, validation, test) = if corpus_splits {
+            let mut parts: [Vec<Captioned>; 3] = Default::default();
+            for (id, (_, split, captions)) in images {
+                let k = match split {
+                    Some(Split::Train) | None => 0,
+                    Some(Split::Validation) => 1,
+                    Some(Split::Test) => 2,
+                };
+                parts[k].push((id, captions));
+            }
+            let [train, validation, test] = parts;
+            if train.is_empty() || validation.is_empty() || test.is_empty() {
+                return Err(format!(
+                    "the corpus's splits have {} training, {} validation and {} test images with \
+                     features in the store; each needs at least one",
+                    train.len(),
+                    validation.len(),
+                    test.len()
+                ));
+            }
+            (train, validation, test)
+        } else {
+            let mut all: Vec<Captioned> = images
+                .into_iter()
+                .map(|(id, (_, _, captions))| (id, captions))
+                .collect();
+            if held_out == 0 {
+                return Err(
+                    "a corpus without splits needs at least one held-out image for evaluation"
+                        .into(),
+                );
+            }
+            if all.len() <= held_out {
+                return Err(format!(
+                    "{} captioned images have features in the store; {} are held out for \
+                     evaluation, none would be left to train on",
+                    all.len(),
+                    held_out
+                ));
+            }
+            let mut test = all.split_off(all.len() - held_out);
+            let validation = if test.len() == 1 {
+                test.clone()
+            } else {
+                let rest = test.split_off(test.len() / 2);
+                std::mem::replace(&mut test, rest)
+            };
+            (all, validation, test)
+        };
+        if train.len() > u32::MAX as usize {
+            return Err(format!("{} training images: at most 2^32 - 1", train.len()));
         }
-        let test = all.split_off(all.len() - held_out);
         let stats = CorpusStats {
-            train_images: all.len(),
+            train_images: train.len(),
+            validation_images: validation.len(),
             test_images: test.len(),
             missing_captions: missing,
+            corpus_splits,
         };
         Ok((
             Self {
@@ -120,20 +299,43 @@ impl StoreBatcher {
                 masking,
                 mismatch_prob,
                 region_masking,
+                seed,
                 store: Arc::new(store),
-                train: all,
+                train,
+                validation,
                 test,
+                orders: Arc::default(),
             },
             stats,
         ))
     }
 
-    /// The captioned images of `split` (validation and test share the held-out images).
+    /// The captioned images of `split`, in id order.
     pub fn images(&self, split: Split) -> &[Captioned] {
         match split {
             Split::Train => &self.train,
-            Split::Validation | Split::Test => &self.test,
+            Split::Validation => &self.validation,
+            Split::Test => &self.test,
         }
+    }
+
+    /// The image example `index` of `split` shows: for training, position `index % N` of epoch
+    /// `index / N`'s permutation ([`epoch_order`]); otherwise image `index mod N` (`None`: the
+    /// split is empty).
+    pub fn example(&self, split: Split, index: u64) -> Option<&Captioned> {
+        let images = self.images(split);
+        let n = images.len() as u64;
+        if n == 0 {
+            return None;
+        }
+        let k = match split {
+            Split::Train => {
+                let order = self.orders.get(self.seed, index / n, images.len());
+                order[(index % n) as usize] as usize
+            }
+            Split::Validation | Split::Test => (index % n) as usize,
+        };
+        Some(&images[k])
     }
 
     /// Width of a region vector.
@@ -186,17 +388,16 @@ impl StoreBatcher {
     }
 
     fn image_rows(&self, split: Split, indices: &[u64]) -> Result<Vec<&Captioned>, String> {
-        let images = self.images(split);
-        if images.is_empty() {
-            return Err(format!("no {split:?} images"));
-        }
-        Ok(indices
+        indices
             .iter()
-            .map(|&i| &images[(i % images.len() as u64) as usize])
-            .collect())
+            .map(|&i| {
+                self.example(split, i)
+                    .ok_or_else(|| format!("no {split:?} images"))
+            })
+            .collect()
     }
 
-    /// The batch of examples `indices` of `split` (example `i` shows image `i mod images`).
+    /// The batch of examples `indices` of `split` (the images of [`StoreBatcher::example`]).
     pub fn host_batch(
         &self,
         split: Split,

@@ -100,10 +100,10 @@ impl Data {
         }
     }
 
-    /// Up to `n` held-out (test split) examples with distinct captions, one each: the scenes'
-    /// longest caption from scene 1,000,000 on (the accuracy evaluation uses the first ones), or
-    /// the held-out images' first caption.
-    pub fn retrieval_set(&self, n: usize) -> (Vec<u64>, Vec<String>) {
+    /// Up to `n` held-out examples of `split` (validation or test) with distinct captions, one
+    /// each: the scenes' longest caption from scene 1,000,000 on (the accuracy evaluation uses
+    /// the first ones), or the held-out images' first caption.
+    pub fn retrieval_set(&self, split: Split, n: usize) -> (Vec<u64>, Vec<String>) {
         let mut indices = Vec::with_capacity(n);
         let mut captions = Vec::with_capacity(n);
         let mut seen = HashSet::new();
@@ -116,14 +116,14 @@ impl Data {
         match self {
             Self::Scenes(b) => {
                 for i in (1_000_000u64..).take(n * 20) {
-                    let (_, scene) = b.scene(Split::Test, i);
+                    let (_, scene) = b.scene(split, i);
                     if let Some(c) = scene.captions.iter().max_by_key(|c| (c.len(), *c)) {
                         keep(i, c.clone());
                     }
                 }
             }
             Self::Store(b) => {
-                for (i, (_, caps)) in b.images(Split::Test).iter().enumerate() {
+                for (i, (_, caps)) in b.images(split).iter().enumerate() {
                     if let Some(c) = caps.first() {
                         keep(i as u64, c.clone());
                     }
@@ -133,11 +133,11 @@ impl Data {
         (indices, captions)
     }
 
-    /// Held-out examples available (unbounded for the scenes).
-    pub fn test_len(&self) -> usize {
+    /// Examples of `split` available (unbounded for the scenes).
+    pub fn split_len(&self, split: Split) -> usize {
         match self {
             Self::Scenes(_) => usize::MAX,
-            Self::Store(b) => b.images(Split::Test).len(),
+            Self::Store(b) => b.images(split).len(),
         }
     }
 

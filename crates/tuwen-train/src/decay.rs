@@ -1,5 +1,8 @@
 //! Decoupled weight decay (Loshchilov & Hutter) restricted to the parameters BERT-style training
-//! decays: everything except LayerNorm scales/shifts, biases and embedding tables. Run the AdamW
+//! decays: HF's convention (`no_decay = ["bias", "LayerNorm.weight"]`) — everything except biases
+//! and normalisation scales/shifts, plus the contrastive temperature (a scalar that sets the
+//! softmax sharpness, not a weight). Embedding tables and Linear projections whose path merely
+//! contains "embeddings" (visual projection, location encoders) are decayed, as in HF. Run the AdamW
 //! (or Adam) step with weight decay 0 after [`apply_weight_decay`] with the same learning rate
 //! (PyTorch's AdamW order: decay, then the Adam update).
 
@@ -11,13 +14,10 @@ use burn::tensor::Tensor;
 /// Whether a parameter at `path` inside a module of type `container` is exempt from decay.
 pub fn exempt(path: &[String], container: &str) -> bool {
     let name = path.last().map(String::as_str).unwrap_or_default();
-    container.contains("LayerNorm")
-        || container.contains("Embedding")
-        || container.contains("BatchNorm")
-        || matches!(name, "bias" | "beta" | "gamma")
-        || path
-            .iter()
-            .any(|p| p.contains("norm") || p.contains("embeddings"))
+    container.ends_with("LayerNorm")
+        || container.ends_with("BatchNorm")
+        || name == "bias"
+        || (container.ends_with(":ItcHead") && name == "temperature")
 }
 
 /// Walks the module keeping the stack of `(field, container)` pairs the derive macro reports;

@@ -4,7 +4,7 @@
 //! memory, so `data.train_scenes` bounds the extraction work and the memory.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use burn::tensor::Device;
 use tuwen_data::scene::{Scene, SceneConfig, Split};
@@ -65,20 +65,21 @@ impl RegionFeatures for CnnRegionFeatures {
 
     fn features(&self, split: Split, index: u64, scene: &Scene, boxes: &[BoxXyxy]) -> Vec<f32> {
         let key = (split_key(split), index);
-        if let Some(hit) = self.cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
+        // A panic elsewhere while a lock was held leaves a consistent map (inserts are
+        // single calls), so a poisoned lock is recovered, never skipped.
+        let cache = || self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(hit) = cache().get(&key).cloned() {
             return hit.as_ref().clone();
         }
         let regions = {
             let extractor = self
                 .extractor
                 .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+                .unwrap_or_else(PoisonError::into_inner);
             extractor.extract(&scene.image, Some(boxes), &self.device)
         };
         let features = Arc::new(regions.features);
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.insert(key, features.clone());
-        }
+        cache().insert(key, features.clone());
         features.as_ref().clone()
     }
 }

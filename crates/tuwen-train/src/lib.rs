@@ -17,7 +17,7 @@
 //! * [`schedule`] — warmup then linear or cosine decay, as a pure function of the step.
 //! * [`clip`] — clipping by the GLOBAL gradient norm over all parameters (Burn's
 //!   `GradientClipping::Norm` clips each tensor separately).
-//! * [`decay`] — decoupled weight decay that skips LayerNorm parameters, biases and embeddings,
+//! * [`decay`] — decoupled weight decay that skips biases, LayerNorm and the ITC temperature (HF),
 //!   applied next to an AdamW step configured without decay.
 
 pub mod batch;

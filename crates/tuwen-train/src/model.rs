@@ -7,11 +7,13 @@
 use burn::module::Module;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use tuwen_fusion::init::{BertInit, bert_init};
 use tuwen_fusion::lxmert::AnswerHead;
 use tuwen_fusion::vilbert::PooledFusion;
 use tuwen_fusion::visual_bert::LocationEncoding;
 use tuwen_fusion::{
-    BertConfig, ViLBertConfig, ViLBertForPreTraining, VisualBertConfig, VisualBertForPreTraining,
+    BertConfig, InputError, ViLBertConfig, ViLBertForPreTraining, VisualBertConfig,
+    VisualBertForPreTraining,
 };
 use tuwen_objectives::LossOutput;
 use tuwen_objectives::itc::{ItcConfig, ItcHead};
@@ -20,7 +22,7 @@ use tuwen_objectives::mlm::{MlmOutput, mlm_loss};
 use tuwen_objectives::mrm::mrc_label_loss;
 use tuwen_objectives::vqa::{vqa_accuracy, vqa_loss};
 
-use crate::batch::{PretrainBatch, View};
+use crate::batch::{HostBatch, PretrainBatch, View};
 use crate::config::{Architecture, ModelConfig};
 
 /// An encoder of either family with its pretraining heads. (Held once per run, so the size
@@ -157,8 +159,8 @@ pub fn vilbert_config(
 }
 
 impl PretrainModel {
-    /// A randomly initialised model (draws from `device`'s generator: seed it first), with a
-    /// VQA head when `shape.answers > 0`.
+    /// A randomly initialised model (HF BERT's initialisation, [`bert_init`]; draws from
+    /// `device`'s generator: seed it first), with a VQA head when `shape.answers > 0`.
     pub fn init(cfg: &ModelConfig, shape: &ModelShape, device: &Device) -> Self {
         let ModelShape {
             vocab,
@@ -180,11 +182,16 @@ impl PretrainModel {
                 Encoder::ViLBert(m)
             }
         };
-        Self::with_heads(encoder, cfg.itc_dim, answers, device)
+        Self::with_heads(
+            bert_init(encoder, BertInit::default()),
+            cfg.itc_dim,
+            answers,
+            device,
+        )
     }
 
     /// `encoder` with an ITC head of `itc_dim` (0: none) and a VQA head over `answers` answers
-    /// (0: none).
+    /// (0: none); the new heads get HF BERT's initialisation, the encoder is kept as given.
     pub fn with_heads(encoder: Encoder, itc_dim: usize, answers: usize, device: &Device) -> Self {
         let itc = (itc_dim > 0).then(|| {
             let (image, text) = encoder.pooled_widths();
@@ -195,6 +202,10 @@ impl PretrainModel {
             ItcHead::new(image, text, &config, device)
         });
         let vqa = (answers > 0).then(|| AnswerHead::new(encoder.joint_width(), answers, device));
+        let (itc, vqa) = (
+            itc.map(|h| bert_init(h, BertInit::default())),
+            vqa.map(|h| bert_init(h, BertInit::default())),
+        );
         Self { encoder, itc, vqa }.materialize()
     }
 
@@ -212,32 +223,85 @@ impl PretrainModel {
         self
     }
 
+    /// Checks that a host batch fits this model before anything reaches a device: token ids
+    /// inside the vocabulary, text no longer than the position table, regions of the model's
+    /// width. (Out-of-range ids would otherwise index the embedding table out of bounds.)
+    pub fn check_batch(&self, host: &HostBatch) -> Result<(), InputError> {
+        let vocab = self.vocab_size();
+        let mut problems = Vec::new();
+        let bad = |ids: &[i64]| {
+            ids.iter()
+                .copied()
+                .find(|&id| id < 0 || id as usize >= vocab)
+        };
+        for (name, ids) in [
+            ("input_ids", &host.input_ids),
+            ("caption_ids", &host.caption_ids),
+        ]
+        .into_iter()
+        .chain(
+            host.vqa
+                .as_ref()
+                .map(|q| ("question input_ids", &q.input_ids)),
+        ) {
+            if let Some(id) = bad(ids) {
+                problems.push(format!(
+                    "{name} holds token id {id}, outside the model's vocabulary of {vocab} \
+                     (was the vocabulary replaced?)"
+                ));
+            }
+        }
+        let positions = self.max_positions();
+        let text = host
+            .vqa
+            .as_ref()
+            .map_or(host.text_len, |q| q.text_len.max(host.text_len));
+        if text > positions {
+            problems.push(format!(
+                "{text} text tokens exceed the model's {positions} positions \
+                 (lower data.max_text_len)"
+            ));
+        }
+        let width = self.feature_width();
+        if host.feature_dim != width {
+            problems.push(format!(
+                "region vectors have width {}, the model expects {width}",
+                host.feature_dim
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(InputError::new("PretrainModel", problems))
+        }
+    }
+
     /// Text-only and image-only pooled vectors of `batch` (rows as in the batch).
-    pub fn unimodal(&self, batch: &PretrainBatch) -> (Tensor<2>, Tensor<2>) {
-        match &self.encoder {
+    pub fn unimodal(&self, batch: &PretrainBatch) -> Result<(Tensor<2>, Tensor<2>), InputError> {
+        Ok(match &self.encoder {
             Encoder::VisualBert(m) => (
                 m.visual_bert
-                    .forward(batch.visual_bert_input(View::Text))
+                    .try_forward(batch.visual_bert_input(View::Text))?
                     .pooler_output,
                 m.visual_bert
-                    .forward(batch.visual_bert_input(View::Image))
+                    .try_forward(batch.visual_bert_input(View::Image))?
                     .pooler_output,
             ),
             Encoder::ViLBert(m) => (
                 m.bert
-                    .forward(batch.vilbert_input(View::Text))
+                    .try_forward(batch.vilbert_input(View::Text))?
                     .pooled_output_t,
                 m.bert
-                    .forward(batch.vilbert_input(View::Image))
+                    .try_forward(batch.vilbert_input(View::Image))?
                     .pooled_output_v,
             ),
-        }
+        })
     }
 
     /// ITM match probabilities of the joint pass over `batch` (rows as in the batch).
-    pub fn match_scores(&self, batch: &PretrainBatch) -> Vec<f32> {
-        let (logits, polarity) = self.joint(batch).2;
-        match_probabilities(logits, polarity)
+    pub fn match_scores(&self, batch: &PretrainBatch) -> Result<Vec<f32>, InputError> {
+        let (logits, polarity) = self.joint(batch)?.2;
+        Ok(match_probabilities(logits, polarity))
     }
 
     /// The joint pass: text hidden states (for MLM), the joint pooled vector (for VQA), ITM
@@ -247,18 +311,21 @@ impl PretrainModel {
     fn joint(
         &self,
         batch: &PretrainBatch,
-    ) -> (
-        Tensor<3>,
-        Tensor<2>,
-        (Tensor<2>, Polarity),
-        Option<Tensor<3>>,
-    ) {
+    ) -> Result<
+        (
+            Tensor<3>,
+            Tensor<2>,
+            (Tensor<2>, Polarity),
+            Option<Tensor<3>>,
+        ),
+        InputError,
+    > {
         let [_, len] = batch.input_ids.dims();
-        match &self.encoder {
+        Ok(match &self.encoder {
             Encoder::VisualBert(model) => {
                 let out = model
                     .visual_bert
-                    .forward(batch.visual_bert_input(View::Joint));
+                    .try_forward(batch.visual_bert_input(View::Joint))?;
                 let text = out.last_hidden_state.narrow(1, 0, len);
                 let logits = model.sentence_image.forward(out.pooler_output.clone());
                 (
@@ -269,7 +336,7 @@ impl PretrainModel {
                 )
             }
             Encoder::ViLBert(model) => {
-                let out = model.bert.forward(batch.vilbert_input(View::Joint));
+                let out = model.bert.try_forward(batch.vilbert_input(View::Joint))?;
                 let pooled = match model.fusion {
                     PooledFusion::Mul => out.pooled_output_t * out.pooled_output_v,
                     PooledFusion::Sum => out.pooled_output_t + out.pooled_output_v,
@@ -282,20 +349,24 @@ impl PretrainModel {
                     Some(out.sequence_output_v),
                 )
             }
-        }
+        })
     }
 
     /// VQA loss and accuracy of `batch` (a question batch with `answers`).
-    fn vqa(&self, head: &AnswerHead, batch: &PretrainBatch) -> (LossOutput, f32) {
+    fn vqa(
+        &self,
+        head: &AnswerHead,
+        batch: &PretrainBatch,
+    ) -> Result<(LossOutput, f32), InputError> {
         let device = batch.input_ids.device();
         let known: Vec<i64> = (0..batch.answers.len())
             .filter(|&r| batch.answers[r] >= 0)
             .map(|r| r as i64)
             .collect();
         if known.is_empty() {
-            return (LossOutput::empty(&device), 0.0);
+            return Ok((LossOutput::empty(&device), 0.0));
         }
-        let (_, pooled, _, _) = self.joint(batch);
+        let (_, pooled, _, _) = self.joint(batch)?;
         let rows = Tensor::<1, Int>::from_ints(known.as_slice(), &device);
         let logits = head.forward(pooled.select(0, rows));
         let [n, answers] = logits.dims();
@@ -306,13 +377,13 @@ impl PretrainModel {
         }
         let targets = Tensor::<2>::from_data(TensorData::new(targets, [n, answers]), &device);
         let accuracy = vqa_accuracy(logits.clone(), targets.clone());
-        (vqa_loss(logits, targets), accuracy)
+        Ok((vqa_loss(logits, targets), accuracy))
     }
 
     /// Every objective of the model on `batch`.
-    pub fn objectives(&self, batch: &PretrainBatch) -> Objectives {
+    pub fn objectives(&self, batch: &PretrainBatch) -> Result<Objectives, InputError> {
         let device = batch.input_ids.device();
-        let (text, _, (itm_logits, polarity), image) = self.joint(batch);
+        let (text, _, (itm_logits, polarity), image) = self.joint(batch)?;
         let (head, words) = match &self.encoder {
             Encoder::VisualBert(m) => (
                 &m.mlm,
@@ -350,7 +421,7 @@ impl PretrainModel {
                 if matched.len() < 2 {
                     LossOutput::empty(&device)
                 } else {
-                    let (t, i) = self.unimodal(batch);
+                    let (t, i) = self.unimodal(batch)?;
                     let rows = Tensor::<1, Int>::from_ints(matched.as_slice(), &device);
                     head.forward(i.select(0, rows.clone()), t.select(0, rows))
                         .loss
@@ -359,10 +430,10 @@ impl PretrainModel {
             None => LossOutput::empty(&device),
         };
         let (vqa, vqa_accuracy) = match (&self.vqa, &batch.vqa) {
-            (Some(head), Some(questions)) => self.vqa(head, questions),
+            (Some(head), Some(questions)) => self.vqa(head, questions)?,
             _ => (LossOutput::empty(&device), 0.0),
         };
-        Objectives {
+        Ok(Objectives {
             mlm,
             itm,
             itm_accuracy,
@@ -371,6 +442,35 @@ impl PretrainModel {
             itc,
             vqa,
             vqa_accuracy,
+        })
+    }
+
+    /// The model after an optimiser step's constraints: the ITC temperature clamped into its
+    /// range outside the graph (ALBEF).
+    pub fn after_step(mut self) -> Self {
+        self.itc = self.itc.map(ItcHead::clamp_temperature);
+        self
+    }
+
+    /// Rows of the text position table (the longest text the model reads).
+    pub fn max_positions(&self) -> usize {
+        match &self.encoder {
+            Encoder::VisualBert(m) => m
+                .visual_bert
+                .embeddings
+                .text
+                .position_embeddings
+                .weight
+                .dims()[0],
+            Encoder::ViLBert(m) => m.bert.embeddings.position_embeddings.weight.dims()[0],
+        }
+    }
+
+    /// Width of the region vectors the model reads.
+    pub fn feature_width(&self) -> usize {
+        match &self.encoder {
+            Encoder::VisualBert(m) => m.visual_bert.embeddings.visual_projection.weight.dims()[0],
+            Encoder::ViLBert(m) => m.bert.v_embeddings.image_embeddings.weight.dims()[0],
         }
     }
 
@@ -413,9 +513,8 @@ impl Encoder {
 /// Softmax probability of the "match" class of each row.
 fn match_probabilities(logits: Tensor<2>, polarity: Polarity) -> Vec<f32> {
     let index = polarity.index(MatchLabel::Match) as usize;
-    softmax(logits, 1)
-        .narrow(1, index, 1)
-        .into_data()
-        .try_into_vec_as()
-        .unwrap_or_default()
+    tuwen_weights::host::computed(
+        softmax(logits, 1).narrow(1, index, 1).into_data(),
+        "ITM match probabilities",
+    )
 }

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use tuwen_data::formats::CaptionRecord;
 use tuwen_data::scene::{SceneConfig, Split};
 use tuwen_fusion::BertConfig;
+use tuwen_fusion::init::{BertInit, bert_init};
 use tuwen_objectives::mlm::MaskingConfig;
 use tuwen_objectives::mrm::RegionMaskingConfig;
 use tuwen_regions::StoreReader;
@@ -160,8 +161,11 @@ pub struct StepLosses {
 /// Summary of a finished (or stopped) run.
 #[derive(Clone, Debug)]
 pub struct Summary {
-    /// Final held-out metrics.
+    /// Final validation metrics.
     pub eval: EvalMetrics,
+    /// Test-split metrics of the model selected on validation (`best`, else the last) with its
+    /// step; `None` when the run stopped before its last step.
+    pub test: Option<(usize, EvalMetrics)>,
     /// Step and metrics of the best checkpoint.
     pub best: Option<(usize, EvalMetrics)>,
     /// Steps done.
@@ -282,12 +286,13 @@ fn bert_dir(init: &str) -> Result<PathBuf, String> {
     }
 }
 
-/// Evaluates on `examples` held-out test examples (scenes or images never trained on): ITM and
-/// MLM accuracy (30% of tokens masked), accuracy on colour and shape words, region and VQA
-/// accuracy when the data has them.
+/// Evaluates on `examples` held-out examples of `split` (scenes or images never trained on;
+/// validation during training, test once at the end): ITM and MLM accuracy (30% of tokens
+/// masked), accuracy on colour and shape words, region and VQA accuracy when the data has them.
 pub fn evaluate(
     model: &PretrainModel,
     data: &Data,
+    split: Split,
     examples: usize,
     device: &Device,
 ) -> Result<EvalMetrics, String> {
@@ -319,10 +324,13 @@ pub fn evaluate(
     // itm ok, itm n, mlm ok, mlm n, cs ok, cs n, region ok, region n, vqa ok, vqa n
     let mut n = [0.0f32; 10];
     // A finite held-out set is evaluated once, not wrapped around.
-    let examples = examples.min(data.test_len());
+    let examples = examples.min(data.split_len(split));
     for chunk in (0..examples as u64).collect::<Vec<_>>().chunks(32) {
-        let host = eval_data.host_batch(Split::Test, chunk, &mut rng)?;
-        let out = model.objectives(&host.to_device(device));
+        let host = eval_data.host_batch(split, chunk, &mut rng)?;
+        model.check_batch(&host).map_err(|e| e.to_string())?;
+        let out = model
+            .objectives(&host.to_device(device))
+            .map_err(|e| e.to_string())?;
         n[0] += out.itm_accuracy * host.rows as f32;
         n[1] += host.rows as f32;
         for (&p, &pred) in host.mlm_positions.iter().zip(&out.mlm.predictions) {
@@ -349,12 +357,13 @@ pub fn evaluate(
     })
 }
 
-/// Zero-shot retrieval on up to `images` held-out examples with distinct captions
+/// Zero-shot retrieval on up to `images` held-out examples of `split` with distinct captions
 /// ([`Data::retrieval_set`]): ITC similarities of unimodal embeddings rank all pairs, ITM
 /// re-scores the `k` best candidates of every query (`retrieval::evaluate`).
 pub fn retrieval(
     model: &PretrainModel,
     data: &Data,
+    split: Split,
     images: usize,
     k: usize,
     device: &Device,
@@ -364,17 +373,20 @@ pub fn retrieval(
     };
     // Held-out scenes are never wrapped to the training set's size.
     let data = &data.for_evaluation(MaskingConfig::default());
-    let (indices, captions) = data.retrieval_set(images);
+    let (indices, captions) = data.retrieval_set(split, images);
     let images = indices.len();
     if images == 0 {
         return Ok(Recalls::default());
     }
     let mut rng = StdRng::seed_from_u64(0);
-    let host = data.host_captions(Split::Test, &indices, &captions, &mut rng)?;
+    let host = data.host_captions(split, &indices, &captions, &mut rng)?;
+    model.check_batch(&host).map_err(|e| e.to_string())?;
     let mut image_emb = Vec::new();
     let mut text_emb = Vec::new();
     for chunk in host.split(host.rows.div_ceil(32)) {
-        let (t, i) = model.unimodal(&chunk.to_device(device));
+        let (t, i) = model
+            .unimodal(&chunk.to_device(device))
+            .map_err(|e| e.to_string())?;
         image_emb.push(itc.image_proj.forward(i));
         text_emb.push(itc.text_proj.forward(t));
     }
@@ -391,13 +403,18 @@ pub fn retrieval(
         // One image against its candidate captions, as a batch of pairs.
         let pairs: Vec<String> = texts.iter().map(|&t| captions[t].clone()).collect();
         let rows = vec![indices[image]; pairs.len()];
-        match data.host_captions(Split::Test, &rows, &pairs, &mut StdRng::seed_from_u64(0)) {
-            Ok(h) => model.match_scores(&h.to_device(device)),
-            Err(e) => {
-                failure = Some(e);
-                vec![0.0; texts.len()]
-            }
-        }
+        let scores = data
+            .host_captions(split, &rows, &pairs, &mut StdRng::seed_from_u64(0))
+            .and_then(|h| {
+                model
+                    .match_scores(&h.to_device(device))
+                    .map_err(|e| e.to_string())
+            });
+        scores.unwrap_or_else(|e| {
+            // Reported after the ranking; the placeholder scores are never used.
+            failure.get_or_insert(e);
+            vec![0.0; texts.len()]
+        })
     });
     match failure {
         Some(e) => Err(e),
@@ -405,9 +422,71 @@ pub fn retrieval(
     }
 }
 
+/// Held-out metrics of `model` on `split`: [`evaluate`] and, with ITC, [`retrieval`].
+fn held_out(
+    model: &PretrainModel,
+    data: &Data,
+    split: Split,
+    cfg: &TrainConfig,
+    device: &Device,
+) -> Result<EvalMetrics, String> {
+    let mut metrics = evaluate(model, data, split, cfg.eval.scenes, device)?;
+    metrics.retrieval = retrieval(
+        model,
+        data,
+        split,
+        cfg.eval.retrieval_images,
+        cfg.eval.retrieval_top_k,
+        device,
+    )?;
+    Ok(metrics)
+}
+
+/// The `metrics.jsonl` values of held-out `metrics` under `prefix` (`eval`: validation,
+/// `test`): only what the run has (region, VQA, retrieval).
+fn metric_values(
+    prefix: &str,
+    metrics: &EvalMetrics,
+    data: &Data,
+    model: &PretrainModel,
+    cfg: &TrainConfig,
+) -> Vec<(String, f64)> {
+    let mut values = vec![
+        ("itm_accuracy", metrics.itm_accuracy),
+        ("mlm_accuracy", metrics.mlm_accuracy),
+        ("mlm_color_shape_accuracy", metrics.mlm_color_shape_accuracy),
+    ];
+    if data.masks_regions() {
+        values.push(("region_accuracy", metrics.region_accuracy));
+    }
+    if model.vqa.is_some() {
+        values.push(("vqa_accuracy", metrics.vqa_accuracy));
+    }
+    if model.itc.is_some() && cfg.eval.retrieval_images > 0 {
+        let r = metrics.retrieval;
+        values.extend([
+            ("i2t_r1", r.image_to_text[0]),
+            ("i2t_r5", r.image_to_text[1]),
+            ("i2t_r10", r.image_to_text[2]),
+            ("t2i_r1", r.text_to_image[0]),
+            ("t2i_r5", r.text_to_image[1]),
+            ("t2i_r10", r.text_to_image[2]),
+        ]);
+    }
+    values
+        .into_iter()
+        .map(|(k, v)| (format!("{prefix}/{k}"), v as f64))
+        .collect()
+}
+
+fn as_refs(values: &[(String, f64)]) -> Vec<(&str, f64)> {
+    values.iter().map(|(k, v)| (k.as_str(), *v)).collect()
+}
+
 /// The batch of training step `step`: examples `step * B .. (step + 1) * B` and a generator
 /// seeded by (seed, step), so a resumed run sees exactly the batches the interrupted one would
-/// have (with a finite corpus, example `i` is image `i mod images`: epochs follow the step).
+/// have (with a finite corpus, example `i` is position `i mod images` of epoch `i / images`, each
+/// epoch a permutation seeded by (seed, epoch): see `corpus`).
 pub fn step_batch(data: &Data, cfg: &TrainConfig, step: usize) -> Result<HostBatch, String> {
     let mut rng = StdRng::seed_from_u64(cfg.run.seed.wrapping_mul(1_000_003) ^ step as u64);
     let b = cfg.run.batch_size as u64;
@@ -436,7 +515,8 @@ pub fn step_gradients(
     micro_batches: usize,
     weights: LossWeights,
     seed: u64,
-) -> (GradientsParams, StepLosses) {
+) -> Result<(GradientsParams, StepLosses), String> {
+    model.check_batch(host).map_err(|e| e.to_string())?;
     let scalar = |t: &burn::tensor::Tensor<1>| t.clone().into_scalar::<f32>();
     let main = &devices[0];
     let parts = host.split(devices.len() * micro_batches);
@@ -481,7 +561,7 @@ pub fn step_gradients(
         let out = {
             // Random draws inside the step (dropout) are a function of (seed, step, part).
             let _rng = seeded(&devices[d], splitmix64(seed ^ splitmix64(i as u64)));
-            replica.objectives(&batch)
+            replica.objectives(&batch).map_err(|e| e.to_string())?
         };
         // Each micro-batch's mean weighted by its share of the step's items: the sum of the
         // weighted gradients is the gradient of the whole batch's means.
@@ -508,7 +588,7 @@ pub fn step_gradients(
         let grads = GradientsParams::from_grads(loss.backward(), replica);
         accumulator.accumulate(model, grads.to_device(main, model));
     }
-    (accumulator.grads(), values)
+    Ok((accumulator.grads(), values))
 }
 
 /// Runs (or resumes, when `dir` holds a checkpoint) a pretraining run on `devices` (plain
@@ -532,17 +612,25 @@ pub fn run(
     let has_checkpoint = ckpt_dir.join("last").is_dir() || ckpt_dir.join(".last.old").is_dir();
     if has_checkpoint && config_path.is_file() {
         let saved = TrainConfig::load(&config_path).map_err(|e| e.to_string())?;
-        if saved != *cfg {
+        // Only the length of a run may change on resume (extending a finished run).
+        let mut same_length = saved.clone();
+        same_length.run.steps = cfg.run.steps;
+        if same_length != *cfg {
             return Err(format!(
                 "{} holds a run with a different configuration ({}); resume it with that \
-                 configuration or train in a new directory",
+                 configuration (only run.steps may change) or train in a new directory",
                 dir.display(),
                 config_path.display()
             ));
         }
+        if saved.run.steps != cfg.run.steps {
+            events(Event::Note(format!(
+                "run length changed from {} to {} steps: the learning-rate schedule is \
+                 re-drawn over the new length from the resume point on",
+                saved.run.steps, cfg.run.steps
+            )));
+        }
     }
-    crate::checkpoint::write_atomic(&config_path, resolved.as_bytes())
-        .map_err(|e| e.to_string())?;
     if !has_checkpoint {
         // A fresh start: files a stopped earlier run left (perhaps with another configuration)
         // must not be reused.
@@ -592,6 +680,7 @@ pub fn run(
                 records,
                 reader,
                 cfg.data.held_out_images,
+                cfg.run.seed,
                 tokenizer,
                 masking,
                 cfg.data.mismatch_prob,
@@ -604,8 +693,17 @@ pub fn run(
                 ));
             }
             events(Event::Note(format!(
-                "corpus: {} training images, {} held out; {} captions without features dropped",
-                stats.train_images, stats.test_images, stats.missing_captions
+                "corpus: {} training images, {} validation, {} test ({}); {} captions without \
+                 features dropped",
+                stats.train_images,
+                stats.validation_images,
+                stats.test_images,
+                if stats.corpus_splits {
+                    "the corpus's splits"
+                } else {
+                    "last images by id"
+                },
+                stats.missing_captions
             )));
             Data::Store(Arc::new(batcher))
         }
@@ -647,6 +745,14 @@ pub fn run(
             Some(bert) => {
                 let bert_cfg = BertConfig::from_json_file(bert.join("config.json"))
                     .map_err(|e| e.to_string())?;
+                if shape.max_text_len > bert_cfg.max_position_embeddings {
+                    return Err(format!(
+                        "data.max_text_len = {} exceeds the {} positions of {}",
+                        shape.max_text_len,
+                        bert_cfg.max_position_embeddings,
+                        bert.join("config.json").display()
+                    ));
+                }
                 let vcfg = visual_bert_config(
                     &cfg.model,
                     Some(bert_cfg),
@@ -654,7 +760,8 @@ pub fn run(
                     shape.feature_dim,
                     shape.max_text_len,
                 );
-                let mut m = vcfg.init_pretraining(&ad[0]);
+                // HF initialisation for what the checkpoint does not hold (regions, heads).
+                let mut m = bert_init(vcfg.init_pretraining(&ad[0]), BertInit::default());
                 m.visual_bert = m
                     .visual_bert
                     .init_from_bert(bert.join("model.safetensors"))
@@ -704,6 +811,17 @@ pub fn run(
         state = loaded.state;
         resumed = true;
     }
+    if state.step > cfg.run.steps {
+        return Err(format!(
+            "{} is already at step {}, beyond run.steps = {}",
+            dir.display(),
+            state.step,
+            cfg.run.steps
+        ));
+    }
+    // Written once the run is known to proceed (a refused resume leaves the saved one).
+    crate::checkpoint::write_atomic(&config_path, resolved.as_bytes())
+        .map_err(|e| e.to_string())?;
     let schedule = LrSchedule {
         peak: o.learning_rate,
         warmup_steps: o.warmup_steps,
@@ -741,7 +859,8 @@ pub fn run(
             cfg.run.grad_accum_steps,
             weights,
             step_seed(cfg.run.seed, step),
-        );
+        )
+        .map_err(|e| format!("step {step}: {e}"))?;
         let StepLosses {
             mlm,
             itm,
@@ -760,7 +879,7 @@ pub fn run(
         match guard.observe(step as u64, total, norm) {
             StepAction::Apply => {
                 model = apply_weight_decay(model, &decayed, lr, o.weight_decay);
-                model = optim.step(lr, model, grads);
+                model = optim.step(lr, model, grads).after_step();
             }
             StepAction::Skip => {}
             StepAction::Abort(msg) => return Err(msg),
@@ -811,41 +930,11 @@ pub fn run(
                     ckpt_dir.display()
                 ));
             }
-            let valid = model.valid();
-            state.eval = evaluate(&valid, &data, cfg.eval.scenes, device)?;
-            state.eval.retrieval = retrieval(
-                &valid,
-                &data,
-                cfg.eval.retrieval_images,
-                cfg.eval.retrieval_top_k,
-                device,
-            )?;
-            let mut values = vec![
-                ("eval/itm_accuracy", state.eval.itm_accuracy as f64),
-                ("eval/mlm_accuracy", state.eval.mlm_accuracy as f64),
-                (
-                    "eval/mlm_color_shape_accuracy",
-                    state.eval.mlm_color_shape_accuracy as f64,
-                ),
-            ];
-            if data.masks_regions() {
-                values.push(("eval/region_accuracy", state.eval.region_accuracy as f64));
-            }
-            if model.vqa.is_some() {
-                values.push(("eval/vqa_accuracy", state.eval.vqa_accuracy as f64));
-            }
-            if model.itc.is_some() && cfg.eval.retrieval_images > 0 {
-                let r = state.eval.retrieval;
-                values.extend([
-                    ("eval/i2t_r1", r.image_to_text[0] as f64),
-                    ("eval/i2t_r5", r.image_to_text[1] as f64),
-                    ("eval/i2t_r10", r.image_to_text[2] as f64),
-                    ("eval/t2i_r1", r.text_to_image[0] as f64),
-                    ("eval/t2i_r5", r.text_to_image[1] as f64),
-                    ("eval/t2i_r10", r.text_to_image[2] as f64),
-                ]);
-            }
-            log.log(state.step as u64, &values).map_err(metrics_err)?;
+            // Model selection reads the validation split; the test split is read once, at the end.
+            state.eval = held_out(&model.valid(), &data, Split::Validation, cfg, device)?;
+            let values = metric_values("eval", &state.eval, &data, &model, cfg);
+            log.log(state.step as u64, &as_refs(&values))
+                .map_err(metrics_err)?;
             state.metrics_lines = log.lines();
             state.devices = devices.len();
             let score = state.eval.get(cfg.eval.best);
@@ -868,10 +957,38 @@ pub fn run(
             });
         }
     }
+    // The test split, once, with the model validation selected (the run's end only: an
+    // interrupted run has not chosen yet).
+    let test = if state.step == cfg.run.steps {
+        let (step, selected) = match state.best {
+            Some((best_step, _)) if best_step != state.step => {
+                let best =
+                    checkpoint::load::<_, RunState>(&ckpt_dir, "best", model.clone(), adamw.init())
+                        .map_err(|e| e.to_string())?
+                        .ok_or_else(|| {
+                            format!("{}: the best checkpoint is missing", ckpt_dir.display())
+                        })?;
+                (best_step, best.model)
+            }
+            _ => (state.step, model.clone()),
+        };
+        let metrics = held_out(&selected.valid(), &data, Split::Test, cfg, device)?;
+        let values = metric_values("test", &metrics, &data, &selected, cfg);
+        log.log(state.step as u64, &as_refs(&values))
+            .map_err(metrics_err)?;
+        events(Event::Note(format!(
+            "test split, model of step {step} (selected on validation): ITM {:.3}, MLM {:.3}",
+            metrics.itm_accuracy, metrics.mlm_accuracy
+        )));
+        Some((step, metrics))
+    } else {
+        None
+    };
     log.plot(dir)
         .map_err(|e| format!("plots in {}: {e}", dir.display()))?;
     Ok(Summary {
         eval: state.eval,
+        test,
         best: state.best,
         steps: state.step,
         skipped: state.skipped,

@@ -181,3 +181,33 @@ fn a_split_batch_is_the_same_examples_with_re_indexed_positions() {
     assert_eq!(ids, host.input_ids);
     assert_eq!(host.split(1)[0], host);
 }
+
+/// The image view of contrastive and retrieval passes sees the regions before masking (as the
+/// text view sees the caption before MLM masking); the joint view sees them masked.
+#[test]
+fn the_image_view_sees_unmasked_regions() {
+    use tuwen_train::batch::View;
+    let b = batcher();
+    let mut rng = StdRng::seed_from_u64(5);
+    let indices: Vec<u64> = (0..16).collect();
+    let host = b.host_batch(Split::Train, &indices, &mut rng).unwrap();
+    assert!(!host.region_positions.is_empty(), "no region was masked");
+    let unmasked = host
+        .unmasked_features
+        .clone()
+        .expect("unmasked features kept");
+    assert_ne!(unmasked, host.features, "masking changed nothing");
+    let batch = host.to_device(&flex());
+    let read = |t: burn::tensor::Tensor<3>| t.into_data().try_into_vec_as::<f32>().unwrap();
+    let image = read(batch.visual_bert_input(View::Image).visual_embeds);
+    assert_eq!(image, unmasked);
+    let joint = read(batch.visual_bert_input(View::Joint).visual_embeds);
+    assert_eq!(joint, host.features);
+    // Slicing keeps the two in step.
+    let part = host.slice(3..7);
+    let (r, d) = (host.regions, host.feature_dim);
+    assert_eq!(
+        part.unmasked_features.unwrap(),
+        unmasked[3 * r * d..7 * r * d].to_vec()
+    );
+}

@@ -2,13 +2,20 @@
 //! `tuwen extract-regions` writes it. The store here holds synthetic features whose regions
 //! reflect the caption's words, so there is something to learn; what is checked is the path:
 //! matching captions to stored images, held-out images, MRC against the stored classes,
-//! retrieval, and exact resume.
+//! retrieval, and exact resume; and, on `StoreBatcher` directly, the per-epoch shuffle, the
+//! Karpathy splits and the matching of Karpathy paths with store ids.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
-use tuwen_regions::{BoxXyxy, RegionFeatures, StoreDtype, StoreWriter};
+use tuwen_data::formats::{self, CaptionRecord};
+use tuwen_data::scene::Split;
+use tuwen_objectives::mlm::MaskingConfig;
+use tuwen_regions::{BoxXyxy, RegionFeatures, StoreDtype, StoreReader, StoreWriter};
 use tuwen_testkit::flex;
+use tuwen_tokenizer::{BertTokenizer, TokenizerOptions};
 use tuwen_train::config::TrainConfig;
+use tuwen_train::corpus::{CorpusStats, StoreBatcher, candidate_ids};
 use tuwen_train::pretrain::{Event, run};
 
 const COLORS: [&str; 4] = ["red", "green", "blue", "yellow"];
@@ -132,7 +139,7 @@ fn a_coco_caption_file_with_a_feature_store_trains_evaluates_and_resumes() {
     assert!(
         notes
             .iter()
-            .any(|n| n.contains("18 training images, 6 held out; 1 captions without features")),
+            .any(|n| n.contains("18 training images, 3 validation, 3 test (last images by id); 1 captions without features")),
         "{notes:?}"
     );
     // The corpus vocabulary holds its words.
@@ -179,4 +186,312 @@ fn a_store_run_names_missing_files_and_impossible_splits() {
     let dir = tempfile::tempdir().unwrap();
     let err = run(&cfg, dir.path(), &[flex()], None, |_| {}).unwrap_err();
     assert!(err.contains("missing.json"), "{err}");
+}
+
+/// A store with one box per image whose global vector starts with the image's index in `ids`
+/// (so a batch row tells which image it shows).
+fn write_store(dir: &Path, ids: &[String]) -> StoreReader {
+    let mut writer = StoreWriter::open(dir, StoreDtype::F32, 4).unwrap();
+    for (k, id) in ids.iter().enumerate() {
+        let mut global = vec![0.0f32; DIM];
+        global[0] = k as f32;
+        writer
+            .add(
+                id,
+                RegionFeatures {
+                    image_size: [64, 48],
+                    boxes: vec![BoxXyxy::new(1.0, 1.0, 30.0, 20.0)],
+                    features: vec![0.5; DIM],
+                    dim: DIM,
+                    global,
+                    class_probs: vec![1.0 / CLASSES as f32; CLASSES],
+                    classes: CLASSES,
+                    scores: vec![0.9],
+                },
+            )
+            .unwrap();
+    }
+    writer.finish().unwrap();
+    StoreReader::open(dir).unwrap()
+}
+
+fn batcher(
+    records: &[CaptionRecord],
+    store: StoreReader,
+    held_out: usize,
+    seed: u64,
+) -> Result<(StoreBatcher, CorpusStats), String> {
+    let tokens =
+        BertTokenizer::word_vocabulary(records.iter().map(|r| &r.caption), 1000, true).unwrap();
+    let tokenizer = BertTokenizer::from_tokens(&tokens, TokenizerOptions::default()).unwrap();
+    StoreBatcher::new(
+        records,
+        store,
+        held_out,
+        seed,
+        tokenizer,
+        MaskingConfig::default(),
+        0.5,
+        None,
+    )
+}
+
+fn record(image: &str, id: &str, split: Option<&str>) -> CaptionRecord {
+    CaptionRecord {
+        image_id: id.to_string(),
+        image: image.to_string(),
+        caption: format!("a photo of image {id}"),
+        split: split.map(str::to_string),
+    }
+}
+
+/// Which store image (index in the store's id list) each row of the batch of `indices` shows.
+fn shown(b: &StoreBatcher, split: Split, indices: &[u64]) -> Vec<usize> {
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1);
+    let host = b.host_batch(split, indices, &mut rng).unwrap();
+    (0..host.rows)
+        .map(|r| host.features[r * host.regions * host.feature_dim] as usize)
+        .collect()
+}
+
+#[test]
+fn training_epochs_visit_every_image_in_an_order_seeded_by_seed_and_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids: Vec<String> = (0..10).map(|i| format!("img{i:02}")).collect();
+    let records: Vec<CaptionRecord> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| record(&format!("{id}.jpg"), &i.to_string(), None))
+        .collect();
+    let (b, stats) = batcher(&records, write_store(&dir.path().join("a"), &ids), 2, 7).unwrap();
+    assert_eq!(stats.train_images, 8);
+    let all: Vec<u64> = (0..24).collect();
+    let seen = shown(&b, Split::Train, &all);
+    let epochs: Vec<&[usize]> = seen.chunks(8).collect();
+    for e in &epochs {
+        // Each epoch shows every training image (the first 8 by id) once ...
+        assert_eq!(e.iter().copied().collect::<BTreeSet<_>>(), (0..8).collect());
+    }
+    // ... in an order of its own, not id order.
+    assert_ne!(epochs[0], epochs[1]);
+    assert!(
+        epochs.iter().any(|e| *e != (0..8).collect::<Vec<_>>()),
+        "{seen:?}"
+    );
+
+    // A pure function of (seed, index): any subset, any batcher, any thread.
+    let (again, _) = batcher(&records, write_store(&dir.path().join("b"), &ids), 2, 7).unwrap();
+    assert_eq!(
+        shown(&again, Split::Train, &[13, 2, 23]),
+        [seen[13], seen[2], seen[23]]
+    );
+    // Six epochs through four loader threads, each in its own order, agree with one thread.
+    let long: Vec<u64> = (0..48).collect();
+    let expected = shown(&b, Split::Train, &long);
+    assert_eq!(expected[..24], seen[..]);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4usize)
+            .map(|t| {
+                let b = &again;
+                s.spawn(move || {
+                    let idx: Vec<u64> = (0..48u64).map(|k| (k * 5 + 7 * t as u64) % 48).collect();
+                    (idx.clone(), shown(b, Split::Train, &idx))
+                })
+            })
+            .collect();
+        for h in handles {
+            let (idx, got) = h.join().unwrap();
+            for (i, g) in idx.iter().zip(got) {
+                assert_eq!(g, expected[*i as usize], "example {i}");
+            }
+        }
+    });
+    let (other, _) = batcher(&records, write_store(&dir.path().join("c"), &ids), 2, 8).unwrap();
+    assert_ne!(shown(&other, Split::Train, &all), seen);
+    // Held-out examples are not shuffled: example i is image i of the split.
+    assert_eq!(shown(&b, Split::Test, &[0, 1]), [9, 9]);
+    assert_eq!(shown(&b, Split::Validation, &[0, 1]), [8, 8]);
+}
+
+fn karpathy_json(dir: &Path, images: &[(&str, Option<&str>, &str)]) -> Vec<CaptionRecord> {
+    let images: Vec<_> = images
+        .iter()
+        .enumerate()
+        .map(|(i, (file, filepath, split))| {
+            let mut img = serde_json::json!({
+                "filename": file,
+                "imgid": i,
+                "split": split,
+                "sentences": [
+                    {"tokens": ["a"], "raw": format!("A picture number {i}. ")},
+                    {"tokens": ["a"], "raw": format!("Another view of number {i}.")}
+                ],
+            });
+            if let Some(p) = filepath {
+                img["filepath"] = serde_json::json!(p);
+                img["cocoid"] = serde_json::json!(1000 + i);
+            }
+            img
+        })
+        .collect();
+    let path = dir.join("dataset.json");
+    std::fs::write(&path, serde_json::json!({"images": images}).to_string()).unwrap();
+    formats::karpathy(&path).unwrap()
+}
+
+fn names(b: &StoreBatcher, split: Split) -> Vec<&str> {
+    b.images(split).iter().map(|(id, _)| id.as_str()).collect()
+}
+
+#[test]
+fn karpathy_splits_decide_train_validation_and_test() {
+    let dir = tempfile::tempdir().unwrap();
+    // The test and validation images come first by id: holding out the last images by id
+    // would train on them.
+    let files = [
+        ("a_test", "test"),
+        ("b_val", "val"),
+        ("c_restval", "restval"),
+        ("d_train", "train"),
+        ("e_train", "train"),
+        ("f_train", "train"),
+    ];
+    let images: Vec<_> = files
+        .iter()
+        .map(|(f, s)| (format!("{f}.jpg"), *s))
+        .collect();
+    let images: Vec<_> = images.iter().map(|(f, s)| (f.as_str(), None, *s)).collect();
+    let records = karpathy_json(dir.path(), &images);
+    let ids: Vec<String> = files.iter().map(|(f, _)| f.to_string()).collect();
+    let (b, stats) = batcher(&records, write_store(&dir.path().join("s"), &ids), 2, 0).unwrap();
+    assert_eq!(
+        names(&b, Split::Train),
+        ["c_restval", "d_train", "e_train", "f_train"]
+    );
+    assert_eq!(names(&b, Split::Validation), ["b_val"]);
+    assert_eq!(names(&b, Split::Test), ["a_test"]);
+    assert_eq!(
+        (
+            stats.train_images,
+            stats.validation_images,
+            stats.test_images
+        ),
+        (4, 1, 1)
+    );
+    assert!(stats.corpus_splits);
+    assert_eq!(b.images(Split::Test)[0].1.len(), 2);
+
+    // A split missing from the store is named; an unknown split value too.
+    let train_only: Vec<CaptionRecord> = records
+        .iter()
+        .filter(|r| matches!(r.split.as_deref(), Some("train" | "restval")))
+        .cloned()
+        .collect();
+    let err = batcher(&train_only, write_store(&dir.path().join("t"), &ids), 2, 0).unwrap_err();
+    assert!(err.contains("4 training, 0 validation and 0 test"), "{err}");
+    let mut odd = records.clone();
+    odd[0].split = Some("dev".into());
+    let err = batcher(&odd, write_store(&dir.path().join("u"), &ids), 2, 0).unwrap_err();
+    assert!(err.contains("unknown split \"dev\""), "{err}");
+    assert_eq!(formats::karpathy_split("restval"), Some(Split::Train));
+    assert_eq!(formats::karpathy_split("val"), Some(Split::Validation));
+}
+
+#[test]
+fn a_corpus_without_splits_holds_out_validation_then_test_images_by_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids: Vec<String> = (0..10).map(|i| format!("img{i:02}")).collect();
+    let records: Vec<CaptionRecord> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| record(&format!("{id}.jpg"), &i.to_string(), None))
+        .collect();
+    let (b, stats) = batcher(&records, write_store(&dir.path().join("a"), &ids), 5, 0).unwrap();
+    assert_eq!(names(&b, Split::Validation), ["img05", "img06"]);
+    assert_eq!(names(&b, Split::Test), ["img07", "img08", "img09"]);
+    assert_eq!(b.images(Split::Train).len(), 5);
+    assert!(!stats.corpus_splits);
+    // A single held-out image serves as both.
+    let (b, _) = batcher(&records, write_store(&dir.path().join("b"), &ids), 1, 0).unwrap();
+    assert_eq!(names(&b, Split::Validation), ["img09"]);
+    assert_eq!(names(&b, Split::Test), ["img09"]);
+}
+
+#[test]
+fn karpathy_paths_match_store_ids_as_extract_regions_writes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = [
+        ("COCO_val2014_000000391895.jpg", Some("val2014"), "test"),
+        ("COCO_val2014_000000522418.jpg", Some("val2014"), "val"),
+        (
+            "COCO_train2014_000000318556.jpg",
+            Some("train2014"),
+            "train",
+        ),
+        ("COCO_val2014_000000184613.jpg", Some("val2014"), "restval"),
+    ];
+    let records = karpathy_json(dir.path(), &images);
+    assert_eq!(records[0].image, "val2014/COCO_val2014_000000391895.jpg");
+    // `tuwen extract-regions` (crates/tuwen-cli/src/extract.rs, `list_images`) names an image of
+    // a directory by its file stem, and a listed image by the listed path without extension.
+    let from_directory: Vec<String> = images
+        .iter()
+        .map(|(f, _, _)| {
+            Path::new(f)
+                .file_stem()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    let from_list: Vec<String> = images
+        .iter()
+        .map(|(f, p, _)| {
+            Path::new(&format!("{}/{f}", p.unwrap()))
+                .with_extension("")
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    for (name, ids) in [("dir", &from_directory), ("list", &from_list)] {
+        let (b, stats) = batcher(&records, write_store(&dir.path().join(name), ids), 1, 0)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(stats.missing_captions, 0, "{name}");
+        assert_eq!(
+            (
+                stats.train_images,
+                stats.validation_images,
+                stats.test_images
+            ),
+            (2, 1, 1),
+            "{name}"
+        );
+        assert_eq!(names(&b, Split::Test), [ids[0].as_str()], "{name}");
+        assert_eq!(names(&b, Split::Validation), [ids[1].as_str()], "{name}");
+    }
+    assert_eq!(
+        candidate_ids("val2014/COCO_val2014_000000391895.jpg", "391895"),
+        [
+            "val2014/COCO_val2014_000000391895",
+            "COCO_val2014_000000391895",
+            "val2014/COCO_val2014_000000391895.jpg",
+            "391895"
+        ]
+    );
+
+    // Two images whose file stems collide in a store of file stems are an error, not merged.
+    let records = karpathy_json(
+        dir.path(),
+        &[
+            ("x.jpg", Some("train2014"), "train"),
+            ("x.jpg", Some("val2014"), "test"),
+            ("y.jpg", Some("val2014"), "val"),
+        ],
+    );
+    let store = write_store(&dir.path().join("stems"), &["x".into(), "y".into()]);
+    let err = batcher(&records, store, 1, 0).unwrap_err();
+    assert!(
+        err.contains("train2014/x.jpg and val2014/x.jpg both match store id x"),
+        "{err}"
+    );
 }

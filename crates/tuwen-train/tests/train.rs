@@ -53,7 +53,7 @@ fn clipping_scales_every_gradient_to_the_global_norm() {
 }
 
 #[test]
-fn decay_skips_layer_norms_biases_and_embeddings() {
+fn decay_skips_layer_norms_and_biases_only() {
     let config = tiny();
     let model = config.init(&flex());
     let ids = decayed_params(&model);
@@ -61,11 +61,15 @@ fn decay_skips_layer_norms_biases_and_embeddings() {
     assert!(ids.contains(&layer.attention.self_attn.query.weight.id));
     assert!(ids.contains(&layer.ffn.intermediate.dense.weight.id));
     assert!(ids.contains(&model.pooler.dense.weight.id));
-    assert!(!ids.contains(&model.embeddings.word_embeddings.weight.id));
+    // HF decays embedding tables (only biases and LayerNorm are exempt).
+    assert!(ids.contains(&model.embeddings.word_embeddings.weight.id));
+    assert!(ids.contains(&model.embeddings.position_embeddings.weight.id));
+    assert!(!ids.contains(&model.embeddings.layer_norm.gamma.id));
     assert!(!ids.contains(&layer.attention.output.layer_norm.gamma.id));
+    assert!(!ids.contains(&layer.attention.output.layer_norm.beta.as_ref().unwrap().id));
     assert!(!ids.contains(&layer.attention.self_attn.query.bias.as_ref().unwrap().id));
-    // Six Linear weights per layer plus the pooler.
-    assert_eq!(ids.len(), 6 * config.num_hidden_layers + 1);
+    // Six Linear weights per layer, the pooler and three embedding tables.
+    assert_eq!(ids.len(), 6 * config.num_hidden_layers + 1 + 3);
 
     let before = model
         .pooler
@@ -106,4 +110,112 @@ fn decay_skips_layer_norms_biases_and_embeddings() {
         .try_into_vec_as::<f32>()
         .unwrap();
     assert_eq!(gamma_after, gamma_before);
+}
+
+/// The visual projection and location encoders are Linear layers under `embeddings`: decayed
+/// (the old rule exempted every path containing "embeddings"); the ITC temperature is not.
+#[test]
+fn decay_covers_projections_under_embeddings_but_not_the_itc_temperature() {
+    use tuwen_train::config::{Architecture, ModelConfig};
+    use tuwen_train::model::{Encoder, ModelShape, PretrainModel};
+    let cfg = ModelConfig {
+        architecture: Architecture::VisualBert,
+        hidden_size: 8,
+        layers: 1,
+        heads: 2,
+        itc_dim: 4,
+        ..ModelConfig::default()
+    };
+    let shape = ModelShape {
+        vocab: 20,
+        feature_dim: 6,
+        max_text_len: 8,
+        answers: 0,
+        region_classes: 0,
+    };
+    let model = PretrainModel::init(&cfg, &shape, &flex());
+    let ids = decayed_params(&model);
+    let Encoder::VisualBert(m) = &model.encoder else {
+        unreachable!()
+    };
+    let emb = &m.visual_bert.embeddings;
+    assert!(ids.contains(&emb.visual_projection.weight.id));
+    assert!(!ids.contains(&emb.visual_projection.bias.as_ref().unwrap().id));
+    let itc = model.itc.as_ref().unwrap();
+    assert!(!ids.contains(&itc.temperature.id));
+    assert!(ids.contains(&itc.image_proj.weight.id));
+}
+
+/// Models trained from scratch start as HF BERT's `_init_weights` leaves them: Linear and
+/// Embedding weights N(0, 0.02), biases 0, LayerNorm 1 / 0, the `[PAD]` row zero (Burn's
+/// defaults: Kaiming-uniform Linear weights and biases, N(0, 1) embeddings).
+#[test]
+fn models_trained_from_scratch_get_bert_initialisation() {
+    use tuwen_train::config::{Architecture, ModelConfig};
+    use tuwen_train::model::{Encoder, ModelShape, PretrainModel};
+    let read = |t: Tensor<2>| t.into_data().try_into_vec_as::<f32>().unwrap();
+    let read1 = |t: Tensor<1>| t.into_data().try_into_vec_as::<f32>().unwrap();
+    let std = |v: &[f32]| {
+        let mean = v.iter().sum::<f32>() / v.len() as f32;
+        (v.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / v.len() as f32).sqrt()
+    };
+    for architecture in [Architecture::VisualBert, Architecture::Vilbert] {
+        let cfg = ModelConfig {
+            architecture,
+            hidden_size: 64,
+            v_hidden_size: 64,
+            layers: 2,
+            v_layers: 2,
+            co_layers: 1,
+            heads: 2,
+            itc_dim: 32,
+            ..ModelConfig::default()
+        };
+        let shape = ModelShape {
+            vocab: 300,
+            feature_dim: 48,
+            max_text_len: 16,
+            answers: 10,
+            region_classes: 5,
+        };
+        let model = PretrainModel::init(&cfg, &shape, &flex());
+        let (words, query, norm) = match &model.encoder {
+            Encoder::VisualBert(m) => {
+                let layer = &m.visual_bert.encoder.layers[0];
+                (
+                    m.visual_bert.embeddings.text.word_embeddings.weight.val(),
+                    layer.attention.self_attn.query.clone(),
+                    layer.attention.output.layer_norm.clone(),
+                )
+            }
+            Encoder::ViLBert(m) => {
+                let layer = &m.bert.encoder.layers[0];
+                (
+                    m.bert.embeddings.word_embeddings.weight.val(),
+                    layer.attention.self_attn.query.clone(),
+                    layer.attention.output.layer_norm.clone(),
+                )
+            }
+        };
+        let words = read(words);
+        assert!(words[..64].iter().all(|&x| x == 0.0), "[PAD] row is zero");
+        let s = std(&words[64..]);
+        assert!(
+            (s - 0.02).abs() < 0.002,
+            "{architecture:?} embedding std {s}"
+        );
+        let s = std(&read(query.weight.val()));
+        assert!((s - 0.02).abs() < 0.003, "{architecture:?} Linear std {s}");
+        assert!(read1(query.bias.unwrap().val()).iter().all(|&x| x == 0.0));
+        assert!(read1(norm.gamma.val()).iter().all(|&x| x == 1.0));
+        assert!(read1(norm.beta.unwrap().val()).iter().all(|&x| x == 0.0));
+        let itc = model.itc.as_ref().unwrap();
+        let s = std(&read(itc.image_proj.weight.val()));
+        assert!((s - 0.02).abs() < 0.003, "ITC projection std {s}");
+        let t = itc.temperature.val().into_scalar::<f32>();
+        assert!(
+            (t - 0.07).abs() < 1e-6,
+            "the temperature keeps its value: {t}"
+        );
+    }
 }

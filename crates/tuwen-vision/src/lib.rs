@@ -50,10 +50,8 @@ pub fn imagenet_classes() -> Vec<&'static str> {
 /// The `k` most probable classes of each row of `logits` `[B, classes]`: `(index, probability)`.
 pub fn top_k(logits: Tensor<2>, k: usize) -> Vec<Vec<(usize, f32)>> {
     let [batch, classes] = logits.dims();
-    let probs: Vec<f32> = softmax(logits, 1)
-        .into_data()
-        .try_into_vec_as::<f32>()
-        .unwrap_or_default();
+    let probs: Vec<f32> =
+        tuwen_weights::host::computed(softmax(logits, 1).into_data(), "class probabilities");
     (0..batch)
         .map(|b| {
             let row = &probs[b * classes..(b + 1) * classes];

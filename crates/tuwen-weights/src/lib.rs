@@ -6,6 +6,8 @@
 //! mis-shaped tensor into one error that names the file and the tensors; tensors a model does
 //! not use by design (buffers, tied copies) are declared, never silently skipped.
 
+pub mod compare;
+pub mod host;
 pub mod synthetic;
 
 use std::collections::BTreeMap;
@@ -197,6 +199,13 @@ pub fn load_renamed<M: Module>(
         .into_iter()
         .filter_map(|(name, view)| rename(&name).map(|new| (new, view)))
         .collect();
+    // Two stored tensors renamed to one name would make `safetensors::serialize` panic.
+    let mut seen = std::collections::HashSet::new();
+    if let Some((name, _)) = renamed.iter().find(|(name, _)| !seen.insert(name.as_str())) {
+        return Err(format_err(format!(
+            "two tensors of the checkpoint map to the model tensor {name}"
+        )));
+    }
     let bytes = safetensors::serialize(renamed, None).map_err(|e| format_err(e.to_string()))?;
     apply_strict(
         module,

@@ -58,6 +58,10 @@ fn value(name: &str, shape: &[usize], u: f32) -> f32 {
     }
 }
 
+/// Most values a synthetic state dict may hold (512 MiB of f32; ResNet-50 has 25.6M). Shapes
+/// come from the file: a corrupt one must not overflow or ask for terabytes.
+pub const MAX_VALUES: usize = 1 << 27;
+
 /// Builds the safetensors bytes of the synthetic state dict described by `spec_path`.
 pub fn materialize(spec_path: &Path) -> Result<Vec<u8>, LoadError> {
     let spec: Spec = crate::read_json(spec_path)?;
@@ -67,8 +71,20 @@ pub fn materialize(spec_path: &Path) -> Result<Vec<u8>, LoadError> {
     };
     let mut rng = SplitMix64(spec.seed);
     let mut buffers: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut total = 0usize;
+    let mut seen = std::collections::HashSet::new();
     for (name, dtype, shape) in spec.tensors {
-        let n: usize = shape.iter().product();
+        // `safetensors::serialize` panics on a repeated name.
+        if !seen.insert(name.clone()) {
+            return Err(err(format!("tensor {name} is listed twice")));
+        }
+        let n = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        total = n.map_or(usize::MAX, |n| total.saturating_add(n));
+        let Some(n) = n.filter(|_| total <= MAX_VALUES) else {
+            return Err(err(format!(
+                "tensor {name}: shape {shape:?} takes the state dict past {MAX_VALUES} values"
+            )));
+        };
         let (dtype, bytes) = match dtype.as_str() {
             "F32" => {
                 let mut bytes = Vec::with_capacity(4 * n);
@@ -103,6 +119,33 @@ mod tests {
         let mut rng = SplitMix64(0);
         assert_eq!(rng.next(), 0xE220_A839_7B1D_CDAF);
         assert_eq!(rng.next(), 0x6E78_9E6A_A1B9_65F4);
+    }
+
+    #[test]
+    fn absurd_shapes_and_repeated_names_are_errors_not_panics() {
+        let path = std::env::temp_dir().join(format!(
+            "tuwen-synthetic-{}-absurd.json",
+            std::process::id()
+        ));
+        for shape in [
+            "[18446744073709551615, 2]",
+            "[4294967296]",
+            "[65536, 65536]",
+        ] {
+            let spec = format!(r#"{{"seed": 1, "tensors": [["w", "F32", {shape}]]}}"#);
+            std::fs::write(&path, spec).unwrap();
+            let err = materialize(&path).unwrap_err().to_string();
+            assert!(
+                err.contains("past") && err.contains("-absurd.json"),
+                "{err}"
+            );
+        }
+        let spec =
+            r#"{"seed": 1, "tensors": [["w", "F32", [2]], ["b", "F32", [2]], ["w", "F32", [3]]]}"#;
+        std::fs::write(&path, spec).unwrap();
+        let err = materialize(&path).unwrap_err().to_string();
+        assert!(err.contains("tensor w is listed twice"), "{err}");
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
