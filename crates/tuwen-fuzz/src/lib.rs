@@ -32,7 +32,9 @@ pub const CASES_ENV: &str = "TUWEN_FUZZ_CASES";
 pub const REPLAY_ENV: &str = "TUWEN_FUZZ_REPLAY";
 /// Environment variable: run only the parser with this name.
 pub const ONLY_ENV: &str = "TUWEN_FUZZ_ONLY";
-/// Environment variable: seconds a case may run before it counts as a hang (default 10).
+/// Environment variable: seconds a case may run before it counts as a hang (default 30: a
+/// 700-byte JPEG may legitimately declare 2064 x 65535 pixels, within the `image` crate's 512 MiB
+/// decode limit, and decoding + resizing that takes ~8 s on one core, more under load).
 pub const DEADLINE_ENV: &str = "TUWEN_FUZZ_DEADLINE_S";
 /// Environment variable: directory for the case files (default `/dev/shm` where available).
 pub const TMPDIR_ENV: &str = "TUWEN_FUZZ_TMPDIR";
@@ -259,7 +261,7 @@ impl Options {
         }
         Self {
             cases: number(CASES_ENV).unwrap_or(DEFAULT_CASES),
-            deadline: Duration::from_secs_f64(number::<f64>(DEADLINE_ENV).unwrap_or(10.0)),
+            deadline: Duration::from_secs_f64(number::<f64>(DEADLINE_ENV).unwrap_or(30.0)),
             replay: number(REPLAY_ENV),
             only: std::env::var(ONLY_ENV).ok().filter(|s| !s.is_empty()),
             save_dir,
@@ -885,7 +887,7 @@ fn text_mutation(bytes: &mut Vec<u8>, rng: &mut StdRng) -> String {
     match rng.random_range(0..4) {
         0 | 1 => extreme_number(bytes, rng),
         2 => {
-            let insert: &[u8] = *pick::<&[u8]>(
+            let insert: &[u8] = pick::<&[u8]>(
                 rng,
                 &[
                     &b"\xef\xbb\xbf"[..],
@@ -1228,7 +1230,7 @@ fn lines(bytes: &mut Vec<u8>, rng: &mut StdRng) -> String {
             rows.swap(i, j);
             format!("swap lines {} and {}", i + 1, j + 1)
         }
-        3 | 4 | 5 => {
+        3..=5 => {
             // Replace one tab-separated field: base64 of random bytes, empty, extreme number.
             let mut fields: Vec<Vec<u8>> =
                 rows[i].split(|&b| b == b'\t').map(<[u8]>::to_vec).collect();
@@ -1399,7 +1401,7 @@ fn png(bytes: &mut Vec<u8>, rng: &mut StdRng) -> String {
 fn jpeg(bytes: &mut Vec<u8>, rng: &mut StdRng) -> String {
     let sof = bytes
         .windows(2)
-        .position(|w| w[0] == 0xFF && matches!(w[1], 0xC0 | 0xC1 | 0xC2));
+        .position(|w| w[0] == 0xFF && matches!(w[1], 0xC0..=0xC2));
     let Some(at) = sof.filter(|&at| bytes.len() >= at + 10) else {
         return generic(bytes, rng);
     };

@@ -438,10 +438,8 @@ impl StoreWriter {
         let meta = self.meta.clone().expect("set by add");
         let meta_path = self.dir.join("meta.json");
         if !meta_path.exists() {
-            let tmp = self.dir.join("meta.json.tmp");
-            fs::write(&tmp, serde_json::to_string(&meta).expect("serialisable"))
-                .map_err(io(&tmp))?;
-            fs::rename(&tmp, &meta_path).map_err(io(&meta_path))?;
+            let text = serde_json::to_string(&meta).expect("serialisable");
+            tuwen_weights::atomic::write(&meta_path, text.as_bytes()).map_err(io(&meta_path))?;
         }
         let shard = format!("shard-{:05}.safetensors", self.next_shard);
         let mut buffers: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
@@ -500,15 +498,11 @@ impl StoreWriter {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let tmp = self.dir.join(format!("{shard}.tmp"));
-        safetensors::serialize_to_file(views, None, &tmp).map_err(|e| StoreError::Format {
-            path: tmp.clone(),
+        let bytes = safetensors::serialize(views, None).map_err(|e| StoreError::Format {
+            path: path.clone(),
             reason: e.to_string(),
         })?;
-        File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io(&path))?;
+        tuwen_weights::atomic::write(&path, &bytes).map_err(io(&path))?;
         let index_path = self.dir.join("index.jsonl");
         let mut index = OpenOptions::new()
             .create(true)
@@ -670,16 +664,11 @@ impl StoreReader {
             let (start, end) = info.data_offsets;
             let data = &shard.map[shard.data_start + start..shard.data_start + end];
             let values: Vec<f32> = match info.dtype {
-                Dtype::F32 => data
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect(),
-                Dtype::F16 => data
-                    .chunks_exact(2)
-                    .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
+                Dtype::F32 => tuwen_weights::le::f32s(data),
+                Dtype::F16 => tuwen_weights::le::f16s_to_f32(data),
                 other => return Err(fmt(format!("{key}: unexpected dtype {other:?}"))),
-            };
+            }
+            .map_err(|e| fmt(format!("{key}: {e}")))?;
             if values.len() != want {
                 return Err(fmt(format!(
                     "{key}: {} values, expected {want}",

@@ -68,13 +68,7 @@ fn decode_f32(field: &str) -> Result<Vec<f32>, String> {
     let bytes = STANDARD
         .decode(field.trim())
         .map_err(|e| format!("bad base64: {e}"))?;
-    if bytes.len() % 4 != 0 {
-        return Err(format!("{} bytes is not a float32 array", bytes.len()));
-    }
-    Ok(bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect())
+    tuwen_weights::le::f32s(&bytes).map_err(|e| format!("not a float32 array: {e}"))
 }
 
 fn encode_f32(values: &[f32]) -> String {

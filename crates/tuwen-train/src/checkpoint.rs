@@ -78,6 +78,7 @@ pub fn save<M: Module, S: Serialize>(
     let state_path = tmp.join("state.json");
     let text = serde_json::to_string_pretty(state).map_err(|e| format(&state_path, e))?;
     fs::write(&state_path, text).map_err(io(&state_path))?;
+    // (The files of the directory are synced below and the directory is swapped in whole.)
     for file in ["model.bpk", "optimizer.bpk", "state.json"] {
         let p = tmp.join(file);
         fs::File::open(&p)
@@ -155,17 +156,8 @@ pub fn load<M: Module, S: DeserializeOwned>(
     }))
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so the
-/// file is either the old or the new content, never a torn mix.
+/// Writes `bytes` to `path` atomically ([`tuwen_weights::atomic`]): the file is either the old
+/// or the new content, never a torn mix.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    fs::write(&tmp, bytes).map_err(io(&tmp))?;
-    fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io(&tmp))?;
-    fs::rename(&tmp, path).map_err(io(path))
+    tuwen_weights::atomic::write(path, bytes).map_err(io(path))
 }

@@ -82,10 +82,8 @@ impl MetricsLog {
                 ));
             }
         }
-        // Rewrite the kept prefix (temp file + rename, like checkpoints), then append.
-        let tmp = dir.join(".metrics.jsonl.tmp");
-        std::fs::write(&tmp, &kept)?;
-        std::fs::rename(&tmp, &path)?;
+        // Rewrite the kept prefix atomically, then append.
+        tuwen_weights::atomic::write(&path, kept.as_bytes())?;
         let file = OpenOptions::new().append(true).open(&path)?;
         Ok(Self {
             path,

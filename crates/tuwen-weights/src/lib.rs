@@ -6,8 +6,10 @@
 //! mis-shaped tensor into one error that names the file and the tensors; tensors a model does
 //! not use by design (buffers, tied copies) are declared, never silently skipped.
 
+pub mod atomic;
 pub mod compare;
 pub mod host;
+pub mod le;
 pub mod synthetic;
 
 use std::collections::BTreeMap;
@@ -232,16 +234,12 @@ pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, TensorData>, LoadErr
     for (name, view) in st.tensors() {
         let shape = view.shape().to_vec();
         let raw = view.data();
+        let bad = |e: le::LengthError| format_err(format!("tensor {name}: {e}"));
         let data = match view.dtype() {
-            Dtype::F32 => TensorData::new(le_values(raw, f32::from_le_bytes), shape),
-            Dtype::F16 => TensorData::new(
-                le_values(raw, |b: [u8; 2]| {
-                    burn::tensor::f16::from_le_bytes(b).to_f32()
-                }),
-                shape,
-            ),
-            Dtype::I64 => TensorData::new(le_values(raw, i64::from_le_bytes), shape),
-            Dtype::I32 => TensorData::new(le_values(raw, i32::from_le_bytes), shape),
+            Dtype::F32 => TensorData::new(le::f32s(raw).map_err(bad)?, shape),
+            Dtype::F16 => TensorData::new(le::f16s_to_f32(raw).map_err(bad)?, shape),
+            Dtype::I64 => TensorData::new(le::i64s(raw).map_err(bad)?, shape),
+            Dtype::I32 => TensorData::new(le::i32s(raw).map_err(bad)?, shape),
             other => {
                 return Err(format_err(format!(
                     "tensor {name} has unsupported dtype {other:?}"
@@ -251,10 +249,4 @@ pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, TensorData>, LoadErr
         out.insert(name, data);
     }
     Ok(out)
-}
-
-fn le_values<const N: usize, T>(raw: &[u8], from: impl Fn([u8; N]) -> T) -> Vec<T> {
-    raw.chunks_exact(N)
-        .map(|chunk| from(chunk.try_into().expect("chunk of N bytes")))
-        .collect()
 }

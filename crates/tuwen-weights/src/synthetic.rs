@@ -53,7 +53,8 @@ fn value(name: &str, shape: &[usize], u: f32) -> f32 {
     } else if shape.len() == 1 {
         0.8 + 0.4 * u
     } else {
-        let fan_in: usize = shape[1..].iter().product();
+        // A 0-d tensor has fan-in 1, as in the Python twin.
+        let fan_in: usize = shape.get(1..).unwrap_or_default().iter().product();
         (2.0 * u - 1.0) * (3.0 / fan_in.max(1) as f32).sqrt()
     }
 }
@@ -153,6 +154,8 @@ mod tests {
         assert_eq!(value("bn.running_var", &[4], 0.0), 0.5);
         assert_eq!(value("bn.bias", &[4], 1.0), 0.1);
         assert_eq!(value("bn.weight", &[4], 0.5), 1.0);
+        // 0-d: fan-in 1 (`synthetic_weights.py`).
+        assert_eq!(value("scale", &[], 1.0), 3.0f32.sqrt());
         let w = value("conv.weight", &[8, 3, 3, 3], 1.0);
         assert!((w - (3.0f32 / 27.0).sqrt()).abs() < 1e-7);
     }
