@@ -14,27 +14,9 @@ pub struct BoxXyxy {
     pub y2: f32,
 }
 
-/// Which box encoding a fusion model expects.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LocationEncoding {
-    /// LXMERT: `[x1/W, y1/H, x2/W, y2/H]`.
-    Xyxy4,
-    /// ViLBERT: `[x1/W, y1/H, x2/W, y2/H, area/(W*H)]`.
-    XyxyArea5,
-    /// UNITER: `[x1/W, y1/H, x2/W, y2/H, w/W, h/H, (w*h)/(W*H)]`.
-    XyxyWhArea7,
-}
-
-impl LocationEncoding {
-    /// Values per box.
-    pub fn dim(self) -> usize {
-        match self {
-            Self::Xyxy4 => 4,
-            Self::XyxyArea5 => 5,
-            Self::XyxyWhArea7 => 7,
-        }
-    }
-}
+/// Which box encoding a fusion model expects: the one definition, the fusion models' own
+/// (`None` gives no values).
+pub use tuwen_fusion::visual_bert::LocationEncoding;
 
 impl BoxXyxy {
     /// A box from corners.
@@ -97,6 +79,9 @@ impl BoxXyxy {
 
     /// The location encoding of this box in an ORIGINAL image of `width` x `height` pixels.
     pub fn encode(self, encoding: LocationEncoding, width: f32, height: f32) -> Vec<f32> {
+        if encoding == LocationEncoding::None {
+            return Vec::new();
+        }
         let (w, h) = (self.width() / width, self.height() / height);
         let mut v = vec![
             self.x1 / width,
@@ -105,7 +90,7 @@ impl BoxXyxy {
             self.y2 / height,
         ];
         match encoding {
-            LocationEncoding::Xyxy4 => {}
+            LocationEncoding::None | LocationEncoding::Xyxy4 => {}
             LocationEncoding::XyxyArea5 => v.push(w * h),
             LocationEncoding::XyxyWhArea7 => v.extend([w, h, w * h]),
         }
@@ -138,6 +123,7 @@ mod tests {
             b.encode(LocationEncoding::Xyxy4, 100.0, 200.0),
             vec![0.1, 0.1, 0.5, 0.3]
         );
+        assert!(b.encode(LocationEncoding::None, 100.0, 200.0).is_empty());
         let v5 = b.encode(LocationEncoding::XyxyArea5, 100.0, 200.0);
         assert!((v5[4] - 0.4 * 0.2).abs() < 1e-7);
         let v7 = b.encode(LocationEncoding::XyxyWhArea7, 100.0, 200.0);
