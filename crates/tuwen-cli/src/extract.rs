@@ -114,6 +114,9 @@ pub fn run(options: ExtractOptions<'_>) -> Result<ExtractSummary> {
         bail!("no JPEG/PNG images in {}", options.images.display());
     }
     let mut writer = StoreWriter::open(options.out, options.dtype, 64)?;
+    if let Some(recovered) = writer.recovered() {
+        eprintln!("note: {recovered}");
+    }
     let extractor = RegionExtractor::new(options.backbone, options.config);
     let mut summary = ExtractSummary::default();
     let start = Instant::now();

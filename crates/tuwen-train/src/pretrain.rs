@@ -676,6 +676,9 @@ pub fn run(
     let data = match (&corpus, &cfg.data.store) {
         (Some(records), Some(store)) => {
             let reader = StoreReader::open(store).map_err(|e| format!("{store}: {e}"))?;
+            if let Some(recovered) = reader.recovered() {
+                events(Event::Note(format!("feature store: {recovered}")));
+            }
             let (batcher, stats) = StoreBatcher::new(
                 records,
                 reader,
