@@ -120,28 +120,10 @@ pub fn load<M: Module, S: DeserializeOwned>(
     model: M,
     optimizer: ModuleOptimizer,
 ) -> Result<Option<Loaded<M, S>>, CheckpointError> {
-    let mut path = dir.join(name);
-    if !path.is_dir() {
-        let old = dir.join(format!(".{name}.old"));
-        if !old.is_dir() {
-            return Ok(None);
-        }
-        path = old;
-    }
-    // Read into memory, not mapped lazily from the file: the next save of this checkpoint
-    // replaces its directory, and a tensor still backed by the old file (a parameter or optimiser
-    // moment not yet touched) could then no longer be read.
-    let read = |p: &Path| {
-        fs::read(p)
-            .map(burn::tensor::Bytes::from_bytes_vec)
-            .map_err(io(p))
+    let Some(path) = existing(dir, name) else {
+        return Ok(None);
     };
-    let model_path = path.join("model.bpk");
-    let record =
-        ModuleRecord::from_bytes(read(&model_path)?).map_err(|e| format(&model_path, e))?;
-    let model = model
-        .try_load_record(record)
-        .map_err(|e| format(&model_path, format!("does not fit the model: {e}")))?;
+    let model = load_weights(&path, model)?;
     let optim_path = path.join("optimizer.bpk");
     let optim_record =
         OptimizerRecord::from_bytes(read(&optim_path)?).map_err(|e| format(&optim_path, e))?;
@@ -154,6 +136,44 @@ pub fn load<M: Module, S: DeserializeOwned>(
         state,
         path,
     }))
+}
+
+/// Only the weights of checkpoint `name` under `dir` loaded into `model` (evaluation needs no
+/// optimiser state). `Ok(None)` when no checkpoint exists.
+pub fn load_model<M: Module>(
+    dir: &Path,
+    name: &str,
+    model: M,
+) -> Result<Option<M>, CheckpointError> {
+    existing(dir, name)
+        .map(|path| load_weights(&path, model))
+        .transpose()
+}
+
+/// The directory of checkpoint `name`, or its `.NAME.old` twin when a crash hit between the
+/// two renames of [`save`].
+fn existing(dir: &Path, name: &str) -> Option<PathBuf> {
+    [dir.join(name), dir.join(format!(".{name}.old"))]
+        .into_iter()
+        .find(|p| p.is_dir())
+}
+
+/// A checkpoint file read into memory, not mapped lazily: the next save of this checkpoint
+/// replaces its directory, and a tensor still backed by the old file (a parameter or optimiser
+/// moment not yet touched) could then no longer be read.
+fn read(path: &Path) -> Result<burn::tensor::Bytes, CheckpointError> {
+    fs::read(path)
+        .map(burn::tensor::Bytes::from_bytes_vec)
+        .map_err(io(path))
+}
+
+fn load_weights<M: Module>(path: &Path, model: M) -> Result<M, CheckpointError> {
+    let model_path = path.join("model.bpk");
+    let record =
+        ModuleRecord::from_bytes(read(&model_path)?).map_err(|e| format(&model_path, e))?;
+    model
+        .try_load_record(record)
+        .map_err(|e| format(&model_path, format!("does not fit the model: {e}")))
 }
 
 /// Writes `bytes` to `path` atomically ([`tuwen_weights::atomic`]): the file is either the old

@@ -965,13 +965,12 @@ pub fn run(
     let test = if state.step == cfg.run.steps {
         let (step, selected) = match state.best {
             Some((best_step, _)) if best_step != state.step => {
-                let best =
-                    checkpoint::load::<_, RunState>(&ckpt_dir, "best", model.clone(), adamw.init())
-                        .map_err(|e| e.to_string())?
-                        .ok_or_else(|| {
-                            format!("{}: the best checkpoint is missing", ckpt_dir.display())
-                        })?;
-                (best_step, best.model)
+                let best = checkpoint::load_model(&ckpt_dir, "best", model.clone())
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| {
+                        format!("{}: the best checkpoint is missing", ckpt_dir.display())
+                    })?;
+                (best_step, best)
             }
             _ => (state.step, model.clone()),
         };

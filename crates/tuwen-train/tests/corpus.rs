@@ -236,6 +236,17 @@ fn batcher(
     )
 }
 
+/// Ten images `img00` .. `img09` (`imgNN.jpg`), one caption each, no splits.
+fn ten_images() -> (Vec<String>, Vec<CaptionRecord>) {
+    let ids: Vec<String> = (0..10).map(|i| format!("img{i:02}")).collect();
+    let records = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| record(&format!("{id}.jpg"), &i.to_string(), None))
+        .collect();
+    (ids, records)
+}
+
 fn record(image: &str, id: &str, split: Option<&str>) -> CaptionRecord {
     CaptionRecord {
         image_id: id.to_string(),
@@ -257,12 +268,7 @@ fn shown(b: &StoreBatcher, split: Split, indices: &[u64]) -> Vec<usize> {
 #[test]
 fn training_epochs_visit_every_image_in_an_order_seeded_by_seed_and_epoch() {
     let dir = tempfile::tempdir().unwrap();
-    let ids: Vec<String> = (0..10).map(|i| format!("img{i:02}")).collect();
-    let records: Vec<CaptionRecord> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| record(&format!("{id}.jpg"), &i.to_string(), None))
-        .collect();
+    let (ids, records) = ten_images();
     let (b, stats) = batcher(&records, write_store(&dir.path().join("a"), &ids), 2, 7).unwrap();
     assert_eq!(stats.train_images, 8);
     let all: Vec<u64> = (0..24).collect();
@@ -400,12 +406,7 @@ fn karpathy_splits_decide_train_validation_and_test() {
 #[test]
 fn a_corpus_without_splits_holds_out_validation_then_test_images_by_id() {
     let dir = tempfile::tempdir().unwrap();
-    let ids: Vec<String> = (0..10).map(|i| format!("img{i:02}")).collect();
-    let records: Vec<CaptionRecord> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| record(&format!("{id}.jpg"), &i.to_string(), None))
-        .collect();
+    let (ids, records) = ten_images();
     let (b, stats) = batcher(&records, write_store(&dir.path().join("a"), &ids), 5, 0).unwrap();
     assert_eq!(names(&b, Split::Validation), ["img05", "img06"]);
     assert_eq!(names(&b, Split::Test), ["img07", "img08", "img09"]);
