@@ -54,6 +54,12 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Fine-tune a pretrained run on a task (see `tuwen finetune --help`).
+    Finetune {
+        /// Arguments for `tuwen finetune`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Compare a model with reference outputs in a fixture directory (see `tuwen parity --help`).
     Parity {
         /// Fixture directory (config.json, model/inputs/expected.safetensors).
@@ -103,6 +109,7 @@ fn run(task: Task) -> Result<()> {
         Task::Test { no_lint, args } => test(no_lint, &args),
         Task::Assets { home, only } => assets(home, &only),
         Task::Train { args } => tuwen("train", &args),
+        Task::Finetune { args } => tuwen("finetune", &args),
         Task::Fuzz { cases, args } => fuzz(cases, &args),
         Task::Tuwen { args } => match args.split_first() {
             Some((command, rest)) => tuwen(command, rest),

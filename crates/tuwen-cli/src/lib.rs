@@ -4,4 +4,6 @@
 pub mod device;
 pub mod extract;
 pub mod parity;
+pub mod score;
 pub mod train;
+pub mod vqa;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tuwen_cli::device::{BackboneName, DeviceName, DtypeName};
-use tuwen_cli::{extract, parity, train};
+use tuwen_cli::{extract, parity, score, train, vqa};
 use tuwen_regions::ExtractorConfig;
 use tuwen_tokenizer::{BertTokenizer, TokenizerOptions};
 use tuwen_vision::{Backbone, Preprocess, imagenet_classes, top_k};
@@ -117,6 +117,66 @@ enum Command {
         #[arg(long, value_enum, default_values_t = [DeviceName::Flex])]
         device: Vec<DeviceName>,
     },
+    /// Fine-tune a pretrained run (or a HF BERT checkpoint, or nothing) on a task.
+    ///
+    /// The encoder's weights come from --from (its best checkpoint), the task heads are new;
+    /// which tensors were reused, new or dropped is printed and saved as reuse.json in the run
+    /// directory. The config's [finetune] section names the data (configs/easy_vqa.toml).
+    Finetune {
+        /// A tuwen run directory, or a HF checkpoint directory (config.json,
+        /// model.safetensors, vocab.txt); omitted: from scratch.
+        #[arg(long)]
+        from: Option<PathBuf>,
+        /// The task (must match the config's finetune.task).
+        #[arg(long, value_enum, default_value_t = TaskName::Vqa)]
+        task: TaskName,
+        /// TOML configuration with a [finetune] section.
+        #[arg(long)]
+        config: PathBuf,
+        /// Run directory (default: runs/<config name>).
+        #[arg(long)]
+        run_dir: Option<PathBuf>,
+        /// Continue the run in the run directory from its last checkpoint.
+        #[arg(long, conflicts_with = "overwrite")]
+        resume: bool,
+        /// Delete what the run directory holds and start again.
+        #[arg(long)]
+        overwrite: bool,
+        /// Override run.steps.
+        #[arg(long)]
+        steps: Option<usize>,
+        /// Backend (those compiled in).
+        #[arg(long, value_enum, default_value_t = DeviceName::Flex)]
+        device: DeviceName,
+    },
+    /// Answer a question about image files with a fine-tuned VQA run: the top-5 answers and
+    /// their scores per image (an unreadable image is reported; the others are still answered).
+    Vqa {
+        /// The fine-tuned run directory.
+        #[arg(long)]
+        run: PathBuf,
+        /// The question.
+        #[arg(long)]
+        question: String,
+        /// Checkpoint: best, last or a step number.
+        #[arg(long, default_value = "best")]
+        checkpoint: String,
+        /// Answers per image.
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        /// One JSON object per image instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Backend (those compiled in).
+        #[arg(long, value_enum, default_value_t = DeviceName::Flex)]
+        device: DeviceName,
+        /// JPEG/PNG files.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
+    /// Score results the way the official evaluations do (JSON on stdout).
+    #[command(subcommand)]
+    Score(Score),
     /// Compare a model with reference outputs stored in a fixture directory
     /// (config.json, model.safetensors, inputs.safetensors, expected.safetensors).
     Parity {
@@ -128,6 +188,30 @@ enum Command {
         /// Maximum absolute difference allowed per output.
         #[arg(long, default_value_t = 1e-4)]
         tol: f32,
+    },
+}
+
+/// Tasks of `tuwen finetune`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum TaskName {
+    /// Visual question answering.
+    Vqa,
+}
+
+#[derive(Subcommand)]
+enum Score {
+    /// VQA accuracy exactly as GT-Vision-Lab/VQA's vqaEval.py computes it: `overall`,
+    /// `perAnswerType`, `perQuestionType` (percent, 2 decimals) and `perQuestion`.
+    Vqa {
+        /// VQA v2 questions JSON.
+        #[arg(long)]
+        questions: PathBuf,
+        /// VQA v2 annotations JSON.
+        #[arg(long)]
+        annotations: PathBuf,
+        /// Results JSON: `[{"question_id": .., "answer": ".."}]`.
+        #[arg(long)]
+        results: PathBuf,
     },
 }
 
@@ -244,6 +328,88 @@ fn run(cli: Cli) -> Result<()> {
                 &mut std::io::stdout(),
                 &mut std::io::stderr(),
             )?;
+            Ok(())
+        }
+        Command::Finetune {
+            from,
+            task,
+            config,
+            run_dir,
+            resume,
+            overwrite,
+            steps,
+            device,
+        } => {
+            let device = device.open()?;
+            let config_path = config.clone();
+            let loaded = tuwen_train::config::TrainConfig::load(&config)?;
+            let wanted = match task {
+                TaskName::Vqa => tuwen_train::config::Task::Vqa,
+            };
+            if let Some(f) = &loaded.finetune {
+                anyhow::ensure!(
+                    f.task == wanted,
+                    "{}: finetune.task is {:?}, not {:?}",
+                    config_path.display(),
+                    f.task,
+                    wanted
+                );
+            }
+            let args = train::FinetuneArgs {
+                train: train::TrainArgs {
+                    config: Some(config),
+                    run_dir,
+                    resume,
+                    overwrite,
+                    steps,
+                },
+                from,
+            };
+            train::finetune(
+                &args,
+                &device,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            )?;
+            Ok(())
+        }
+        Command::Vqa {
+            run,
+            question,
+            checkpoint,
+            top,
+            json,
+            device,
+            images,
+        } => {
+            let device = device.open()?;
+            let which = checkpoint.parse().map_err(anyhow::Error::msg)?;
+            let failed = vqa::answer(
+                &vqa::VqaArgs {
+                    run: &run,
+                    question: &question,
+                    which,
+                    top,
+                    json,
+                    images: &images,
+                    device: &device,
+                },
+                &mut std::io::stdout().lock(),
+                &mut std::io::stderr(),
+            )?;
+            anyhow::ensure!(
+                failed == 0,
+                "{failed} of {} images could not be answered",
+                images.len()
+            );
+            Ok(())
+        }
+        Command::Score(Score::Vqa {
+            questions,
+            annotations,
+            results,
+        }) => {
+            println!("{}", score::vqa(&questions, &annotations, &results)?);
             Ok(())
         }
         Command::Parity { dir, device, tol } => {

@@ -87,83 +87,196 @@ pub fn train(
         devices.len(),
         dir.display()
     )?;
-    // A live bar only on a terminal; otherwise (logs, captured output) one line per report.
-    let bar = std::io::stderr()
-        .is_terminal()
-        .then(|| progress_bar(config.run.steps));
+    let mut progress = Progress::new(&config, err);
+    let result = pretrain::run(&config, &dir, devices, None, |event| progress.event(event));
+    let summary = progress.finish(result, &dir)?;
+    write!(out, "{}", summary_table(&config, &summary))?;
+    Ok(summary)
+}
+
+/// How `tuwen finetune` was asked to run.
+#[derive(Clone, Debug, Default)]
+pub struct FinetuneArgs {
+    /// The run settings (`config` is required and must have a `[finetune]` section).
+    pub train: TrainArgs,
+    /// The pretrained run or HF BERT checkpoint directory (`None`: from scratch).
+    pub from: Option<PathBuf>,
+}
+
+/// Runs `tuwen finetune` on `device`: progress on `err`, the reuse counts and the summary
+/// table on `out`.
+pub fn finetune(
+    args: &FinetuneArgs,
+    device: &Device,
+    out: &mut impl Write,
+    err: &mut impl Write,
+) -> Result<Summary> {
+    let (mut config, dir) = resolve(&args.train)?;
+    let Some(f) = config.finetune.as_mut() else {
+        bail!(
+            "{}: no [finetune] section (the task and its data; see configs/easy_vqa.toml)",
+            args.train
+                .config
+                .as_deref()
+                .map_or("the configuration".into(), |p| p.display().to_string())
+        );
+    };
+    if let Some(from) = &args.from {
+        f.from = Some(from.display().to_string());
+    }
+    let source = f.from.clone().unwrap_or_else(|| "scratch".into());
+    writeln!(
+        err,
+        "fine-tuning for {:?} from {source} into {}",
+        f.task,
+        dir.display()
+    )?;
+    let mut progress = Progress::new(&config, err);
+    let result =
+        tuwen_train::finetune::run(&config, &dir, std::slice::from_ref(device), None, |e| {
+            progress.event(e)
+        });
+    let (summary, reuse) = progress.finish(result, &dir)?;
+    writeln!(
+        out,
+        "weights from {} (also in {}):",
+        reuse.from.as_deref().unwrap_or("scratch"),
+        dir.join("reuse.json").display()
+    )?;
+    for (what, names) in [
+        ("reused", &reuse.reused),
+        (
+            "kept unchanged (pretraining heads the task does not use)",
+            &reuse.kept,
+        ),
+        ("new", &reuse.new),
+        ("dropped", &reuse.dropped),
+    ] {
+        writeln!(out, "  {} tensors {what}", names.len())?;
+        for name in names {
+            writeln!(out, "    {name}")?;
+        }
+    }
+    write!(out, "{}", summary_table(&config, &summary))?;
+    Ok(summary)
+}
+
+/// Progress of a run on `err`: a live bar on a terminal, one line per report otherwise, notes
+/// and evaluations above the bar.
+struct Progress<'a, W: Write> {
+    finetune: bool,
+    extras: Extras,
+    bar: Option<ProgressBar>,
+    err: &'a mut W,
     // The first failed write to `err` (a closed pipe, a full disk): the run goes on (its
     // checkpoints and metrics are on disk) and the command then fails with it.
-    let mut write_error: Option<std::io::Error> = None;
-    let result = pretrain::run(&config, &dir, devices, None, |event| {
+    write_error: Option<std::io::Error>,
+}
+
+/// Which optional metrics a run reports.
+#[derive(Clone, Copy)]
+struct Extras {
+    region: bool,
+    vqa: bool,
+    retrieval: bool,
+}
+
+impl<'a, W: Write> Progress<'a, W> {
+    fn new(config: &TrainConfig, err: &'a mut W) -> Self {
+        Self {
+            finetune: config.finetune.is_some(),
+            extras: Extras {
+                region: config.data.region_mask_prob > 0.0,
+                vqa: config.data.vqa_weight > 0.0,
+                retrieval: config.model.itc_dim > 0 && config.eval.retrieval_images > 0,
+            },
+            // A live bar only on a terminal; otherwise (logs, captured output) one line per report.
+            bar: std::io::stderr()
+                .is_terminal()
+                .then(|| progress_bar(config.run.steps)),
+            err,
+            write_error: None,
+        }
+    }
+
+    fn event(&mut self, event: Event) {
         let line = match event {
             Event::Note(note) => Some(note),
-            Event::Step(report) => match &bar {
+            Event::Step(report) => match &self.bar {
                 Some(bar) => {
                     bar.set_length(report.steps as u64);
                     bar.set_position(report.step as u64);
                     bar.set_prefix(speed(&report));
-                    bar.set_message(losses(&report));
+                    bar.set_message(losses(&report, self.finetune));
                     None
                 }
-                None => Some(progress_line(&report)),
+                None => Some(progress_line(&report, self.finetune)),
             },
             Event::Eval {
                 step,
                 metrics,
                 best,
             } => Some(format!(
-                "eval @ {step}: ITM acc {:.3}  MLM acc {:.3}  colour/shape MLM acc {:.3}{}{}{}{}",
-                metrics.itm_accuracy,
-                metrics.mlm_accuracy,
-                metrics.mlm_color_shape_accuracy,
-                if config.data.region_mask_prob > 0.0 {
-                    format!("  region acc {:.3}", metrics.region_accuracy)
-                } else {
-                    String::new()
-                },
-                if config.data.vqa_weight > 0.0 {
-                    format!("  VQA acc {:.3}", metrics.vqa_accuracy)
-                } else {
-                    String::new()
-                },
-                if config.model.itc_dim > 0 && config.eval.retrieval_images > 0 {
-                    format!(
-                        "  R@1 i->t {:.3} t->i {:.3}",
-                        metrics.retrieval.image_to_text[0], metrics.retrieval.text_to_image[0]
-                    )
-                } else {
-                    String::new()
-                },
+                "eval @ {step}: {}{}",
+                eval_line(&metrics, self.finetune, self.extras),
                 if best { "  (best)" } else { "" }
             )),
         };
         if let Some(line) = line {
             // Above the bar: it is cleared, the line written, the bar redrawn below it.
-            let written = match &bar {
+            let err = &mut *self.err;
+            let written = match &self.bar {
                 Some(bar) => bar.suspend(|| writeln!(err, "{line}")),
                 None => writeln!(err, "{line}"),
             }
             .and_then(|()| err.flush());
             if let Err(e) = written {
-                write_error.get_or_insert(e);
+                self.write_error.get_or_insert(e);
             }
         }
-    });
-    if let Some(bar) = bar {
-        // Left on screen as the run's last progress line (also when the run failed).
-        bar.abandon();
     }
-    let summary = result
-        .map_err(anyhow::Error::msg)
-        .with_context(|| format!("training run in {}", dir.display()))?;
-    if let Some(e) = write_error {
-        return Err(anyhow::Error::new(e).context(format!(
-            "cannot write training progress (the run in {} finished)",
-            dir.display()
-        )));
+
+    /// The run's result, or its error; a failed progress write fails the command after the run.
+    fn finish<T>(self, result: Result<T, String>, dir: &Path) -> Result<T> {
+        if let Some(bar) = self.bar {
+            // Left on screen as the run's last progress line (also when the run failed).
+            bar.abandon();
+        }
+        let value = result
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("training run in {}", dir.display()))?;
+        if let Some(e) = self.write_error {
+            return Err(anyhow::Error::new(e).context(format!(
+                "cannot write training progress (the run in {} finished)",
+                dir.display()
+            )));
+        }
+        Ok(value)
     }
-    write!(out, "{}", summary_table(&config, &summary))?;
-    Ok(summary)
+}
+
+/// The held-out metrics of one evaluation, as one line.
+fn eval_line(m: &EvalMetrics, finetune: bool, extras: Extras) -> String {
+    if finetune {
+        return format!("VQA acc {:.4}", m.vqa_accuracy);
+    }
+    let mut line = format!(
+        "ITM acc {:.3}  MLM acc {:.3}  colour/shape MLM acc {:.3}",
+        m.itm_accuracy, m.mlm_accuracy, m.mlm_color_shape_accuracy
+    );
+    if extras.region {
+        line.push_str(&format!("  region acc {:.3}", m.region_accuracy));
+    }
+    if extras.vqa {
+        line.push_str(&format!("  VQA acc {:.3}", m.vqa_accuracy));
+    }
+    if extras.retrieval {
+        line.push_str(&format!(
+            "  R@1 i->t {:.3} t->i {:.3}",
+            m.retrieval.image_to_text[0], m.retrieval.text_to_image[0]
+        ));
+    }
+    line
 }
 
 fn architecture(config: &TrainConfig) -> String {
@@ -192,18 +305,21 @@ fn progress_bar(steps: usize) -> ProgressBar {
 
 /// The line printed per report when stderr is not a terminal:
 /// `step step/steps  losses  throughput  ETA`.
-pub fn progress_line(r: &StepReport) -> String {
+pub fn progress_line(r: &StepReport, finetune: bool) -> String {
     format!(
         "step {:>6}/{}  {}  {}",
         r.step,
         r.steps,
-        losses(r),
+        losses(r, finetune),
         speed(r)
     )
 }
 
 /// `mlm 2.345  itm 0.693 ...` (and the non-finite steps skipped so far, if any).
-fn losses(r: &StepReport) -> String {
+fn losses(r: &StepReport, finetune: bool) -> String {
+    if finetune {
+        return format!("vqa {:.4}", r.vqa);
+    }
     let mut line = format!("mlm {:.3}  itm {:.3}", r.mlm, r.itm);
     if r.region > 0.0 {
         line.push_str(&format!("  region {:.3}", r.region));
@@ -239,17 +355,21 @@ type Metric = fn(&EvalMetrics) -> f32;
 pub fn summary_table(config: &TrainConfig, s: &Summary) -> String {
     let best = s.best.map(|(_, m)| m).unwrap_or_default();
     let best_step = s.best.map_or("-".to_string(), |(step, _)| step.to_string());
-    let mut rows: Vec<(&str, Metric)> = vec![
-        ("ITM accuracy", |m| m.itm_accuracy),
-        ("MLM accuracy", |m| m.mlm_accuracy),
-        ("MLM accuracy, colour/shape words", |m| {
-            m.mlm_color_shape_accuracy
-        }),
-    ];
+    let mut rows: Vec<(&str, Metric)> = if config.finetune.is_some() {
+        vec![("VQA accuracy", |m| m.vqa_accuracy)]
+    } else {
+        vec![
+            ("ITM accuracy", |m| m.itm_accuracy),
+            ("MLM accuracy", |m| m.mlm_accuracy),
+            ("MLM accuracy, colour/shape words", |m| {
+                m.mlm_color_shape_accuracy
+            }),
+        ]
+    };
     if config.data.region_mask_prob > 0.0 {
         rows.push(("region classification accuracy", |m| m.region_accuracy));
     }
-    if config.data.vqa_weight > 0.0 {
+    if config.data.vqa_weight > 0.0 && config.finetune.is_none() {
         rows.push(("VQA accuracy", |m| m.vqa_accuracy));
     }
     if config.model.itc_dim > 0 && config.eval.retrieval_images > 0 {

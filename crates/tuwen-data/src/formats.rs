@@ -4,11 +4,11 @@
 //! and, for line formats, the line; malformed TSV lines can be skipped and counted instead.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use tuwen_io::PathContext;
 use tuwen_regions::BoxXyxy;
 
 use crate::scene::Split;
@@ -16,14 +16,9 @@ use crate::scene::Split;
 /// Errors of the loaders.
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
-    /// The file could not be read.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
+    /// The file could not be read (the error names it).
+    #[error(transparent)]
+    Io(#[from] tuwen_io::IoError),
     /// The file is not in the expected format (with line and column for JSON).
     #[error("{path}:{line}: {reason}")]
     Malformed {
@@ -82,10 +77,7 @@ pub struct Loaded<T> {
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, FormatError> {
-    let file = File::open(path).map_err(|source| FormatError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let file = tuwen_io::open(path)?;
     serde_json::from_reader(BufReader::new(file)).map_err(|e| FormatError::Malformed {
         path: path.to_path_buf(),
         line: e.line(),
@@ -244,17 +236,13 @@ pub fn cc_tsv(
     path: &Path,
     on_malformed: OnMalformed,
 ) -> Result<Loaded<CaptionRecord>, FormatError> {
-    let io = |source| FormatError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let reader = BufReader::new(File::open(path).map_err(io)?);
+    let reader = BufReader::new(tuwen_io::open(path)?);
     let mut out = Loaded {
         records: Vec::new(),
         skipped: 0,
     };
     for (n, line) in reader.lines().enumerate() {
-        let line = line.map_err(io)?;
+        let line = line.at(path)?;
         if line.trim().is_empty() {
             continue;
         }
@@ -373,7 +361,11 @@ pub fn easy_vqa(path: &Path) -> Result<Vec<VqaRecord>, FormatError> {
         .collect())
 }
 
-/// VQA soft score of an answer given every annotator's answers: `min(1, agreeing / 3)`.
+/// VQA soft score of an answer given every annotator's answers: the official VQA accuracy
+/// ([`tuwen_eval::vqa::soft_score`]), `min(1, agreeing / 3)` averaged over each annotator left out
+/// in turn. With 10 answers, 1, 2, 3 and 4+ agreeing answers score 0.3, 0.6, 0.9 and 1.0. Strings
+/// are compared exactly (normalise both sides alike, e.g. with
+/// [`tuwen_eval::vqa::normalize_answer`]); with a single answer (easy-VQA) every candidate scores 0.
 pub fn soft_score(answers: &[String], candidate: &str) -> f32 {
-    (answers.iter().filter(|a| a.as_str() == candidate).count() as f32 / 3.0).min(1.0)
+    tuwen_eval::vqa::soft_score(answers, candidate)
 }

@@ -60,8 +60,11 @@ fn vqa_v2_joins_questions_and_annotations_with_soft_scores() {
     assert_eq!(qa.len(), 2);
     assert_eq!(qa[0].answers.len(), 10);
     assert_eq!(formats::soft_score(&qa[0].answers, "down"), 1.0);
-    assert!((formats::soft_score(&qa[0].answers, "table") - 1.0 / 3.0).abs() < 1e-6);
+    // The official leave-one-out accuracy: 1 of 10 agreeing scores 0.3 (not 1/3).
+    assert!((formats::soft_score(&qa[0].answers, "table") - 0.3).abs() < 1e-6);
     assert_eq!(formats::soft_score(&qa[1].answers, "sitting"), 0.0);
+    // Two answers, one agreeing: (1/3 + 0) / 2.
+    assert!((formats::soft_score(&qa[1].answers, "watching") - 1.0 / 6.0).abs() < 1e-6);
     let test_split = formats::vqa_v2(&fixture("vqa_questions.json"), None).unwrap();
     assert!(test_split.iter().all(|q| q.answers.is_empty()));
 }
@@ -82,5 +85,5 @@ fn truncated_or_missing_json_names_the_file_and_line() {
     assert!(matches!(err, FormatError::Malformed { .. }));
     assert!(err.to_string().contains("coco_truncated.json:"), "{err}");
     let err = formats::karpathy(&fixture("nope.json")).unwrap_err();
-    assert!(matches!(err, FormatError::Io { .. }) && err.to_string().contains("nope.json"));
+    assert!(matches!(err, FormatError::Io(_)) && err.to_string().contains("nope.json"));
 }

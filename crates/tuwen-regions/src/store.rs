@@ -30,6 +30,7 @@ use burn::tensor::f16;
 use safetensors::tensor::Metadata;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
+use tuwen_io::PathContext;
 
 use crate::BoxXyxy;
 use crate::extract::RegionFeatures;
@@ -37,14 +38,9 @@ use crate::extract::RegionFeatures;
 /// Errors of the feature store; each names the file involved.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// Filesystem error.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
+    /// Filesystem error (names the file).
+    #[error(transparent)]
+    Io(#[from] tuwen_io::IoError),
     /// A store file is malformed.
     #[error("{path}: {reason}")]
     Format {
@@ -75,13 +71,6 @@ pub enum StoreError {
         /// What does not fit.
         reason: String,
     },
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 /// Storage precision of features and class distributions.
@@ -191,14 +180,14 @@ fn read_index(dir: &Path) -> Result<Index, StoreError> {
     let file = match File::open(&path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(index),
-        Err(e) => return Err(io(&path)(e)),
+        Err(e) => return Err(tuwen_io::IoError::new(path, e).into()),
     };
     let mut reader = BufReader::new(file);
     let mut line = Vec::new();
     let mut line_no = 0;
     loop {
         line.clear();
-        let read = reader.read_until(b'\n', &mut line).map_err(io(&path))?;
+        let read = reader.read_until(b'\n', &mut line).at(&path)?;
         if read == 0 {
             break;
         }
@@ -237,7 +226,7 @@ fn read_meta(dir: &Path) -> Result<Option<StoreMeta>, StoreError> {
     if !path.exists() {
         return Ok(None);
     }
-    let text = fs::read_to_string(&path).map_err(io(&path))?;
+    let text = tuwen_io::read_to_string(&path)?;
     serde_json::from_str(&text)
         .map(Some)
         .map_err(|e| StoreError::Format {
@@ -272,7 +261,7 @@ fn lock(dir: &Path) -> Result<File, StoreError> {
         .create(true)
         .truncate(false)
         .open(&path)
-        .map_err(io(&path))?;
+        .at(&path)?;
     match file.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => {
@@ -288,12 +277,12 @@ fn lock(dir: &Path) -> Result<File, StoreError> {
                 holder,
             });
         }
-        Err(TryLockError::Error(e)) => return Err(io(&path)(e)),
+        Err(TryLockError::Error(e)) => return Err(tuwen_io::IoError::new(path, e).into()),
     }
     file.set_len(0)
         .and_then(|()| file.seek(SeekFrom::Start(0)))
         .and_then(|_| file.write_all(std::process::id().to_string().as_bytes()))
-        .map_err(io(&path))?;
+        .at(&path)?;
     Ok(file)
 }
 
@@ -326,7 +315,7 @@ impl StoreWriter {
         images_per_shard: usize,
     ) -> Result<Self, StoreError> {
         let dir = dir.as_ref().to_path_buf();
-        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        tuwen_io::create_dir_all(&dir)?;
         let lock = lock(&dir)?;
         let meta = read_meta(&dir)?;
         if let Some(m) = &meta
@@ -348,11 +337,11 @@ impl StoreWriter {
                     f.set_len(index.valid_len)?;
                     f.sync_all()
                 })
-                .map_err(io(&index_path))?;
+                .at(&index_path)?;
         }
         let done = index.entries.into_iter().map(|e| e.id).collect();
         let next_shard = fs::read_dir(&dir)
-            .map_err(io(&dir))?
+            .at(&dir)?
             .filter_map(|e| e.ok())
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?;
@@ -439,7 +428,7 @@ impl StoreWriter {
         let meta_path = self.dir.join("meta.json");
         if !meta_path.exists() {
             let text = serde_json::to_string(&meta).expect("serialisable");
-            tuwen_weights::atomic::write(&meta_path, text.as_bytes()).map_err(io(&meta_path))?;
+            tuwen_io::atomic::write(&meta_path, text.as_bytes())?;
         }
         let shard = format!("shard-{:05}.safetensors", self.next_shard);
         let mut buffers: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
@@ -502,13 +491,13 @@ impl StoreWriter {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        tuwen_weights::atomic::write(&path, &bytes).map_err(io(&path))?;
+        tuwen_io::atomic::write(&path, &bytes)?;
         let index_path = self.dir.join("index.jsonl");
         let mut index = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&index_path)
-            .map_err(io(&index_path))?;
+            .at(&index_path)?;
         let mut lines = String::new();
         if self.needs_newline {
             lines.push('\n');
@@ -517,8 +506,8 @@ impl StoreWriter {
             lines.push_str(&serde_json::to_string(e).expect("serialisable"));
             lines.push('\n');
         }
-        index.write_all(lines.as_bytes()).map_err(io(&index_path))?;
-        index.sync_all().map_err(io(&index_path))?;
+        index.write_all(lines.as_bytes()).at(&index_path)?;
+        index.sync_all().at(&index_path)?;
         self.needs_newline = false;
         self.pending.clear();
         self.next_shard = self.next_shard.saturating_add(1);
@@ -619,9 +608,9 @@ impl StoreReader {
             return Ok(s.clone());
         }
         let path = self.dir.join(name);
-        let file = File::open(&path).map_err(io(&path))?;
+        let file = tuwen_io::open(&path)?;
         // SAFETY: shards are immutable once renamed into place; the store never rewrites them.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io(&path))?;
+        let map = unsafe { memmap2::Mmap::map(&file) }.at(&path)?;
         let (header_len, metadata) =
             SafeTensors::read_metadata(&map).map_err(|e| StoreError::Format {
                 path: path.clone(),

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use tuwen_io::PathContext;
 
 use crate::store::{StoreReader, StoreWriter};
 use crate::{BoxXyxy, RegionFeatures, StoreError};
@@ -30,14 +31,9 @@ pub enum OnMalformed {
 /// Errors of TSV import/export.
 #[derive(Debug, thiserror::Error)]
 pub enum TsvError {
-    /// Filesystem error.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
+    /// Filesystem error (names the file).
+    #[error(transparent)]
+    Io(#[from] tuwen_io::IoError),
     /// A malformed line (with [`OnMalformed::Fail`]).
     #[error("{path}:{line}: {reason}")]
     Malformed {
@@ -148,14 +144,10 @@ pub fn import(
     writer: &mut StoreWriter,
     on_malformed: OnMalformed,
 ) -> Result<TsvSummary, TsvError> {
-    let io = |source| TsvError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let reader = BufReader::new(File::open(path).map_err(io)?);
+    let reader = BufReader::new(tuwen_io::open(path)?);
     let mut summary = TsvSummary::default();
     for (n, line) in reader.lines().enumerate() {
-        let line = line.map_err(io)?;
+        let line = line.at(path)?;
         if line.trim().is_empty() {
             continue;
         }
@@ -193,11 +185,7 @@ pub fn import(
 
 /// Exports every image of a store as BUTD TSV lines, streaming. Returns the number written.
 pub fn export(store: &StoreReader, path: &Path) -> Result<usize, TsvError> {
-    let io = |source| TsvError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut out = BufWriter::new(File::create(path).map_err(io)?);
+    let mut out = BufWriter::new(File::create(path).at(path)?);
     for entry in store.entries() {
         let f = store.get(&entry.id)?;
         let n = f.len();
@@ -218,8 +206,8 @@ pub fn export(store: &StoreReader, path: &Path) -> Result<usize, TsvError> {
             encode_f32(&boxes),
             encode_f32(&f.features)
         )
-        .map_err(io)?;
+        .at(path)?;
     }
-    out.flush().map_err(io)?;
+    out.flush().at(path)?;
     Ok(store.len())
 }

@@ -213,9 +213,14 @@ pub struct HostBatch {
     pub region_labels: Vec<i64>,
     /// VQA: the same scenes with one question each (unmasked), when the batcher has answers.
     pub vqa: Option<Box<HostBatch>>,
-    /// In a VQA batch: the answer index of each row (`IGNORE`: not in the answer vocabulary).
-    pub answers: Vec<i64>,
+    /// In a VQA batch: the soft targets of each row (empty: no answer in the answer vocabulary,
+    /// the row is not scored).
+    pub answers: Vec<AnswerTargets>,
 }
+
+/// Soft VQA targets of one question: `(answer index, score in (0, 1])`, the official VQA
+/// accuracy each answer would get (`tuwen_eval::vqa::soft_score`).
+pub type AnswerTargets = Vec<(u32, f32)>;
 
 impl HostBatch {
     /// Rows `range` as a batch of their own (same padding; positions re-indexed).
@@ -254,7 +259,7 @@ impl HostBatch {
             answers: self
                 .answers
                 .get(range.clone())
-                .map_or_else(Vec::new, <[i64]>::to_vec),
+                .map_or_else(Vec::new, <[AnswerTargets]>::to_vec),
         }
     }
 
@@ -336,8 +341,8 @@ pub struct PretrainBatch {
     pub region_labels: Vec<i64>,
     /// The VQA batch of the same scenes.
     pub vqa: Option<Box<PretrainBatch>>,
-    /// In a VQA batch: answer index per row (`IGNORE`: unknown answer).
-    pub answers: Vec<i64>,
+    /// In a VQA batch: the soft targets of each row (empty: not scored).
+    pub answers: Vec<AnswerTargets>,
 }
 
 /// Which modalities an encoder pass sees. Unimodal passes replace the other modality by a
@@ -444,35 +449,62 @@ impl SceneBatcher {
         rng: &mut impl Rng,
     ) -> Result<HostBatch, BatchError> {
         let scenes: Vec<(u64, Scene)> = indices.iter().map(|&i| self.scene(split, i)).collect();
-        let b = scenes.len();
         let pools: Vec<&[String]> = scenes.iter().map(|(_, s)| s.captions.as_slice()).collect();
         let (captions, itm) = pair_captions(&pools, self.mismatch_prob, rng);
         let mut host = self.assemble(split, scenes.clone(), captions, itm, true, rng)?;
-        if let Some(answers) = &self.answers {
+        if self.answers.is_some() {
             // One question per scene; drawn after everything else, so runs without VQA see the
             // same batches as before.
-            let mut questions = Vec::with_capacity(b);
-            let mut targets = Vec::with_capacity(b);
-            for (_, scene) in &scenes {
-                if scene.qa.is_empty() {
-                    questions.push(String::new());
-                    targets.push(IGNORE);
-                    continue;
-                }
-                let qa = &scene.qa[rng.random_range(0..scene.qa.len())];
-                questions.push(qa.question.clone());
-                targets.push(
-                    answers
-                        .binary_search(&qa.answer)
-                        .map_or(IGNORE, |i| i as i64),
-                );
-            }
-            let itm = vec![MatchLabel::Match; b];
-            let mut vqa = self.assemble(split, scenes, questions, itm, false, rng)?;
-            vqa.answers = targets;
-            host.vqa = Some(Box::new(vqa));
+            host.vqa = Some(Box::new(self.questions(split, scenes, rng)?.0));
         }
         Ok(host)
+    }
+
+    /// One question per scene of examples `indices` of `split` (unmasked), with one-hot soft
+    /// targets over the batcher's answers and each row's gold answer; rows of scenes without
+    /// questions are not scored.
+    pub fn question_batch(
+        &self,
+        split: Split,
+        indices: &[u64],
+        rng: &mut impl Rng,
+    ) -> Result<(HostBatch, Vec<Vec<String>>), BatchError> {
+        let scenes: Vec<(u64, Scene)> = indices.iter().map(|&i| self.scene(split, i)).collect();
+        self.questions(split, scenes, rng)
+    }
+
+    fn questions(
+        &self,
+        split: Split,
+        scenes: Vec<(u64, Scene)>,
+        rng: &mut impl Rng,
+    ) -> Result<(HostBatch, Vec<Vec<String>>), BatchError> {
+        let answers = self.answers.as_deref().map_or(&[][..], Vec::as_slice);
+        let b = scenes.len();
+        let mut questions = Vec::with_capacity(b);
+        let mut targets = Vec::with_capacity(b);
+        let mut gold = Vec::with_capacity(b);
+        for (_, scene) in &scenes {
+            if scene.qa.is_empty() {
+                questions.push(String::new());
+                targets.push(Vec::new());
+                gold.push(Vec::new());
+                continue;
+            }
+            let qa = &scene.qa[rng.random_range(0..scene.qa.len())];
+            questions.push(qa.question.clone());
+            // One generated answer: a one-hot soft target.
+            targets.push(
+                answers
+                    .binary_search(&qa.answer)
+                    .map_or_else(|_| Vec::new(), |i| vec![(i as u32, 1.0)]),
+            );
+            gold.push(vec![qa.answer.clone()]);
+        }
+        let itm = vec![MatchLabel::Match; b];
+        let mut vqa = self.assemble(split, scenes, questions, itm, false, rng)?;
+        vqa.answers = targets;
+        Ok((vqa, gold))
     }
 
     /// Scenes `indices` of `split` paired with `captions` (row by row, labelled as matches, no

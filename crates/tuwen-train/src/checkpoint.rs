@@ -11,18 +11,14 @@ use burn::optim::{ModuleOptimizer, OptimizerRecord};
 use burn::store::ModuleRecord;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tuwen_io::PathContext;
 
 /// Errors of checkpointing; each names the path.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    /// Filesystem error.
-    #[error("{path}: {source}")]
-    Io {
-        /// The path.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
+    /// Filesystem error (names the path).
+    #[error(transparent)]
+    Io(#[from] tuwen_io::IoError),
     /// A checkpoint file is unreadable or does not fit.
     #[error("{path}: {reason}")]
     Format {
@@ -31,13 +27,6 @@ pub enum CheckpointError {
         /// What is wrong.
         reason: String,
     },
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
-    move |source| CheckpointError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 fn format(path: &Path, reason: impl std::fmt::Display) -> CheckpointError {
@@ -56,14 +45,14 @@ pub fn save<M: Module, S: Serialize>(
     optimizer: &ModuleOptimizer,
     state: &S,
 ) -> Result<PathBuf, CheckpointError> {
-    fs::create_dir_all(dir).map_err(io(dir))?;
+    fs::create_dir_all(dir).at(dir)?;
     let target = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let old = dir.join(format!(".{name}.old"));
     if tmp.exists() {
-        fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+        fs::remove_dir_all(&tmp).at(&tmp)?;
     }
-    fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    fs::create_dir_all(&tmp).at(&tmp)?;
     let model_path = tmp.join("model.bpk");
     model
         .clone()
@@ -77,25 +66,23 @@ pub fn save<M: Module, S: Serialize>(
         .map_err(|e| format(&optim_path, e))?;
     let state_path = tmp.join("state.json");
     let text = serde_json::to_string_pretty(state).map_err(|e| format(&state_path, e))?;
-    fs::write(&state_path, text).map_err(io(&state_path))?;
+    fs::write(&state_path, text).at(&state_path)?;
     // (The files of the directory are synced below and the directory is swapped in whole.)
     for file in ["model.bpk", "optimizer.bpk", "state.json"] {
         let p = tmp.join(file);
-        fs::File::open(&p)
-            .and_then(|f| f.sync_all())
-            .map_err(io(&p))?;
+        fs::File::open(&p).and_then(|f| f.sync_all()).at(&p)?;
     }
     // Swap: target -> old, tmp -> target, drop old. `load` falls back to `old` if a crash hits
     // between the two renames.
     if old.exists() {
-        fs::remove_dir_all(&old).map_err(io(&old))?;
+        fs::remove_dir_all(&old).at(&old)?;
     }
     if target.exists() {
-        fs::rename(&target, &old).map_err(io(&target))?;
+        fs::rename(&target, &old).at(&target)?;
     }
-    fs::rename(&tmp, &target).map_err(io(&tmp))?;
+    fs::rename(&tmp, &target).at(&tmp)?;
     if old.exists() {
-        fs::remove_dir_all(&old).map_err(io(&old))?;
+        fs::remove_dir_all(&old).at(&old)?;
     }
     Ok(target)
 }
@@ -128,7 +115,7 @@ pub fn load<M: Module, S: DeserializeOwned>(
     let optim_record =
         OptimizerRecord::from_bytes(read(&optim_path)?).map_err(|e| format(&optim_path, e))?;
     let state_path = path.join("state.json");
-    let text = fs::read_to_string(&state_path).map_err(io(&state_path))?;
+    let text = fs::read_to_string(&state_path).at(&state_path)?;
     let state = serde_json::from_str(&text).map_err(|e| format(&state_path, e))?;
     Ok(Some(Loaded {
         model,
@@ -162,9 +149,7 @@ fn existing(dir: &Path, name: &str) -> Option<PathBuf> {
 /// replaces its directory, and a tensor still backed by the old file (a parameter or optimiser
 /// moment not yet touched) could then no longer be read.
 fn read(path: &Path) -> Result<burn::tensor::Bytes, CheckpointError> {
-    fs::read(path)
-        .map(burn::tensor::Bytes::from_bytes_vec)
-        .map_err(io(path))
+    Ok(burn::tensor::Bytes::from_bytes_vec(tuwen_io::read(path)?))
 }
 
 fn load_weights<M: Module>(path: &Path, model: M) -> Result<M, CheckpointError> {
@@ -176,8 +161,8 @@ fn load_weights<M: Module>(path: &Path, model: M) -> Result<M, CheckpointError> 
         .map_err(|e| format(&model_path, format!("does not fit the model: {e}")))
 }
 
-/// Writes `bytes` to `path` atomically ([`tuwen_weights::atomic`]): the file is either the old
+/// Writes `bytes` to `path` atomically ([`tuwen_io::atomic`]): the file is either the old
 /// or the new content, never a torn mix.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    tuwen_weights::atomic::write(path, bytes).map_err(io(path))
+    Ok(tuwen_io::atomic::write(path, bytes)?)
 }

@@ -22,6 +22,93 @@ pub struct TrainConfig {
     pub data: DataConfig,
     /// Held-out evaluation and checkpoint selection.
     pub eval: EvalConfig,
+    /// A downstream task trained from a pretrained run (`tuwen finetune`); absent when
+    /// pretraining.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finetune: Option<FinetuneConfig>,
+}
+
+/// The downstream task of a fine-tuning run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    /// Visual question answering: an answer classifier over the joint pooled vector, soft-score
+    /// BCE (BUTD / LXMERT / VisualBERT).
+    Vqa,
+}
+
+/// Where the questions of a VQA fine-tuning run come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VqaDataset {
+    /// The built-in scenes' generated questions (one answer each).
+    Scenes,
+    /// easy-VQA (`cargo xtask assets`: PNG images, one answer per question); `train_*` /
+    /// `test_*` paths default to the asset.
+    EasyVqa,
+    /// VQA v2 files: `*_questions` + `*_annotations` JSON and an image folder (COCO file names
+    /// `COCO_<split>_<12-digit id>.jpg`, or `<id>.jpg` / `<id>.png`).
+    VqaV2,
+}
+
+/// `[finetune]`: the task, its data and the learning rates of the encoder and the new heads.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FinetuneConfig {
+    /// Where the weights come from: a tuwen run directory (its `best` checkpoint) or a HF BERT
+    /// checkpoint directory (`config.json`, `model.safetensors`, `vocab.txt`); absent: from
+    /// scratch. `tuwen finetune --from` sets it.
+    pub from: Option<String>,
+    /// The task.
+    pub task: Task,
+    /// VQA data.
+    pub dataset: VqaDataset,
+    /// Training questions (easy-VQA `questions.json`, VQA v2 questions JSON).
+    pub train_questions: Option<String>,
+    /// VQA v2: training annotations JSON.
+    pub train_annotations: Option<String>,
+    /// Training images folder.
+    pub train_images: Option<String>,
+    /// Test questions (reported once, at the end, with the model selected on validation).
+    pub test_questions: Option<String>,
+    /// VQA v2: test annotations JSON.
+    pub test_annotations: Option<String>,
+    /// Test images folder.
+    pub test_images: Option<String>,
+    /// Training images held out for validation (model selection): the last ones by id.
+    pub validation_images: usize,
+    /// Answer vocabulary: the most frequent training answers (ties by name); saved as
+    /// `answers.txt` in the run directory.
+    pub answers: usize,
+    /// Image files: the regions are the whole image and a `grid x grid` tiling of it (the
+    /// built-in scenes use their objects' boxes).
+    pub grid: usize,
+    /// Learning rate of the pretrained encoder relative to `optim.learning_rate` (the new heads
+    /// get the full rate).
+    pub encoder_lr_ratio: f64,
+    /// Encoder layers (from the embeddings up) kept frozen, embeddings included when > 0.
+    pub freeze_layers: usize,
+}
+
+impl Default for FinetuneConfig {
+    fn default() -> Self {
+        Self {
+            from: None,
+            task: Task::Vqa,
+            dataset: VqaDataset::Scenes,
+            train_questions: None,
+            train_annotations: None,
+            train_images: None,
+            test_questions: None,
+            test_annotations: None,
+            test_images: None,
+            validation_images: 200,
+            answers: 3129,
+            grid: 3,
+            encoder_lr_ratio: 0.2,
+            freeze_layers: 0,
+        }
+    }
 }
 
 /// `[run]`.
@@ -298,14 +385,9 @@ impl Default for EvalConfig {
 /// A configuration file that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file cannot be read or written.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
+    /// The file cannot be read or written (the error names it).
+    #[error(transparent)]
+    Io(#[from] tuwen_io::IoError),
     /// Not valid TOML for a [`TrainConfig`] (unknown keys included).
     #[error("{path}: {reason}")]
     Parse {
@@ -352,10 +434,7 @@ impl TrainConfig {
 
     /// Reads a TOML file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = tuwen_io::read_to_string(path)?;
         Self::from_toml(&text, &path.display().to_string())
     }
 
@@ -482,6 +561,30 @@ impl TrainConfig {
         }
         if self.data.max_text_len < 3 {
             return Err("data.max_text_len must be >= 3 ([CLS] word [SEP])".into());
+        }
+        if let Some(f) = &self.finetune {
+            if !(f.encoder_lr_ratio.is_finite() && f.encoder_lr_ratio >= 0.0) {
+                return Err("finetune.encoder_lr_ratio must be finite and >= 0".into());
+            }
+            if f.answers == 0 || f.grid == 0 {
+                return Err("finetune.answers and finetune.grid must be >= 1".into());
+            }
+            if f.dataset == VqaDataset::VqaV2
+                && (f.train_questions.is_none()
+                    || f.train_annotations.is_none()
+                    || f.train_images.is_none())
+            {
+                return Err(
+                    "finetune.dataset = \"vqa_v2\" needs train_questions, train_annotations and \
+                     train_images"
+                        .into(),
+                );
+            }
+            if self.data.source != Source::Scenes {
+                return Err(
+                    "fine-tuning reads [finetune] data; leave data.source = \"scenes\"".into(),
+                );
+            }
         }
         Ok(())
     }

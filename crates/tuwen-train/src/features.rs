@@ -13,7 +13,7 @@ use tuwen_vision::Backbone;
 
 use crate::batch::RegionFeatures;
 use crate::config::{Features, TrainConfig};
-use crate::pretrain::Event;
+use crate::event::Event;
 
 /// Region vectors per `(split, scene index)`.
 type Cache = HashMap<(u8, u64), Arc<Vec<f32>>>;
@@ -94,10 +94,7 @@ pub fn region_features(
     match cfg.data.features {
         Features::Pixels => Ok(None),
         Features::MobilenetV2 => {
-            let weights = tuwen_assets::locate("mobilenet_v2", "mobilenet_v2.safetensors")
-                .map_err(|e| format!("data.features = \"mobilenet_v2\": {e}"))?;
-            let backbone = Backbone::from_torchvision("mobilenet_v2", &weights, 1000, device)
-                .map_err(|e| format!("{}: {e}", weights.display()))?;
+            let (backbone, weights) = mobilenet_v2(device)?;
             let probe = scenes.generate(cfg.run.seed, Split::Train, 0);
             let features = CnnRegionFeatures::new(backbone, 224, device, &probe);
             events(Event::Note(format!(
@@ -109,4 +106,13 @@ pub fn region_features(
             Ok(Some(Arc::new(features)))
         }
     }
+}
+
+/// The ImageNet MobileNetV2 of `cargo xtask assets` on `device`, with its weights file.
+pub fn mobilenet_v2(device: &Device) -> Result<(Backbone, std::path::PathBuf), String> {
+    let weights = tuwen_assets::locate("mobilenet_v2", "mobilenet_v2.safetensors")
+        .map_err(|e| format!("data.features = \"mobilenet_v2\": {e}"))?;
+    let backbone = Backbone::from_torchvision("mobilenet_v2", &weights, 1000, device)
+        .map_err(|e| format!("{}: {e}", weights.display()))?;
+    Ok((backbone, weights))
 }

@@ -83,7 +83,7 @@ impl MetricsLog {
             }
         }
         // Rewrite the kept prefix atomically, then append.
-        tuwen_weights::atomic::write(&path, kept.as_bytes())?;
+        tuwen_io::atomic::write(&path, kept.as_bytes())?;
         let file = OpenOptions::new().append(true).open(&path)?;
         Ok(Self {
             path,

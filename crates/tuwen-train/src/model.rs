@@ -72,7 +72,7 @@ pub struct Objectives {
 
 /// What the data fixes about a model: vocabulary, region vector width, text length, VQA answers
 /// (0: no VQA head) and region classes (ViLBERT's region head).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ModelShape {
     /// Vocabulary size.
     pub vocab: usize,
@@ -159,6 +159,27 @@ pub fn vilbert_config(
 }
 
 impl PretrainModel {
+    /// The model a run with `cfg` and `spec` trains, freshly initialised (HF BERT
+    /// initialisation; a model started from a BERT checkpoint gets that checkpoint's text
+    /// configuration, not its weights: see `pretrain::run`). Draws from `device`'s generator.
+    pub fn build(cfg: &ModelConfig, spec: &crate::run_dir::ModelSpec, device: &Device) -> Self {
+        let shape = &spec.shape;
+        match &spec.bert {
+            Some(bert) => {
+                let vcfg = visual_bert_config(
+                    cfg,
+                    Some(bert.clone()),
+                    shape.vocab,
+                    shape.feature_dim,
+                    shape.max_text_len,
+                );
+                let m = bert_init(vcfg.init_pretraining(device), BertInit::default());
+                Self::with_heads(Encoder::VisualBert(m), cfg.itc_dim, shape.answers, device)
+            }
+            None => Self::init(cfg, shape, device),
+        }
+    }
+
     /// A randomly initialised model (HF BERT's initialisation, [`bert_init`]; draws from
     /// `device`'s generator: seed it first), with a VQA head when `shape.answers > 0`.
     pub fn init(cfg: &ModelConfig, shape: &ModelShape, device: &Device) -> Self {
@@ -352,32 +373,49 @@ impl PretrainModel {
         })
     }
 
-    /// VQA loss and accuracy of `batch` (a question batch with `answers`).
-    fn vqa(
+    /// VQA loss and accuracy of `batch` (a question batch with soft `answers`; rows without a
+    /// known answer are not scored).
+    pub fn vqa_objective(
         &self,
         head: &AnswerHead,
         batch: &PretrainBatch,
     ) -> Result<(LossOutput, f32), InputError> {
         let device = batch.input_ids.device();
         let known: Vec<i64> = (0..batch.answers.len())
-            .filter(|&r| batch.answers[r] >= 0)
+            .filter(|&r| !batch.answers[r].is_empty())
             .map(|r| r as i64)
             .collect();
         if known.is_empty() {
             return Ok((LossOutput::empty(&device), 0.0));
         }
-        let (_, pooled, _, _) = self.joint(batch)?;
+        let pooled = self.joint(batch)?.1;
         let rows = Tensor::<1, Int>::from_ints(known.as_slice(), &device);
         let logits = head.forward(pooled.select(0, rows));
         let [n, answers] = logits.dims();
-        // One annotator-free answer per question: a one-hot soft score.
         let mut targets = vec![0.0f32; n * answers];
         for (i, &r) in known.iter().enumerate() {
-            targets[i * answers + batch.answers[r as usize] as usize] = 1.0;
+            for &(answer, score) in &batch.answers[r as usize] {
+                if let Some(t) = targets.get_mut(i * answers + answer as usize) {
+                    *t = score;
+                }
+            }
         }
         let targets = Tensor::<2>::from_data(TensorData::new(targets, [n, answers]), &device);
         let accuracy = vqa_accuracy(logits.clone(), targets.clone());
         Ok((vqa_loss(logits, targets), accuracy))
+    }
+
+    /// Answer scores (sigmoid of the answer head's logits) of every row of `batch`, row-major
+    /// `[rows, answers]`; an error without a VQA head.
+    pub fn answer_scores(&self, batch: &PretrainBatch) -> Result<Vec<f32>, String> {
+        let head = self
+            .vqa
+            .as_ref()
+            .ok_or("the model has no VQA answer head (was it fine-tuned for VQA?)")?;
+        let pooled = self.joint(batch).map_err(|e| e.to_string())?.1;
+        let scores = burn::tensor::activation::sigmoid(head.forward(pooled));
+        tuwen_weights::host::values(scores.into_data(), "VQA answer scores")
+            .map_err(|e| e.to_string())
     }
 
     /// Every objective of the model on `batch`.
@@ -430,7 +468,7 @@ impl PretrainModel {
             None => LossOutput::empty(&device),
         };
         let (vqa, vqa_accuracy) = match (&self.vqa, &batch.vqa) {
-            (Some(head), Some(questions)) => self.vqa(head, questions)?,
+            (Some(head), Some(questions)) => self.vqa_objective(head, questions)?,
             _ => (LossOutput::empty(&device), 0.0),
         };
         Ok(Objectives {

@@ -11,10 +11,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::Device;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -22,57 +21,22 @@ use serde::{Deserialize, Serialize};
 use tuwen_data::formats::CaptionRecord;
 use tuwen_data::scene::{SceneConfig, Split};
 use tuwen_fusion::BertConfig;
-use tuwen_fusion::init::{BertInit, bert_init};
 use tuwen_objectives::mlm::MaskingConfig;
 use tuwen_objectives::mrm::RegionMaskingConfig;
 use tuwen_regions::StoreReader;
 use tuwen_tokenizer::{BertTokenizer, TokenizerOptions};
 
 use crate::batch::{HostBatch, SceneBatcher};
-use crate::checkpoint;
-use crate::clip::clip_global_norm;
-use crate::config::{Architecture, BestMetric, Source, TrainConfig};
+use crate::config::{Architecture, Source, TrainConfig};
 use crate::corpus::{StoreBatcher, read_captions};
 use crate::data::Data;
-use crate::decay::{apply_weight_decay, decayed_params};
-use crate::guard::{NanGuard, StepAction};
-use crate::metrics::MetricsLog;
-use crate::model::{Encoder, ModelShape, PretrainModel, visual_bert_config};
-use crate::prefetch::Prefetcher;
+use crate::model::{Encoder, ModelShape, PretrainModel};
 use crate::retrieval::Recalls;
-use crate::schedule::LrSchedule;
+use crate::run_dir::{ModelSpec, RunDir};
+use crate::trainer::{Groups, Task};
 use tuwen_objectives::itc::l2_normalize;
 
-/// Held-out metrics.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct EvalMetrics {
-    /// ITM accuracy on matched/mismatched pairs.
-    pub itm_accuracy: f32,
-    /// MLM accuracy on masked tokens.
-    pub mlm_accuracy: f32,
-    /// MLM accuracy on masked colour and shape words.
-    pub mlm_color_shape_accuracy: f32,
-    /// Masked region classification accuracy (ViLBERT; 0 otherwise).
-    pub region_accuracy: f32,
-    /// Zero-shot retrieval (ITC ranking, ITM re-ranking of the top k; zeros without ITC).
-    pub retrieval: Recalls,
-    /// VQA accuracy, one question per held-out scene (0 without VQA).
-    pub vqa_accuracy: f32,
-}
-
-impl EvalMetrics {
-    /// The value of `metric`.
-    pub fn get(&self, metric: BestMetric) -> f32 {
-        match metric {
-            BestMetric::ItmAccuracy => self.itm_accuracy,
-            BestMetric::MlmColorShapeAccuracy => self.mlm_color_shape_accuracy,
-            BestMetric::VqaAccuracy => self.vqa_accuracy,
-            BestMetric::RetrievalR1 => {
-                (self.retrieval.image_to_text[0] + self.retrieval.text_to_image[0]) / 2.0
-            }
-        }
-    }
-}
+pub use crate::event::{EvalMetrics, Event, StepReport};
 
 /// State stored with checkpoints.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -92,55 +56,6 @@ pub struct RunState {
     pub devices: usize,
 }
 
-/// One training step's report.
-#[derive(Clone, Copy, Debug)]
-pub struct StepReport {
-    /// Steps done (1-based).
-    pub step: usize,
-    /// Steps of the run.
-    pub steps: usize,
-    /// MLM loss.
-    pub mlm: f32,
-    /// ITM loss.
-    pub itm: f32,
-    /// Region classification loss (0 without).
-    pub region: f32,
-    /// Image-text contrastive loss (0 without).
-    pub itc: f32,
-    /// VQA loss (0 without).
-    pub vqa: f32,
-    /// ITM accuracy of the batch.
-    pub itm_accuracy: f32,
-    /// Gradient norm before clipping.
-    pub grad_norm: f32,
-    /// Learning rate of the step.
-    pub lr: f64,
-    /// Scenes per second since the start (or resume).
-    pub scenes_per_second: f64,
-    /// Estimated seconds to the end.
-    pub eta_seconds: f64,
-    /// Non-finite steps skipped so far.
-    pub skipped: usize,
-}
-
-/// What a run tells its caller as it goes.
-#[derive(Clone, Debug)]
-pub enum Event {
-    /// A message (set-up, resume point).
-    Note(String),
-    /// A logged training step.
-    Step(StepReport),
-    /// A held-out evaluation at `step` (steps done); `best` when it set a new best.
-    Eval {
-        /// Steps done.
-        step: usize,
-        /// The metrics.
-        metrics: EvalMetrics,
-        /// Whether the `best` checkpoint was replaced.
-        best: bool,
-    },
-}
-
 /// The losses of one step over the whole batch (each objective's mean over its items).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct StepLosses {
@@ -156,6 +71,8 @@ pub struct StepLosses {
     pub itc: f32,
     /// VQA.
     pub vqa: f32,
+    /// VQA accuracy of the batch (fine-tuning).
+    pub vqa_accuracy: f32,
 }
 
 /// Summary of a finished (or stopped) run.
@@ -184,7 +101,7 @@ static DEVICE_RNG: Mutex<()> = Mutex::new(());
 /// Seeds `device` (and its autodiff view) and holds the process-wide lock until the guard
 /// drops: Burn's generator is global per backend, so two runs initialising or stepping at once
 /// (parallel tests, several runs in one program) would otherwise interleave their draws.
-fn seeded(device: &Device, seed: u64) -> MutexGuard<'static, ()> {
+pub(crate) fn seeded(device: &Device, seed: u64) -> MutexGuard<'static, ()> {
     let guard = DEVICE_RNG
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -194,7 +111,7 @@ fn seeded(device: &Device, seed: u64) -> MutexGuard<'static, ()> {
 }
 
 /// The generator seed of one training step.
-fn step_seed(seed: u64, step: usize) -> u64 {
+pub(crate) fn step_seed(seed: u64, step: usize) -> u64 {
     splitmix64(splitmix64(seed) ^ step as u64)
 }
 
@@ -479,18 +396,12 @@ fn metric_values(
         .collect()
 }
 
-fn as_refs(values: &[(String, f64)]) -> Vec<(&str, f64)> {
-    values.iter().map(|(k, v)| (k.as_str(), *v)).collect()
-}
-
 /// The batch of training step `step`: examples `step * B .. (step + 1) * B` and a generator
 /// seeded by (seed, step), so a resumed run sees exactly the batches the interrupted one would
 /// have (with a finite corpus, example `i` is position `i mod images` of epoch `i / images`, each
 /// epoch a permutation seeded by (seed, epoch): see `corpus`).
 pub fn step_batch(data: &Data, cfg: &TrainConfig, step: usize) -> Result<HostBatch, String> {
-    let mut rng = StdRng::seed_from_u64(cfg.run.seed.wrapping_mul(1_000_003) ^ step as u64);
-    let b = cfg.run.batch_size as u64;
-    let indices: Vec<u64> = (0..b).map(|i| step as u64 * b + i).collect();
+    let (mut rng, indices) = crate::trainer::step_examples(cfg.run.seed, step, cfg.run.batch_size);
     data.host_batch(Split::Train, &indices, &mut rng)
         .map_err(|e| format!("step {step}: {e}"))
 }
@@ -538,7 +449,7 @@ pub fn step_gradients(
         matched.max(1) as f32,
         host.vqa
             .as_ref()
-            .map_or(0, |v| v.answers.iter().filter(|&&a| a >= 0).count())
+            .map_or(0, |v| v.answers.iter().filter(|a| !a.is_empty()).count())
             .max(1) as f32,
     ];
     let replicas: Vec<PretrainModel> = devices
@@ -591,62 +502,16 @@ pub fn step_gradients(
     Ok((accumulator.grads(), values))
 }
 
-/// Runs (or resumes, when `dir` holds a checkpoint) a pretraining run on `devices` (plain
-/// devices; the first is the main one, the others hold data-parallel replicas). `stop_after`
-/// ends the run after that many steps in total, as an interruption would (tests use it).
-pub fn run(
+/// What a pretraining configuration trains on: the data (scenes or a caption corpus with a
+/// feature store, with the run's vocabulary and, for VQA, answers) and the VQA answer count.
+fn pretraining_data(
     cfg: &TrainConfig,
     dir: &Path,
-    devices: &[Device],
-    stop_after: Option<usize>,
-    mut events: impl FnMut(Event),
-) -> Result<Summary, String> {
-    cfg.validate()?;
-    let Some(device) = devices.first() else {
-        return Err("no device to train on".into());
-    };
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let ckpt_dir = dir.join("checkpoints");
-    let config_path = dir.join("config.toml");
-    let resolved = cfg.to_toml();
-    let has_checkpoint = ckpt_dir.join("last").is_dir() || ckpt_dir.join(".last.old").is_dir();
-    if has_checkpoint && config_path.is_file() {
-        let saved = TrainConfig::load(&config_path).map_err(|e| e.to_string())?;
-        // Only the length of a run may change on resume (extending a finished run).
-        let mut same_length = saved.clone();
-        same_length.run.steps = cfg.run.steps;
-        if same_length != *cfg {
-            return Err(format!(
-                "{} holds a run with a different configuration ({}); resume it with that \
-                 configuration (only run.steps may change) or train in a new directory",
-                dir.display(),
-                config_path.display()
-            ));
-        }
-        if saved.run.steps != cfg.run.steps {
-            events(Event::Note(format!(
-                "run length changed from {} to {} steps: the learning-rate schedule is \
-                 re-drawn over the new length from the resume point on",
-                saved.run.steps, cfg.run.steps
-            )));
-        }
-    }
-    if !has_checkpoint {
-        // A fresh start: files a stopped earlier run left (perhaps with another configuration)
-        // must not be reused.
-        for stale in ["vocab.txt", "answers.txt"] {
-            let path = dir.join(stale);
-            if path.is_file() {
-                std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            }
-        }
-    }
-
+    device: &Device,
+    bert: Option<&Path>,
+    events: &mut impl FnMut(Event),
+) -> Result<(Data, usize), String> {
     let scenes = SceneConfig::default();
-    let bert = match (&cfg.model.init, cfg.model.architecture) {
-        (Some(init), Architecture::VisualBert) => Some(bert_dir(init)?),
-        _ => None,
-    };
     let corpus = match (cfg.data.source, &cfg.data.captions) {
         (Source::Store, Some(path)) => {
             let (records, skipped) = read_captions(Path::new(path), cfg.data.captions_format)?;
@@ -659,7 +524,7 @@ pub fn run(
         }
         _ => None,
     };
-    let tokenizer = tokenizer(cfg, &scenes, corpus.as_deref(), dir, bert.as_deref())?;
+    let tokenizer = tokenizer(cfg, &scenes, corpus.as_deref(), dir, bert)?;
     let masking = MaskingConfig {
         mask_prob: cfg.data.mask_prob,
         ..MaskingConfig::default()
@@ -668,10 +533,6 @@ pub fn run(
         mask_prob: cfg.data.region_mask_prob,
         ..RegionMaskingConfig::VILBERT
     });
-    let weights = LossWeights {
-        region: cfg.data.region_loss_weight,
-        vqa: cfg.data.vqa_weight,
-    };
     let mut n_answers = 0;
     let data = match (&corpus, &cfg.data.store) {
         (Some(records), Some(store)) => {
@@ -711,8 +572,7 @@ pub fn run(
             Data::Store(Arc::new(batcher))
         }
         _ => {
-            let region_features =
-                crate::features::region_features(cfg, &scenes, device, &mut events)?;
+            let region_features = crate::features::region_features(cfg, &scenes, device, events)?;
             let answers = if cfg.data.vqa_weight > 0.0 {
                 Some(Arc::new(answer_vocabulary(cfg, &scenes, dir)?))
             } else {
@@ -733,6 +593,36 @@ pub fn run(
             }))
         }
     };
+    Ok((data, n_answers))
+}
+
+/// Runs (or resumes, when `dir` holds a checkpoint) a pretraining run on `devices` (plain
+/// devices; the first is the main one, the others hold data-parallel replicas). `stop_after`
+/// ends the run after that many steps in total, as an interruption would (tests use it).
+pub fn run(
+    cfg: &TrainConfig,
+    dir: &Path,
+    devices: &[Device],
+    stop_after: Option<usize>,
+    mut events: impl FnMut(Event),
+) -> Result<Summary, String> {
+    cfg.validate()?;
+    let Some(device) = devices.first() else {
+        return Err("no device to train on".into());
+    };
+    tuwen_io::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let run_dir = RunDir::new(dir);
+    run_dir.check_resume(cfg, &mut events)?;
+
+    let bert = match (&cfg.model.init, cfg.model.architecture) {
+        (Some(init), Architecture::VisualBert) => Some(bert_dir(init)?),
+        _ => None,
+    };
+    let weights = LossWeights {
+        region: cfg.data.region_loss_weight,
+        vqa: cfg.data.vqa_weight,
+    };
+    let (data, n_answers) = pretraining_data(cfg, dir, device, bert.as_deref(), &mut events)?;
     let ad: Vec<Device> = devices.iter().map(|d| d.clone().autodiff()).collect();
     let shape = ModelShape {
         vocab: data.tokenizer().vocab_size(),
@@ -741,260 +631,149 @@ pub fn run(
         answers: n_answers,
         region_classes: data.region_classes(),
     };
-    // Seeded initialisation: the same config gives the same run.
-    let mut model = {
-        let _rng = seeded(device, cfg.run.seed);
-        match &bert {
-            Some(bert) => {
-                let bert_cfg = BertConfig::from_json_file(bert.join("config.json"))
-                    .map_err(|e| e.to_string())?;
-                if shape.max_text_len > bert_cfg.max_position_embeddings {
-                    return Err(format!(
-                        "data.max_text_len = {} exceeds the {} positions of {}",
-                        shape.max_text_len,
-                        bert_cfg.max_position_embeddings,
-                        bert.join("config.json").display()
-                    ));
-                }
-                let vcfg = visual_bert_config(
-                    &cfg.model,
-                    Some(bert_cfg),
-                    shape.vocab,
-                    shape.feature_dim,
-                    shape.max_text_len,
-                );
-                // HF initialisation for what the checkpoint does not hold (regions, heads).
-                let mut m = bert_init(vcfg.init_pretraining(&ad[0]), BertInit::default());
-                m.visual_bert = m
-                    .visual_bert
-                    .init_from_bert(bert.join("model.safetensors"))
-                    .map_err(|e| e.to_string())?;
-                events(Event::Note(format!(
-                    "text Transformer initialised from {}",
-                    bert.display()
-                )));
-                PretrainModel::with_heads(
-                    Encoder::VisualBert(m),
-                    cfg.model.itc_dim,
-                    shape.answers,
-                    &ad[0],
-                )
-            }
-            None => PretrainModel::init(&cfg.model, &shape, &ad[0]),
-        }
-    };
-    let o = &cfg.optim;
-    let adamw = AdamWConfig::new()
-        .with_beta_1(o.beta1)
-        .with_beta_2(o.beta2)
-        .with_epsilon(o.epsilon)
-        .with_weight_decay(0.0);
-    let mut optim = adamw.init();
-    let mut state = RunState::default();
-    let mut resumed = false;
-    if let Some(loaded) =
-        checkpoint::load::<_, RunState>(&ckpt_dir, "last", model.clone(), adamw.init())
-            .map_err(|e| e.to_string())?
+    let bert_config = bert
+        .as_ref()
+        .map(|b| BertConfig::from_json_file(b.join("config.json")))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    if let (Some(bert), Some(c)) = (&bert, &bert_config)
+        && shape.max_text_len > c.max_position_embeddings
     {
-        events(Event::Note(format!(
-            "resuming from {} at step {}",
-            loaded.path.display(),
-            loaded.state.step
-        )));
-        if loaded.state.devices != 0 && loaded.state.devices != devices.len() {
-            events(Event::Note(format!(
-                "the run trained on {} device(s) and resumes on {}: the micro-batches change, \
-                 so the continuation is not bit-identical",
-                loaded.state.devices,
-                devices.len()
-            )));
-        }
-        model = loaded.model;
-        optim = loaded.optimizer;
-        state = loaded.state;
-        resumed = true;
-    }
-    if state.step > cfg.run.steps {
         return Err(format!(
-            "{} is already at step {}, beyond run.steps = {}",
-            dir.display(),
-            state.step,
-            cfg.run.steps
+            "data.max_text_len = {} exceeds the {} positions of {}",
+            shape.max_text_len,
+            c.max_position_embeddings,
+            bert.join("config.json").display()
         ));
     }
-    // Written once the run is known to proceed (a refused resume leaves the saved one).
-    crate::checkpoint::write_atomic(&config_path, resolved.as_bytes())
-        .map_err(|e| e.to_string())?;
-    let schedule = LrSchedule {
-        peak: o.learning_rate,
-        warmup_steps: o.warmup_steps,
-        total_steps: cfg.run.steps,
-        decay: o.decay,
-        final_ratio: o.final_lr_ratio,
+    let spec = ModelSpec {
+        shape,
+        bert: bert_config,
     };
-    let decayed = decayed_params(&model);
-    let mut guard = NanGuard::new(cfg.run.max_nan_steps);
-    guard.skipped = state.skipped;
-    let metrics_path = dir.join("metrics.jsonl");
-    let metrics_err = |e: std::io::Error| format!("{}: {e}", metrics_path.display());
-    let mut log = if resumed {
-        MetricsLog::resume(dir, state.metrics_lines)
-    } else {
-        MetricsLog::open(dir)
-    }
-    .map_err(metrics_err)?;
-    let start = Instant::now();
-    let first = state.step;
-    let end = stop_after.unwrap_or(cfg.run.steps).min(cfg.run.steps);
-    let build = {
-        let data = data.clone();
-        let cfg = cfg.clone();
-        Arc::new(move |step: usize| step_batch(&data, &cfg, step))
-    };
-    let mut loader = Prefetcher::new(build, state.step, end, cfg.run.loader_threads, 2);
-    while state.step < end {
-        let step = state.step;
-        let host = loader.next_batch()?;
-        let (mut grads, losses) = step_gradients(
-            &model,
-            &host,
-            &ad,
-            cfg.run.grad_accum_steps,
-            weights,
-            step_seed(cfg.run.seed, step),
-        )
-        .map_err(|e| format!("step {step}: {e}"))?;
-        let StepLosses {
-            mlm,
-            itm,
-            region,
-            itm_accuracy,
-            itc,
-            vqa,
-        } = losses;
-        let norm = if o.max_grad_norm > 0.0 {
-            clip_global_norm(&model, &mut grads, o.max_grad_norm)
-        } else {
-            crate::clip::global_norm(&model, &grads)
-        };
-        let total = mlm + itm + region * weights.region as f32 + itc + vqa * weights.vqa as f32;
-        let lr = schedule.lr(step);
-        match guard.observe(step as u64, total, norm) {
-            StepAction::Apply => {
-                model = apply_weight_decay(model, &decayed, lr, o.weight_decay);
-                model = optim.step(lr, model, grads).after_step();
-            }
-            StepAction::Skip => {}
-            StepAction::Abort(msg) => return Err(msg),
-        }
-        state.step += 1;
-        state.skipped = guard.skipped;
-        if step % cfg.run.log_every.max(1) == 0 || state.step == cfg.run.steps {
-            let elapsed = start.elapsed().as_secs_f64().max(1e-9);
-            let rate = (state.step - first) as f64 / elapsed;
-            let mut values = vec![
-                ("train/mlm", mlm as f64),
-                ("train/itm", itm as f64),
-                ("train/itm_accuracy", itm_accuracy as f64),
-                ("train/grad_norm", norm as f64),
-                ("train/lr", lr),
-            ];
-            if data.masks_regions() {
-                values.push(("train/region", region as f64));
-            }
-            if model.itc.is_some() {
-                values.push(("train/itc", itc as f64));
-            }
-            if model.vqa.is_some() {
-                values.push(("train/vqa", vqa as f64));
-            }
-            log.log(step as u64, &values).map_err(metrics_err)?;
-            events(Event::Step(StepReport {
-                step: state.step,
-                steps: cfg.run.steps,
-                mlm,
-                itm,
-                region,
-                itc,
-                vqa,
-                itm_accuracy,
-                grad_norm: norm,
-                lr,
-                scenes_per_second: rate * cfg.run.batch_size as f64,
-                eta_seconds: (cfg.run.steps - state.step) as f64 / rate.max(1e-9),
-                skipped: state.skipped,
-            }));
-        }
-        if state.step % cfg.eval.every == 0 || state.step == cfg.run.steps {
-            if !crate::guard::all_finite(&model) {
-                return Err(format!(
-                    "step {step}: the weights are no longer finite (lower the learning rate); \
-                     the last checkpoint in {} is kept",
-                    ckpt_dir.display()
-                ));
-            }
-            // Model selection reads the validation split; the test split is read once, at the end.
-            state.eval = held_out(&model.valid(), &data, Split::Validation, cfg, device)?;
-            let values = metric_values("eval", &state.eval, &data, &model, cfg);
-            log.log(state.step as u64, &as_refs(&values))
-                .map_err(metrics_err)?;
-            state.metrics_lines = log.lines();
-            state.devices = devices.len();
-            let score = state.eval.get(cfg.eval.best);
-            let best = state.best.is_none_or(|(_, m)| score > m.get(cfg.eval.best));
-            if best {
-                state.best = Some((state.step, state.eval));
-            }
-            // `best` first: a crash between the two leaves `last` at the previous evaluation,
-            // which resumes correctly (the best is re-found on the way).
-            if best {
-                checkpoint::save(&ckpt_dir, "best", &model, &optim, &state)
-                    .map_err(|e| e.to_string())?;
-            }
-            checkpoint::save(&ckpt_dir, "last", &model, &optim, &state)
+    // Seeded initialisation: the same config gives the same run.
+    let model = {
+        let _rng = seeded(device, cfg.run.seed);
+        let mut m = PretrainModel::build(&cfg.model, &spec, &ad[0]);
+        if let (Some(bert), Encoder::VisualBert(v)) = (&bert, &mut m.encoder) {
+            // HF initialisation stays for what the checkpoint does not hold (regions, heads).
+            v.visual_bert = v
+                .visual_bert
+                .clone()
+                .init_from_bert(bert.join("model.safetensors"))
                 .map_err(|e| e.to_string())?;
-            events(Event::Eval {
-                step: state.step,
-                metrics: state.eval,
-                best,
-            });
+            events(Event::Note(format!(
+                "text Transformer initialised from {}",
+                bert.display()
+            )));
         }
+        m
+    };
+    run_dir.save_spec(&spec)?;
+    let task = Arc::new(PretrainTask {
+        has_itc: model.itc.is_some(),
+        has_vqa: model.vqa.is_some(),
+        data,
+        cfg: cfg.clone(),
+        devices: ad,
+        device: device.clone(),
+        weights,
+    });
+    crate::trainer::train(
+        task,
+        model,
+        cfg,
+        &run_dir,
+        devices.len(),
+        stop_after,
+        &mut events,
+    )
+}
+
+/// Pretraining as a [`Task`] of the shared loop.
+struct PretrainTask {
+    data: Data,
+    cfg: TrainConfig,
+    /// Autodiff devices; the first holds the model.
+    devices: Vec<Device>,
+    /// The main plain device (evaluation).
+    device: Device,
+    weights: LossWeights,
+    has_itc: bool,
+    has_vqa: bool,
+}
+
+impl Task for PretrainTask {
+    type Batch = HostBatch;
+
+    fn batch(&self, step: usize) -> Result<HostBatch, String> {
+        step_batch(&self.data, &self.cfg, step)
     }
-    // The test split, once, with the model validation selected (the run's end only: an
-    // interrupted run has not chosen yet).
-    let test = if state.step == cfg.run.steps {
-        let (step, selected) = match state.best {
-            Some((best_step, _)) if best_step != state.step => {
-                let best = checkpoint::load_model(&ckpt_dir, "best", model.clone())
-                    .map_err(|e| e.to_string())?
-                    .ok_or_else(|| {
-                        format!("{}: the best checkpoint is missing", ckpt_dir.display())
-                    })?;
-                (best_step, best)
-            }
-            _ => (state.step, model.clone()),
-        };
-        let metrics = held_out(&selected.valid(), &data, Split::Test, cfg, device)?;
-        let values = metric_values("test", &metrics, &data, &selected, cfg);
-        log.log(state.step as u64, &as_refs(&values))
-            .map_err(metrics_err)?;
-        events(Event::Note(format!(
+
+    fn gradients(
+        &self,
+        model: &PretrainModel,
+        batch: &HostBatch,
+        seed: u64,
+    ) -> Result<(GradientsParams, StepLosses), String> {
+        step_gradients(
+            model,
+            batch,
+            &self.devices,
+            self.cfg.run.grad_accum_steps,
+            self.weights,
+            seed,
+        )
+    }
+
+    fn total(&self, l: &StepLosses) -> f32 {
+        l.mlm
+            + l.itm
+            + l.region * self.weights.region as f32
+            + l.itc
+            + l.vqa * self.weights.vqa as f32
+    }
+
+    fn train_values(&self, l: &StepLosses, grad_norm: f32, lr: f64) -> Vec<(&'static str, f64)> {
+        let mut values = vec![
+            ("train/mlm", l.mlm as f64),
+            ("train/itm", l.itm as f64),
+            ("train/itm_accuracy", l.itm_accuracy as f64),
+            ("train/grad_norm", grad_norm as f64),
+            ("train/lr", lr),
+        ];
+        if self.data.masks_regions() {
+            values.push(("train/region", l.region as f64));
+        }
+        if self.has_itc {
+            values.push(("train/itc", l.itc as f64));
+        }
+        if self.has_vqa {
+            values.push(("train/vqa", l.vqa as f64));
+        }
+        values
+    }
+
+    fn evaluate(&self, model: &PretrainModel, split: Split) -> Result<EvalMetrics, String> {
+        held_out(model, &self.data, split, &self.cfg, &self.device)
+    }
+
+    fn metric_values(
+        &self,
+        prefix: &str,
+        metrics: &EvalMetrics,
+        model: &PretrainModel,
+    ) -> Vec<(String, f64)> {
+        metric_values(prefix, metrics, &self.data, model, &self.cfg)
+    }
+
+    fn groups(&self, _model: &PretrainModel) -> Groups {
+        Groups::default()
+    }
+
+    fn test_note(&self, step: usize, metrics: &EvalMetrics) -> String {
+        format!(
             "test split, model of step {step} (selected on validation): ITM {:.3}, MLM {:.3}",
             metrics.itm_accuracy, metrics.mlm_accuracy
-        )));
-        Some((step, metrics))
-    } else {
-        None
-    };
-    log.plot(dir)
-        .map_err(|e| format!("plots in {}: {e}", dir.display()))?;
-    Ok(Summary {
-        eval: state.eval,
-        test,
-        best: state.best,
-        steps: state.step,
-        skipped: state.skipped,
-        seconds: start.elapsed().as_secs_f64(),
-        dir: dir.to_path_buf(),
-    })
+        )
+    }
 }

@@ -20,7 +20,9 @@ use std::path::Path;
 
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
-pub use preprocess::{ImageError, Normalization, Preprocess, load_rgb};
+pub use preprocess::{
+    ImageError, MAX_DECODE_BYTES, MAX_IMAGE_SIDE, Normalization, Preprocess, load_rgb,
+};
 pub use tuwen_weights::LoadError;
 
 use crate::mobilenet::MobileNetV2;

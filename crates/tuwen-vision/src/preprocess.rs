@@ -1,25 +1,59 @@
 //! Image decoding and the torchvision-style preprocessing every backbone expects.
 //!
-//! Images are decoded with the `image` crate and always converted to RGB (never BGR). The
-//! ImageNet recipe is: resize the SHORTER side to 256 (bilinear with antialiasing, as PIL), crop
-//! the central 224x224, scale to [0, 1], normalise with the backbone's mean/std, CHW layout.
+//! Images are decoded with the `image` crate within fixed limits ([`MAX_IMAGE_SIDE`],
+//! [`MAX_DECODE_BYTES`]), turned upright by their EXIF orientation, and always converted to RGB
+//! (never BGR). The ImageNet recipe is: resize the SHORTER side to 256 (bilinear with
+//! antialiasing, as PIL), crop the central 224x224, scale to [0, 1], normalise with the
+//! backbone's mean/std, CHW layout.
 
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
 use image::imageops::FilterType;
-use image::{DynamicImage, RgbImage};
+use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage};
+
+/// Largest width or height [`load_rgb`] decodes, in pixels.
+///
+/// A JPEG header may declare up to 65535 x 65535 pixels in a few hundred bytes, and the decoder
+/// allocates and decodes whatever is declared (a 700-byte file declaring 2064 x 65535 cost
+/// 400 MB and ~8 s). No camera writes a longer side than 16384 (a 200-megapixel phone sensor is
+/// 16320 x 12240), and the images of vision-language datasets (COCO, Visual Genome, Conceptual
+/// Captions) are about 1000 px a side at most, which preprocessing shrinks to 256 px anyway.
+pub const MAX_IMAGE_SIDE: u32 = 16_384;
+
+/// Largest decoded pixel buffer [`load_rgb`] allocates, in bytes (256 MiB).
+///
+/// That is ~89 megapixels of 8-bit RGB: more than the 12-50 megapixels phones and cameras write
+/// by default (a full-resolution 200-megapixel capture must be downscaled first), while a corrupt
+/// or hostile header cannot make one image cost gigabytes. Loader
+/// threads decode several images at once and one image briefly holds up to three buffers of this
+/// size (decoded, RGB-converted, rotated), so the limit bounds memory per thread. The `image`
+/// crate's own default is 512 MiB.
+pub const MAX_DECODE_BYTES: u64 = 256 << 20;
 
 /// Errors of image loading.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    /// The file could not be read.
-    #[error("cannot read image {path}: {source}")]
-    Io {
+    /// The file could not be read (the error names it).
+    #[error(transparent)]
+    Io(#[from] tuwen_io::IoError),
+    /// The file declares more pixels than [`load_rgb`] decodes.
+    #[error(
+        "image {path} declares {width} x {height} pixels ({bytes} bytes decoded), over the \
+         decoding limits of at most {} pixels a side and {} MiB decoded",
+        MAX_IMAGE_SIDE,
+        MAX_DECODE_BYTES >> 20
+    )]
+    TooLarge {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// Declared width.
+        width: u32,
+        /// Declared height.
+        height: u32,
+        /// Size of the decoded pixel buffer.
+        bytes: u64,
     },
     /// The file is not a decodable JPEG/PNG (corrupt, truncated or another format).
     #[error("cannot decode image {path}: {reason}")]
@@ -70,18 +104,50 @@ impl Default for Preprocess {
     }
 }
 
-/// Decodes an image file to RGB, naming the file on any error.
+/// Decodes an image file (JPEG or PNG, told by its content) to upright RGB, naming the file on
+/// any error.
+///
+/// An image whose header declares a side over [`MAX_IMAGE_SIDE`] or a decoded buffer over
+/// [`MAX_DECODE_BYTES`] is refused before any pixel is decoded ([`ImageError::TooLarge`]). The
+/// EXIF orientation (JPEG APP1, PNG eXIf) is applied, so a phone photo taken upright comes out
+/// upright whatever way the sensor stored it.
 pub fn load_rgb(path: impl AsRef<Path>) -> Result<RgbImage, ImageError> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|source| ImageError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let image = image::load_from_memory(&bytes).map_err(|e| ImageError::Decode {
+    let bytes = tuwen_io::read(path)?;
+    let decode = |e: image::ImageError| ImageError::Decode {
         path: path.to_path_buf(),
         reason: e.to_string(),
-    })?;
-    Ok(image.to_rgb8())
+    };
+    let mut reader = ImageReader::new(Cursor::new(&bytes))
+        .with_guessed_format()
+        .map_err(|e| decode(e.into()))?;
+    // While reading the header, only the allocation budget (the PNG decoder's own buffers):
+    // the size checks below name the declared dimensions.
+    let mut limits = Limits::no_limits();
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    reader.limits(limits);
+    let mut decoder = reader.into_decoder().map_err(decode)?;
+    let (width, height) = decoder.dimensions();
+    let decoded = decoder.total_bytes();
+    if width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE || decoded > MAX_DECODE_BYTES {
+        return Err(ImageError::TooLarge {
+            path: path.to_path_buf(),
+            width,
+            height,
+            bytes: decoded,
+        });
+    }
+    let mut limits = Limits::no_limits();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_BYTES - decoded);
+    decoder.set_limits(limits).map_err(decode)?;
+    let orientation = decoder.orientation().map_err(decode)?;
+    let image = DynamicImage::from_decoder(decoder).map_err(decode)?;
+    // Convert first (RGBA and 16-bit buffers are larger), then rotate / flip.
+    let mut image = DynamicImage::ImageRgb8(image.into_rgb8());
+    image.apply_orientation(orientation);
+    Ok(image.into_rgb8())
 }
 
 impl Preprocess {

@@ -6,7 +6,9 @@ use tuwen_testkit::{devices, flex, skip_or_fail};
 use tuwen_vision::mobilenet::MobileNetV2;
 use tuwen_vision::patch::PatchEmbedding;
 use tuwen_vision::resnet::{ResNet, ResNetDepth};
-use tuwen_vision::{ImageError, Preprocess, imagenet_classes, load_rgb, top_k};
+use tuwen_vision::{
+    ImageError, MAX_DECODE_BYTES, MAX_IMAGE_SIDE, Preprocess, imagenet_classes, load_rgb, top_k,
+};
 
 #[derive(Deserialize)]
 struct Reference {
@@ -99,9 +101,166 @@ fn corrupt_and_missing_images_are_errors_naming_the_file() {
         .load_batch(&[&missing], &flex())
         .unwrap_err();
     assert!(
-        matches!(err, ImageError::Io { .. }) && err.to_string().contains("missing.png"),
+        matches!(err, ImageError::Io(_)) && err.to_string().contains("missing.png"),
         "{err}"
     );
+}
+
+/// A 32 x 16 picture: left half red, right half blue.
+fn red_left_blue_right() -> image::RgbImage {
+    image::RgbImage::from_fn(32, 16, |x, _| {
+        if x < 16 {
+            image::Rgb([255, 0, 0])
+        } else {
+            image::Rgb([0, 0, 255])
+        }
+    })
+}
+
+fn jpeg_bytes(image: &image::RgbImage) -> Vec<u8> {
+    let mut out = Vec::new();
+    image
+        .write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(
+            &mut out, 95,
+        ))
+        .unwrap();
+    out
+}
+
+fn png_bytes(image: &image::RgbImage) -> Vec<u8> {
+    let mut out = Vec::new();
+    image
+        .write_with_encoder(image::codecs::png::PngEncoder::new(&mut out))
+        .unwrap();
+    out
+}
+
+/// A minimal big-endian TIFF structure holding one IFD entry: Orientation (0x0112, SHORT, 1).
+fn exif_orientation(orientation: u16) -> Vec<u8> {
+    let mut tiff = b"MM\0\x2a".to_vec();
+    tiff.extend(8u32.to_be_bytes()); // offset of the first IFD
+    tiff.extend(1u16.to_be_bytes()); // one entry
+    tiff.extend([0x01, 0x12, 0x00, 0x03]); // tag, type SHORT
+    tiff.extend(1u32.to_be_bytes()); // count
+    tiff.extend(orientation.to_be_bytes());
+    tiff.extend([0, 0]); // value padding
+    tiff.extend(0u32.to_be_bytes()); // no next IFD
+    tiff
+}
+
+/// Mostly red and mostly blue pixels (JPEG blurs the boundary).
+fn is_red(p: &image::Rgb<u8>) -> bool {
+    p.0[0] > 200 && p.0[2] < 60
+}
+
+fn is_blue(p: &image::Rgb<u8>) -> bool {
+    p.0[2] > 200 && p.0[0] < 60
+}
+
+#[test]
+fn images_declaring_too_many_pixels_are_refused_before_decoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let valid = jpeg_bytes(&red_left_blue_right());
+    // The SOF0 segment: FF C0, length (2), precision (1), height (2), width (2).
+    let sof = valid
+        .windows(2)
+        .position(|w| w == [0xFF, 0xC0])
+        .expect("a baseline JPEG");
+    // 2064 x 65535: the side limit (a fuzz case that used to cost 400 MB and ~8 s);
+    // 16000 x 16000: each side allowed, but 768 MB decoded.
+    for (name, width, height) in [("tall.jpg", 2064u16, 65535u16), ("huge.jpg", 16000, 16000)] {
+        let mut bytes = valid.clone();
+        bytes[sof + 5..sof + 7].copy_from_slice(&height.to_be_bytes());
+        bytes[sof + 7..sof + 9].copy_from_slice(&width.to_be_bytes());
+        assert!(bytes.len() < 2000, "a small file: {} bytes", bytes.len());
+        let path = dir.path().join(name);
+        std::fs::write(&path, &bytes).unwrap();
+        let start = std::time::Instant::now();
+        let err = load_rgb(&path).unwrap_err();
+        assert!(
+            start.elapsed().as_secs_f64() < 1.0,
+            "refused before decoding: {:?}",
+            start.elapsed()
+        );
+        assert!(
+            matches!(err, ImageError::TooLarge { width: w, height: h, .. }
+                if w == width as u32 && h == height as u32),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        assert!(text.contains(&format!("{width} x {height}")), "{text}");
+        assert!(text.contains(&MAX_IMAGE_SIDE.to_string()), "{text}");
+        assert!(
+            text.contains(&format!("{} MiB", MAX_DECODE_BYTES >> 20)),
+            "{text}"
+        );
+    }
+    // The unpatched file still loads.
+    let path = dir.path().join("valid.jpg");
+    std::fs::write(&path, &valid).unwrap();
+    assert_eq!(load_rgb(&path).unwrap().dimensions(), (32, 16));
+}
+
+#[test]
+fn exif_orientation_is_applied_to_jpeg_and_png() {
+    let dir = tempfile::tempdir().unwrap();
+    let picture = red_left_blue_right();
+
+    // JPEG with an APP1 Exif segment right after SOI: orientation 6 (rotate 90 degrees
+    // clockwise to display), so the left half (red) ends up on top.
+    let jpeg = jpeg_bytes(&picture);
+    let mut payload = b"Exif\0\0".to_vec();
+    payload.extend(exif_orientation(6));
+    let mut app1 = vec![0xFF, 0xE1];
+    app1.extend((payload.len() as u16 + 2).to_be_bytes());
+    app1.extend(payload);
+    let mut rotated = jpeg[..2].to_vec();
+    rotated.extend(&app1);
+    rotated.extend(&jpeg[2..]);
+    let plain_path = dir.path().join("plain.jpg");
+    std::fs::write(&plain_path, &jpeg).unwrap();
+    let plain = load_rgb(&plain_path).unwrap();
+    assert_eq!(plain.dimensions(), (32, 16));
+    assert!(is_red(plain.get_pixel(2, 8)) && is_blue(plain.get_pixel(29, 8)));
+    let path = dir.path().join("phone.jpg");
+    std::fs::write(&path, &rotated).unwrap();
+    let upright = load_rgb(&path).unwrap();
+    assert_eq!(
+        upright.dimensions(),
+        (16, 32),
+        "orientation 6 swaps the sides"
+    );
+    assert!(
+        is_red(upright.get_pixel(8, 2)) && is_blue(upright.get_pixel(8, 29)),
+        "red on top, blue at the bottom: {:?} / {:?}",
+        upright.get_pixel(8, 2),
+        upright.get_pixel(8, 29)
+    );
+
+    // PNG with an eXIf chunk after IHDR: orientation 8 (rotate 90 degrees counter-clockwise),
+    // so the left half (red) ends up at the bottom.
+    let png = png_bytes(&picture);
+    let ihdr_end = 8 + 4 + 4 + 13 + 4;
+    let data = exif_orientation(8);
+    let mut chunk = (data.len() as u32).to_be_bytes().to_vec();
+    let mut typed = b"eXIf".to_vec();
+    typed.extend(&data);
+    chunk.extend(&typed);
+    chunk.extend(crc32fast::hash(&typed).to_be_bytes());
+    let mut rotated = png[..ihdr_end].to_vec();
+    rotated.extend(&chunk);
+    rotated.extend(&png[ihdr_end..]);
+    let path = dir.path().join("phone.png");
+    std::fs::write(&path, &rotated).unwrap();
+    let upright = load_rgb(&path).unwrap();
+    assert_eq!(upright.dimensions(), (16, 32));
+    assert_eq!(
+        upright.get_pixel(8, 2),
+        &image::Rgb([0, 0, 255]),
+        "blue on top"
+    );
+    assert_eq!(upright.get_pixel(8, 29), &image::Rgb([255, 0, 0]));
 }
 
 #[test]

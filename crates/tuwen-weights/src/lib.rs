@@ -6,7 +6,6 @@
 //! mis-shaped tensor into one error that names the file and the tensors; tensors a model does
 //! not use by design (buffers, tied copies) are declared, never silently skipped.
 
-pub mod atomic;
 pub mod compare;
 pub mod host;
 pub mod le;
@@ -25,14 +24,9 @@ use safetensors::{Dtype, SafeTensors};
 /// Errors while reading configs or loading checkpoints.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    /// A file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
+    /// A file could not be read (the error names it).
+    #[error(transparent)]
+    Io(#[from] tuwen_io::IoError),
     /// A config file is malformed or describes an unsupported model.
     #[error("invalid config {path}: {reason}")]
     Config {
@@ -87,10 +81,7 @@ pub fn read_config<T: serde::de::DeserializeOwned>(
 
 /// Reads a JSON config file.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = tuwen_io::read_to_string(path)?;
     serde_json::from_str(&text).map_err(|e| LoadError::Config {
         path: path.to_path_buf(),
         reason: e.to_string(),
@@ -98,10 +89,11 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, LoadE
 }
 
 fn missing_file(path: &Path) -> LoadError {
-    LoadError::Io {
-        path: path.to_path_buf(),
-        source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
-    }
+    tuwen_io::IoError::new(
+        path,
+        std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+    )
+    .into()
 }
 
 /// Applies `store` to `module` and turns the outcome into one report: every missing tensor,
@@ -188,12 +180,9 @@ pub fn load_renamed<M: Module>(
         path: path.to_path_buf(),
         reason,
     };
-    let bytes = std::fs::read(path).map_err(|source| match source.kind() {
+    let bytes = tuwen_io::read(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => missing_file(path),
-        _ => LoadError::Io {
-            path: path.to_path_buf(),
-            source,
-        },
+        _ => e.into(),
     })?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| format_err(e.to_string()))?;
     let renamed: Vec<(String, safetensors::tensor::TensorView<'_>)> = st
@@ -221,10 +210,7 @@ pub fn load_renamed<M: Module>(
 /// Reads every tensor of a safetensors file into host [`TensorData`] (f32, f16 and integer
 /// tensors; f16 is widened to f32). Used for forward inputs and reference outputs of fixtures.
 pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, TensorData>, LoadError> {
-    let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = tuwen_io::read(path)?;
     let format_err = |reason: String| LoadError::Format {
         path: path.to_path_buf(),
         reason,

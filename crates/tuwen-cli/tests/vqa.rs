@@ -1,0 +1,177 @@
+//! Pretrain -> fine-tune -> ask, end to end through the `tuwen` binary, and the official VQA
+//! scorer on its committed fixture.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn tuwen() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tuwen"))
+}
+
+fn ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const PRETRAIN: &str = r#"
+[run]
+steps = 10
+batch_size = 6
+[model]
+hidden_size = 32
+layers = 2
+heads = 2
+[data]
+vocab_scenes = 200
+[eval]
+every = 10
+scenes = 16
+"#;
+
+const FINETUNE: &str = r#"
+[run]
+steps = 20
+batch_size = 16
+[optim]
+learning_rate = 1e-3
+warmup_steps = 2
+[eval]
+every = 10
+scenes = 64
+[finetune]
+task = "vqa"
+dataset = "easy_vqa"
+validation_images = 20
+answers = 13
+"#;
+
+#[test]
+fn a_pretrained_run_is_fine_tuned_for_vqa_and_answers_questions_about_image_files() {
+    let image = match tuwen_assets::locate("easy_vqa", "test/images/0.png") {
+        Ok(p) => p,
+        Err(e) => {
+            return tuwen_testkit::skip_or_fail(
+                "a_pretrained_run_is_fine_tuned_for_vqa_and_answers_questions_about_image_files",
+                &e.to_string(),
+            );
+        }
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let (pre_cfg, ft_cfg) = (write("pre.toml", PRETRAIN), write("ft.toml", FINETUNE));
+    let (pre, ft) = (tmp.path().join("pre"), tmp.path().join("ft"));
+    ok(&tuwen()
+        .args(["train", "--config"])
+        .arg(&pre_cfg)
+        .arg("--run-dir")
+        .arg(&pre)
+        .output()
+        .unwrap());
+    let out = tuwen()
+        .args(["finetune", "--task", "vqa", "--from"])
+        .arg(&pre)
+        .arg("--config")
+        .arg(&ft_cfg)
+        .arg("--run-dir")
+        .arg(&ft)
+        .output()
+        .unwrap();
+    ok(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("tensors reused") && stdout.contains("VQA accuracy"),
+        "{stdout}"
+    );
+    assert!(ft.join("reuse.json").is_file() && ft.join("answers.txt").is_file());
+
+    // One readable image, one missing: the first is answered, the second reported.
+    let missing = tmp.path().join("missing.png");
+    let out = tuwen()
+        .args(["vqa", "--run"])
+        .arg(&ft)
+        .args(["--question", "what color is the shape?", "--json"])
+        .arg(&image)
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    let answers = line["answers"].as_array().unwrap();
+    assert_eq!(answers.len(), 5);
+    let answer_file = std::fs::read_to_string(ft.join("answers.txt")).unwrap();
+    for a in answers {
+        assert!(
+            answer_file
+                .lines()
+                .any(|l| l == a["answer"].as_str().unwrap())
+        );
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("missing.png") && stderr.contains("1 of 2 images"),
+        "{stderr}"
+    );
+
+    // A run without a VQA head, and a directory that is no run: clear errors.
+    let out = tuwen()
+        .args(["vqa", "--run"])
+        .arg(&pre)
+        .args(["--question", "q"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no VQA answer head"));
+    let out = tuwen()
+        .args(["vqa", "--run"])
+        .arg(tmp.path())
+        .args(["--question", "q"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a tuwen run directory"));
+}
+
+#[test]
+fn score_vqa_prints_the_official_figures() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tuwen-eval/tests/fixtures");
+    let out = tuwen()
+        .args(["score", "vqa", "--questions"])
+        .arg(fixtures.join("vqa_questions.json"))
+        .arg("--annotations")
+        .arg(fixtures.join("vqa_annotations.json"))
+        .arg("--results")
+        .arg(fixtures.join("vqa_results.json"))
+        .output()
+        .unwrap();
+    ok(&out);
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join("expected.json")).unwrap())
+            .unwrap();
+    assert_eq!(got["overall"], expected["overall"]);
+    assert_eq!(got["perAnswerType"], expected["perAnswerType"]);
+    // A results file that is not JSON: the file is named.
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.json");
+    std::fs::write(&bad, "[{").unwrap();
+    let out = tuwen()
+        .args(["score", "vqa", "--questions"])
+        .arg(fixtures.join("vqa_questions.json"))
+        .arg("--annotations")
+        .arg(fixtures.join("vqa_annotations.json"))
+        .arg("--results")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.json"));
+}

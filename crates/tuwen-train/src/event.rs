@@ -1,0 +1,87 @@
+//! What a run reports: held-out metrics, step reports and the events a caller receives as a run
+//! goes (pretraining and fine-tuning alike).
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::BestMetric;
+use crate::retrieval::Recalls;
+
+/// Held-out metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EvalMetrics {
+    /// ITM accuracy on matched/mismatched pairs.
+    pub itm_accuracy: f32,
+    /// MLM accuracy on masked tokens.
+    pub mlm_accuracy: f32,
+    /// MLM accuracy on masked colour and shape words.
+    pub mlm_color_shape_accuracy: f32,
+    /// Masked region classification accuracy (ViLBERT; 0 otherwise).
+    pub region_accuracy: f32,
+    /// Zero-shot retrieval (ITC ranking, ITM re-ranking of the top k; zeros without ITC).
+    pub retrieval: Recalls,
+    /// VQA accuracy, one question per held-out scene (0 without VQA).
+    pub vqa_accuracy: f32,
+}
+
+impl EvalMetrics {
+    /// The value of `metric`.
+    pub fn get(&self, metric: BestMetric) -> f32 {
+        match metric {
+            BestMetric::ItmAccuracy => self.itm_accuracy,
+            BestMetric::MlmColorShapeAccuracy => self.mlm_color_shape_accuracy,
+            BestMetric::VqaAccuracy => self.vqa_accuracy,
+            BestMetric::RetrievalR1 => {
+                (self.retrieval.image_to_text[0] + self.retrieval.text_to_image[0]) / 2.0
+            }
+        }
+    }
+}
+
+/// One training step's report.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StepReport {
+    /// Steps done (1-based).
+    pub step: usize,
+    /// Steps of the run.
+    pub steps: usize,
+    /// MLM loss.
+    pub mlm: f32,
+    /// ITM loss.
+    pub itm: f32,
+    /// Region classification loss (0 without).
+    pub region: f32,
+    /// Image-text contrastive loss (0 without).
+    pub itc: f32,
+    /// VQA loss (0 without).
+    pub vqa: f32,
+    /// ITM accuracy of the batch.
+    pub itm_accuracy: f32,
+    /// Gradient norm before clipping.
+    pub grad_norm: f32,
+    /// Learning rate of the step.
+    pub lr: f64,
+    /// Scenes per second since the start (or resume).
+    pub scenes_per_second: f64,
+    /// Estimated seconds to the end.
+    pub eta_seconds: f64,
+    /// Non-finite steps skipped so far.
+    pub skipped: usize,
+}
+
+/// What a run tells its caller as it goes.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// A message (set-up, resume point).
+    Note(String),
+    /// A logged training step.
+    Step(StepReport),
+    /// A held-out evaluation at `step` (steps done); `best` when it set a new best.
+    Eval {
+        /// Steps done.
+        step: usize,
+        /// The metrics.
+        metrics: EvalMetrics,
+        /// Whether the `best` checkpoint was replaced.
+        best: bool,
+    },
+}

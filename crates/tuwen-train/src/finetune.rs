@@ -1,0 +1,619 @@
+//! Fine-tuning: a pretrained run (or a HF BERT checkpoint, or nothing) becomes a task model.
+//! The encoder's weights are carried over by name, the task heads are new, and the run writes
+//! which tensors were reused, new or dropped (`reuse.json`). The encoder trains at
+//! `finetune.encoder_lr_ratio` times the heads' learning rate, optionally with its first layers
+//! frozen; everything else is the pretraining loop's machinery (validation-selected `best`,
+//! `last`, exact resume, metrics, plots, the test split once at the end).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::store::ModuleSnapshot;
+use burn::tensor::{Device, Tensor};
+use serde::Serialize;
+use tuwen_data::scene::{SceneConfig, Split};
+use tuwen_fusion::BertConfig;
+use tuwen_objectives::mlm::MaskingConfig;
+use tuwen_tokenizer::{BertTokenizer, TokenizerOptions};
+
+use crate::batch::SceneBatcher;
+use crate::checkpoint;
+use crate::config::{Architecture, FinetuneConfig, TrainConfig, VqaDataset};
+use crate::event::{EvalMetrics, Event};
+use crate::images::ImagePipeline;
+use crate::model::{Encoder, ModelShape, PretrainModel};
+use crate::pretrain::{StepLosses, Summary, seeded};
+use crate::run_dir::{ModelSpec, RunDir, Which};
+use crate::trainer::{Groups, Task};
+use crate::vqa::{FileData, FileVqa, QuestionBatch, VqaData, answer_vocabulary};
+
+/// Which tensors a fine-tuning run took from where it started (`reuse.json`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Reuse {
+    /// Where the weights came from (`None`: from scratch).
+    pub from: Option<String>,
+    /// Encoder tensors loaded from the source (trained by the task).
+    pub reused: Vec<String>,
+    /// Tensors loaded from the source that the task does not use (the pretraining heads of the
+    /// encoder: MLM, ITM, region classification), carried unchanged: frozen, not decayed.
+    pub kept: Vec<String>,
+    /// Tensors of the new model the source does not provide (initialised fresh).
+    pub new: Vec<String>,
+    /// Tensors of the source the new model does not use.
+    pub dropped: Vec<String>,
+}
+
+/// Where a fine-tuning run starts.
+enum Start {
+    Run(RunDir),
+    Bert(PathBuf),
+    Scratch,
+}
+
+fn start(cfg: &FinetuneConfig) -> Result<Start, String> {
+    let Some(from) = &cfg.from else {
+        return Ok(Start::Scratch);
+    };
+    let dir = PathBuf::from(from);
+    if dir.join("config.toml").is_file() {
+        return Ok(Start::Run(RunDir::open(dir)?));
+    }
+    if dir.join("config.json").is_file() && dir.join("model.safetensors").is_file() {
+        let config =
+            tuwen_io::read_to_string(dir.join("config.json")).map_err(|e| e.to_string())?;
+        if config.contains("\"visual_embedding_dim\"") {
+            // Its visual projection expects the detector features it was trained on (2048-d
+            // BUTD regions); no image pipeline here produces them.
+            return Err(format!(
+                "finetune.from = {from:?}: a HF VisualBERT checkpoint reads 2048-d detector \
+                 region features, which no tuwen image pipeline produces (pixels: 3 x pool^2, \
+                 MobileNetV2: 1280); start from a BERT checkpoint or a tuwen run instead"
+            ));
+        }
+        return Ok(Start::Bert(dir));
+    }
+    Err(format!(
+        "finetune.from = {from:?}: neither a tuwen run directory (config.toml) nor a HF \
+         checkpoint directory (config.json + model.safetensors)"
+    ))
+}
+
+/// The configuration a fine-tuning run trains with: the model (and region features) of the run
+/// it starts from, everything else from `cfg`.
+pub fn effective_config(cfg: &TrainConfig) -> Result<TrainConfig, String> {
+    let f = cfg
+        .finetune
+        .as_ref()
+        .ok_or("the configuration has no [finetune] section")?;
+    let mut out = cfg.clone();
+    match start(f)? {
+        Start::Run(source) => {
+            let s = source.config()?;
+            out.model = s.model;
+            out.model.itc_dim = 0;
+            out.data.features = s.data.features;
+            out.data.pool = s.data.pool;
+            if s.data.source != crate::config::Source::Scenes {
+                return Err(format!(
+                    "{}: the run read a feature store; fine-tuning on image files needs a run \
+                     trained on image pixels or MobileNetV2 features",
+                    source.path().display()
+                ));
+            }
+        }
+        Start::Bert(dir) => {
+            out.model.architecture = Architecture::VisualBert;
+            out.model.init = Some(dir.display().to_string());
+        }
+        Start::Scratch => {}
+    }
+    // The run trains and selects on VQA only.
+    out.data.vqa_weight = 1.0;
+    out.eval.best = crate::config::BestMetric::VqaAccuracy;
+    Ok(out)
+}
+
+/// Parameter paths (`encoder.VisualBert.visual_bert.encoder.layers.0...`) with their ids.
+pub fn param_paths<M: Module>(module: &M) -> Vec<(String, ParamId)> {
+    #[derive(Default)]
+    struct Paths {
+        stack: Vec<String>,
+        out: Vec<(String, ParamId)>,
+    }
+    impl ModuleVisitor for Paths {
+        fn enter_module(&mut self, name: &str, _container: &str) {
+            self.stack.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container: &str) {
+            self.stack.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.out.push((self.stack.join("."), param.id));
+        }
+    }
+    let mut p = Paths::default();
+    module.visit(&mut p);
+    p.out
+}
+
+/// Whether the parameter at `path` belongs to the encoder proper (embeddings, layers, poolers),
+/// not to a pretraining head.
+pub fn is_core(path: &str) -> bool {
+    path.starts_with("encoder.VisualBert.visual_bert.") || path.starts_with("encoder.ViLBert.bert.")
+}
+
+/// Whether the parameter at `path` belongs to the encoder's first `layers` layers (embeddings
+/// included): those stay frozen.
+pub fn frozen(path: &str, layers: usize) -> bool {
+    if layers == 0 || !path.starts_with("encoder.") {
+        return false;
+    }
+    let parts: Vec<&str> = path.split('.').collect();
+    if parts.iter().any(|p| p.ends_with("embeddings")) {
+        return true;
+    }
+    parts.windows(2).any(|w| {
+        matches!(w[0], "layers" | "v_layers" | "c_layers")
+            && w[1].parse::<usize>().is_ok_and(|i| i < layers)
+    })
+}
+
+/// Loads the source's tensors into `target` by name (task heads excluded) and reports what was
+/// reused, new and dropped.
+fn transfer(
+    source: &PretrainModel,
+    target: &mut PretrainModel,
+    from: &Path,
+) -> Result<Reuse, String> {
+    let tensors: Vec<_> = source
+        .collect(None, None, false)
+        .into_iter()
+        .filter(|t| !t.name.starts_with("vqa.") && !t.name.starts_with("itc."))
+        .collect();
+    let source_names: Vec<String> = source
+        .collect(None, None, false)
+        .iter()
+        .map(|t| t.name.clone())
+        .collect();
+    let result = target.apply(tensors, None, None, false);
+    if !result.errors.is_empty() {
+        return Err(format!(
+            "{}: the checkpoint does not fit the model: {:?}",
+            from.display(),
+            result.errors
+        ));
+    }
+    let reused: HashSet<&String> = result.applied.iter().collect();
+    let (core, kept) = result.applied.iter().cloned().partition(|n| is_core(n));
+    Ok(Reuse {
+        from: Some(from.display().to_string()),
+        reused: core,
+        kept,
+        new: target
+            .collect(None, None, false)
+            .into_iter()
+            .map(|t| t.name)
+            .filter(|n| !reused.contains(n))
+            .collect(),
+        dropped: source_names
+            .into_iter()
+            .filter(|n| !reused.contains(n))
+            .collect(),
+    })
+}
+
+/// Everything a fine-tuning run builds before its first step.
+struct Setup {
+    data: VqaData,
+    spec: ModelSpec,
+    tokenizer_note: String,
+}
+
+fn tokenizer_for(
+    cfg: &TrainConfig,
+    dir: &RunDir,
+    files: Option<&FileVqa>,
+    scenes: &SceneConfig,
+) -> Result<(BertTokenizer, String), String> {
+    let f = cfg.finetune.as_ref().expect("checked");
+    let options = TokenizerOptions::default().with_max_len(cfg.data.max_text_len);
+    if dir.vocab_path().is_file() {
+        return Ok((
+            dir.tokenizer(cfg.data.max_text_len)?,
+            "the run's vocabulary".into(),
+        ));
+    }
+    let (tok, note) = match start(f)? {
+        Start::Run(source) => (
+            BertTokenizer::from_vocab(source.vocab_path(), options),
+            format!("the vocabulary of {}", source.path().display()),
+        ),
+        Start::Bert(bert) => (
+            BertTokenizer::from_vocab(bert.join("vocab.txt"), options),
+            format!("the vocabulary of {}", bert.display()),
+        ),
+        Start::Scratch => match files {
+            Some(set) => (
+                BertTokenizer::word_vocabulary(set.train.iter().map(|e| &e.question), 30_000, true)
+                    .and_then(|t| BertTokenizer::from_tokens(&t, options)),
+                "a word vocabulary of the training questions".into(),
+            ),
+            None => (
+                SceneBatcher::train_tokenizer(
+                    scenes,
+                    cfg.run.seed,
+                    cfg.data.vocab_scenes,
+                    cfg.data.max_text_len,
+                ),
+                "the scenes' word vocabulary".into(),
+            ),
+        },
+    };
+    let tok = tok.map_err(|e| e.to_string())?;
+    tok.save_vocab(dir.vocab_path())
+        .map_err(|e| e.to_string())?;
+    Ok((tok, note))
+}
+
+fn setup(
+    cfg: &TrainConfig,
+    dir: &RunDir,
+    device: &Device,
+    events: &mut impl FnMut(Event),
+) -> Result<Setup, String> {
+    let f = cfg.finetune.as_ref().expect("checked");
+    let scenes = SceneConfig::default();
+    let region_classes = match start(f)? {
+        Start::Run(source) => source.spec()?.shape.region_classes,
+        _ => crate::batch::REGION_CLASSES,
+    };
+    let bert = match start(f)? {
+        Start::Bert(b) => {
+            Some(BertConfig::from_json_file(b.join("config.json")).map_err(|e| e.to_string())?)
+        }
+        _ => None,
+    };
+    let (data, note) = match f.dataset {
+        VqaDataset::Scenes => {
+            let (tokenizer, note) = tokenizer_for(cfg, dir, None, &scenes)?;
+            let answers = match dir.answers()? {
+                a if !a.is_empty() => a,
+                _ => {
+                    let a = SceneBatcher::answer_vocabulary(
+                        &scenes,
+                        cfg.run.seed,
+                        cfg.data.vocab_scenes,
+                    );
+                    dir.save_answers(&a)?;
+                    a
+                }
+            };
+            let region_features = crate::features::region_features(cfg, &scenes, device, events)?;
+            let batcher = SceneBatcher {
+                tokenizer,
+                scenes,
+                seed: cfg.run.seed,
+                pool: cfg.data.pool,
+                masking: MaskingConfig::default(),
+                mismatch_prob: 0.0,
+                region_masking: None,
+                scenes_per_split: cfg.data.train_scenes,
+                region_features,
+                answers: Some(Arc::new(answers)),
+            };
+            (VqaData::Scenes(Arc::new(batcher)), note)
+        }
+        VqaDataset::EasyVqa | VqaDataset::VqaV2 => {
+            let pipeline = ImagePipeline::new(cfg, device)?;
+            let set = FileVqa::load(f, &pipeline)?;
+            events(Event::Note(format!(
+                "VQA: {} training, {} validation, {} test questions on {} images; regions: {}",
+                set.train.len(),
+                set.validation.len(),
+                set.test.len(),
+                set.images.len(),
+                pipeline.describe()
+            )));
+            let (tokenizer, note) = tokenizer_for(cfg, dir, Some(&set), &scenes)?;
+            let answers = match dir.answers()? {
+                a if !a.is_empty() => a,
+                _ => {
+                    let a = answer_vocabulary(&set.train, f.answers);
+                    dir.save_answers(&a)?;
+                    a
+                }
+            };
+            let feature_dim = pipeline.feature_dim();
+            (
+                VqaData::Files(Arc::new(FileData {
+                    set,
+                    tokenizer,
+                    answers,
+                    feature_dim,
+                    seed: cfg.run.seed,
+                })),
+                note,
+            )
+        }
+    };
+    let (vocab, feature_dim) = match &data {
+        VqaData::Scenes(s) => (s.tokenizer.vocab_size(), s.feature_dim()),
+        VqaData::Files(f) => (f.tokenizer.vocab_size(), f.feature_dim),
+    };
+    let spec = ModelSpec {
+        shape: ModelShape {
+            vocab,
+            feature_dim,
+            max_text_len: cfg.data.max_text_len,
+            answers: data.answers().len(),
+            region_classes,
+        },
+        bert,
+    };
+    Ok(Setup {
+        data,
+        spec,
+        tokenizer_note: note,
+    })
+}
+
+/// The fresh model of a new fine-tuning run with the source's weights, and the reuse report.
+fn initial_model(
+    cfg: &TrainConfig,
+    spec: &ModelSpec,
+    device: &Device,
+) -> Result<(PretrainModel, Reuse), String> {
+    let f = cfg.finetune.as_ref().expect("checked");
+    let mut model = PretrainModel::build(&cfg.model, spec, device);
+    let reuse = match start(f)? {
+        Start::Scratch => Reuse {
+            from: None,
+            new: param_names(&model),
+            ..Reuse::default()
+        },
+        Start::Run(source) => {
+            let (_, step) = source.checkpoint(Which::Best)?;
+            let loaded = PretrainModel::load(source.path(), Which::Best, device)?;
+            let mut r = transfer(&loaded.model, &mut model, source.path())?;
+            r.from = Some(format!(
+                "{} (best checkpoint, step {step})",
+                source.path().display()
+            ));
+            r
+        }
+        Start::Bert(bert) => {
+            let before = param_names(&model);
+            if let Encoder::VisualBert(v) = &mut model.encoder {
+                v.visual_bert = v
+                    .visual_bert
+                    .clone()
+                    .init_from_bert(bert.join("model.safetensors"))
+                    .map_err(|e| e.to_string())?;
+            }
+            let (reused, new) = before.into_iter().partition(|n| {
+                n.starts_with("encoder.VisualBert.visual_bert.")
+                    && (n.contains(".embeddings.text.")
+                        || n.contains(".encoder.")
+                        || n.contains(".pooler."))
+            });
+            Reuse {
+                from: Some(bert.display().to_string()),
+                reused,
+                kept: Vec::new(),
+                new,
+                dropped: Vec::new(),
+            }
+        }
+    };
+    Ok((model, reuse))
+}
+
+fn param_names(model: &PretrainModel) -> Vec<String> {
+    model
+        .collect(None, None, false)
+        .into_iter()
+        .map(|t| t.name)
+        .collect()
+}
+
+/// Runs (or resumes) a VQA fine-tuning run in `dir` on `devices` (the first holds the model;
+/// one device is supported). `stop_after` ends the run early, as an interruption would.
+pub fn run(
+    cfg: &TrainConfig,
+    dir: &Path,
+    devices: &[Device],
+    stop_after: Option<usize>,
+    mut events: impl FnMut(Event),
+) -> Result<(Summary, Reuse), String> {
+    let given = cfg;
+    let cfg = &effective_config(cfg)?;
+    cfg.validate()?;
+    if cfg.model != given.model && cfg.model.init.is_none() {
+        events(Event::Note(
+            "the model (and region features) come from the pretrained run; the \
+             configuration's [model] section is not used"
+                .into(),
+        ));
+    }
+    let f = cfg.finetune.as_ref().expect("effective_config checked");
+    let Some(device) = devices.first() else {
+        return Err("no device to train on".into());
+    };
+    tuwen_io::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let run_dir = RunDir::new(dir);
+    let resuming = run_dir.check_resume(cfg, &mut events)?;
+    let ad = device.clone().autodiff();
+    let Setup {
+        data,
+        spec,
+        tokenizer_note,
+    } = setup(cfg, &run_dir, device, &mut events)?;
+    events(Event::Note(format!(
+        "tokens: {tokenizer_note}; {} answers",
+        data.answers().len()
+    )));
+    let reuse_path = run_dir.path().join("reuse.json");
+    let (model, reuse) = {
+        let _rng = seeded(device, cfg.run.seed);
+        initial_model(cfg, &spec, &ad)?
+    };
+    if !resuming {
+        let text = serde_json::to_string_pretty(&reuse).map_err(|e| e.to_string())?;
+        checkpoint::write_atomic(&reuse_path, text.as_bytes()).map_err(|e| e.to_string())?;
+    }
+    events(Event::Note(format!(
+        "weights from {}: {} tensors reused, {} kept unchanged, {} new, {} dropped ({})",
+        reuse.from.as_deref().unwrap_or("nowhere (from scratch)"),
+        reuse.reused.len(),
+        reuse.kept.len(),
+        reuse.new.len(),
+        reuse.dropped.len(),
+        reuse_path.display()
+    )));
+
+    run_dir.save_spec(&spec)?;
+    let frozen_tensors = param_paths(&model)
+        .iter()
+        .filter(|(p, _)| frozen(p, f.freeze_layers))
+        .count();
+    if frozen_tensors > 0 {
+        events(Event::Note(format!(
+            "{frozen_tensors} tensors frozen (the embeddings and the first {} layers)",
+            f.freeze_layers
+        )));
+    }
+    let task = Arc::new(VqaTask {
+        data,
+        seed: cfg.run.seed,
+        batch_size: cfg.run.batch_size,
+        eval_questions: cfg.eval.scenes,
+        device: device.clone(),
+        train_device: ad,
+        freeze_layers: f.freeze_layers,
+        encoder_lr_ratio: f.encoder_lr_ratio,
+    });
+    let summary = crate::trainer::train(task, model, cfg, &run_dir, 1, stop_after, &mut events)?;
+    Ok((summary, reuse))
+}
+
+/// VQA fine-tuning as a [`Task`] of the shared loop.
+struct VqaTask {
+    data: VqaData,
+    seed: u64,
+    batch_size: usize,
+    eval_questions: usize,
+    /// The plain device (evaluation).
+    device: Device,
+    /// Its autodiff view (training).
+    train_device: Device,
+    freeze_layers: usize,
+    encoder_lr_ratio: f64,
+}
+
+impl Task for VqaTask {
+    type Batch = QuestionBatch;
+
+    fn batch(&self, step: usize) -> Result<QuestionBatch, String> {
+        let (mut rng, indices) = crate::trainer::step_examples(self.seed, step, self.batch_size);
+        self.data
+            .batch(Split::Train, &indices, &mut rng)
+            .map_err(|e| format!("step {step}: {e}"))
+    }
+
+    fn gradients(
+        &self,
+        model: &PretrainModel,
+        batch: &QuestionBatch,
+        seed: u64,
+    ) -> Result<(GradientsParams, StepLosses), String> {
+        model.check_batch(&batch.host).map_err(|e| e.to_string())?;
+        let device = &self.train_device;
+        let _rng = seeded(device, seed);
+        let head = model.vqa.as_ref().ok_or("the model has no VQA head")?;
+        let (out, accuracy) = model
+            .vqa_objective(head, &batch.host.to_device(device))
+            .map_err(|e| e.to_string())?;
+        let losses = StepLosses {
+            vqa: out.loss.clone().into_scalar::<f32>(),
+            vqa_accuracy: accuracy,
+            ..StepLosses::default()
+        };
+        Ok((
+            GradientsParams::from_grads(out.loss.backward(), model),
+            losses,
+        ))
+    }
+
+    fn total(&self, losses: &StepLosses) -> f32 {
+        losses.vqa
+    }
+
+    fn train_values(&self, l: &StepLosses, grad_norm: f32, lr: f64) -> Vec<(&'static str, f64)> {
+        vec![
+            ("train/vqa", l.vqa as f64),
+            ("train/vqa_accuracy", l.vqa_accuracy as f64),
+            ("train/grad_norm", grad_norm as f64),
+            ("train/lr", lr),
+        ]
+    }
+
+    fn evaluate(&self, model: &PretrainModel, split: Split) -> Result<EvalMetrics, String> {
+        // Validation: `eval.scenes` questions; test: every question of a file set.
+        let questions = match (&self.data, split) {
+            (VqaData::Files(_), Split::Test) => usize::MAX,
+            _ => self.eval_questions,
+        };
+        let accuracy =
+            crate::vqa::evaluate(model, &self.data, split, questions, self.seed, &self.device)?;
+        Ok(EvalMetrics {
+            vqa_accuracy: accuracy,
+            ..EvalMetrics::default()
+        })
+    }
+
+    fn metric_values(
+        &self,
+        prefix: &str,
+        metrics: &EvalMetrics,
+        _model: &PretrainModel,
+    ) -> Vec<(String, f64)> {
+        vec![(
+            format!("{prefix}/vqa_accuracy"),
+            metrics.vqa_accuracy as f64,
+        )]
+    }
+
+    fn groups(&self, model: &PretrainModel) -> Groups {
+        let paths = param_paths(model);
+        Groups {
+            // Frozen: the first layers, and the pretraining heads VQA does not use.
+            frozen: paths
+                .iter()
+                .filter(|(p, _)| {
+                    frozen(p, self.freeze_layers) || !(is_core(p) || p.starts_with("vqa."))
+                })
+                .map(|(_, id)| *id)
+                .collect(),
+            slow: paths
+                .iter()
+                .filter(|(p, _)| !p.starts_with("vqa."))
+                .map(|(_, id)| *id)
+                .collect(),
+            slow_ratio: self.encoder_lr_ratio,
+        }
+    }
+
+    fn has_test(&self) -> bool {
+        self.data.split_len(Split::Test) > 0
+    }
+
+    fn test_note(&self, step: usize, metrics: &EvalMetrics) -> String {
+        format!(
+            "test split, model of step {step} (selected on validation): VQA accuracy {:.4}",
+            metrics.vqa_accuracy
+        )
+    }
+}
