@@ -88,6 +88,10 @@ pub struct FinetuneConfig {
     pub encoder_lr_ratio: f64,
     /// Encoder layers (from the embeddings up) kept frozen, embeddings included when > 0.
     pub freeze_layers: usize,
+    /// Starting from a tuwen run with a whole-word vocabulary: add the training questions'
+    /// words it lacks as new tokens (new embedding rows), instead of spelling them out in
+    /// characters.
+    pub extend_vocabulary: bool,
 }
 
 impl Default for FinetuneConfig {
@@ -107,6 +111,7 @@ impl Default for FinetuneConfig {
             grid: 3,
             encoder_lr_ratio: 0.2,
             freeze_layers: 0,
+            extend_vocabulary: true,
         }
     }
 }

@@ -40,6 +40,9 @@ pub struct Reuse {
     /// Tensors loaded from the source that the task does not use (the pretraining heads of the
     /// encoder: MLM, ITM, region classification), carried unchanged: frozen, not decayed.
     pub kept: Vec<String>,
+    /// Reused tensors that grew with the vocabulary (rows of the added task words initialised
+    /// fresh), with their sizes.
+    pub resized: Vec<String>,
     /// Tensors of the new model the source does not provide (initialised fresh).
     pub new: Vec<String>,
     /// Tensors of the source the new model does not use.
@@ -168,10 +171,23 @@ fn transfer(
     target: &mut PretrainModel,
     from: &Path,
 ) -> Result<Reuse, String> {
+    // The vocabulary may have grown (task words added): those two tensors are resized below.
+    let target_shapes: std::collections::HashMap<String, Vec<usize>> = target
+        .collect(None, None, false)
+        .into_iter()
+        .map(|t| (t.name, t.shape.to_vec()))
+        .collect();
+    let grows = source.vocab_size() != target.vocab_size();
     let tensors: Vec<_> = source
         .collect(None, None, false)
         .into_iter()
         .filter(|t| !t.name.starts_with("vqa.") && !t.name.starts_with("itc."))
+        .filter(|t| {
+            !grows
+                || target_shapes
+                    .get(&t.name)
+                    .is_none_or(|s| *s == t.shape.to_vec())
+        })
         .collect();
     let source_names: Vec<String> = source
         .collect(None, None, false)
@@ -186,12 +202,24 @@ fn transfer(
             result.errors
         ));
     }
-    let reused: HashSet<&String> = result.applied.iter().collect();
-    let (core, kept) = result.applied.iter().cloned().partition(|n| is_core(n));
+    let resized = if grows {
+        target.copy_vocabulary_rows(source)?
+    } else {
+        Vec::new()
+    };
+    let mut applied = result.applied.clone();
+    applied.extend(
+        resized
+            .iter()
+            .map(|r| r.split(' ').next().unwrap_or_default().to_string()),
+    );
+    let reused: HashSet<&String> = applied.iter().collect();
+    let (core, kept) = applied.iter().cloned().partition(|n| is_core(n));
     Ok(Reuse {
         from: Some(from.display().to_string()),
         reused: core,
         kept,
+        resized,
         new: target
             .collect(None, None, false)
             .into_iter()
@@ -212,6 +240,25 @@ struct Setup {
     tokenizer_note: String,
 }
 
+/// The whole words of `texts` missing from `vocabulary` (HF's `add_tokens` for a whole-word
+/// vocabulary): appended after the existing tokens, so every existing id keeps its meaning.
+fn task_words<S: AsRef<str>>(
+    vocabulary: &[String],
+    texts: impl IntoIterator<Item = S>,
+) -> Result<Vec<String>, String> {
+    let known: HashSet<&str> = vocabulary.iter().map(String::as_str).collect();
+    let words = BertTokenizer::word_vocabulary(texts, 30_000, true).map_err(|e| e.to_string())?;
+    Ok(words
+        .into_iter()
+        .filter(|w| {
+            w.chars().count() > 1
+                && !w.starts_with("##")
+                && !w.starts_with('[')
+                && !known.contains(w.as_str())
+        })
+        .collect())
+}
+
 fn tokenizer_for(
     cfg: &TrainConfig,
     dir: &RunDir,
@@ -227,10 +274,22 @@ fn tokenizer_for(
         ));
     }
     let (tok, note) = match start(f)? {
-        Start::Run(source) => (
-            BertTokenizer::from_vocab(source.vocab_path(), options),
-            format!("the vocabulary of {}", source.path().display()),
-        ),
+        Start::Run(source) => {
+            let tokens =
+                tuwen_io::read_to_string(source.vocab_path()).map_err(|e| e.to_string())?;
+            let mut tokens: Vec<String> = tokens.lines().map(str::to_string).collect();
+            let added = match (files, f.extend_vocabulary) {
+                (Some(set), true) => task_words(&tokens, set.train.iter().map(|e| &e.question))?,
+                _ => Vec::new(),
+            };
+            let note = format!(
+                "the vocabulary of {} + {} words of the task's questions",
+                source.path().display(),
+                added.len()
+            );
+            tokens.extend(added);
+            (BertTokenizer::from_tokens(&tokens, options), note)
+        }
         Start::Bert(bert) => (
             BertTokenizer::from_vocab(bert.join("vocab.txt"), options),
             format!("the vocabulary of {}", bert.display()),
@@ -403,6 +462,7 @@ fn initial_model(
                 from: Some(bert.display().to_string()),
                 reused,
                 kept: Vec::new(),
+                resized: Vec::new(),
                 new,
                 dropped: Vec::new(),
             }

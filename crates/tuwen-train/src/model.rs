@@ -4,7 +4,7 @@
 //! passes of the same encoder (the other modality replaced by a null input; see
 //! [`View`]) for contrastive learning and retrieval.
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use tuwen_fusion::init::{BertInit, bert_init};
@@ -510,6 +510,54 @@ impl PretrainModel {
             Encoder::VisualBert(m) => m.visual_bert.embeddings.visual_projection.weight.dims()[0],
             Encoder::ViLBert(m) => m.bert.v_embeddings.image_embeddings.weight.dims()[0],
         }
+    }
+
+    /// Copies `source`'s word-embedding rows and MLM output biases into the first rows of this
+    /// model's (whose vocabulary extends `source`'s: HF's `resize_token_embeddings`); the rows of
+    /// the added tokens keep their fresh initialisation. Returns the tensors resized.
+    pub fn copy_vocabulary_rows(&mut self, source: &PretrainModel) -> Result<Vec<String>, String> {
+        let (old, new) = (source.vocab_size(), self.vocab_size());
+        if old > new {
+            return Err(format!(
+                "the vocabulary shrinks from {old} to {new} tokens; it may only grow"
+            ));
+        }
+        fn rows<const D: usize>(target: &mut Param<Tensor<D>>, source: &Param<Tensor<D>>) {
+            let fresh = target.val();
+            let old = source.val().dims()[0];
+            let new = fresh.dims()[0];
+            let merged = Tensor::cat(vec![source.val(), fresh.narrow(0, old, new - old)], 0);
+            *target = Param::from_tensor(merged.detach());
+        }
+        match (&mut self.encoder, &source.encoder) {
+            (Encoder::VisualBert(t), Encoder::VisualBert(s)) => {
+                rows(
+                    &mut t.visual_bert.embeddings.text.word_embeddings.weight,
+                    &s.visual_bert.embeddings.text.word_embeddings.weight,
+                );
+                rows(&mut t.mlm.bias, &s.mlm.bias);
+            }
+            (Encoder::ViLBert(t), Encoder::ViLBert(s)) => {
+                rows(
+                    &mut t.bert.embeddings.word_embeddings.weight,
+                    &s.bert.embeddings.word_embeddings.weight,
+                );
+                rows(&mut t.mlm.bias, &s.mlm.bias);
+            }
+            _ => return Err("the source and the target are different architectures".into()),
+        }
+        let family = match &self.encoder {
+            Encoder::VisualBert(_) => "encoder.VisualBert.visual_bert.embeddings.text",
+            Encoder::ViLBert(_) => "encoder.ViLBert.bert.embeddings",
+        };
+        let head = match &self.encoder {
+            Encoder::VisualBert(_) => "encoder.VisualBert.mlm.bias",
+            Encoder::ViLBert(_) => "encoder.ViLBert.mlm.bias",
+        };
+        Ok(vec![
+            format!("{family}.word_embeddings.weight ({old} -> {new} rows)"),
+            format!("{head} ({old} -> {new} rows)"),
+        ])
     }
 
     /// Rows of the word-embedding table (shared with the MLM decoder).

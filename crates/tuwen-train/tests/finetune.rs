@@ -139,6 +139,7 @@ fn reuse(dir: &Path) -> Reuse {
         from: v["from"].as_str().map(str::to_string),
         reused: list("reused"),
         kept: list("kept"),
+        resized: list("resized"),
         new: list("new"),
         dropped: list("dropped"),
     }
@@ -280,6 +281,28 @@ fn an_easy_vqa_model_answers_questions_about_image_files() {
     let test = summary.test.expect("the test split is read at the end").1;
     // 13 answers; half the questions are yes/no: even 30 steps beat chance (1/13).
     assert!(test.vqa_accuracy > 0.2, "{test:?}");
+    // The task's words joined the scenes' vocabulary: "rectangle" is one new token, and the
+    // embedding table grew by copying the pretrained rows (frozen here, so still equal).
+    let r = reuse(&fine);
+    assert_eq!(r.resized.len(), 2, "{:?}", r.resized);
+    let source = PretrainModel::load(&pre, Which::Best, &flex()).unwrap();
+    let tuned = PretrainModel::load(&fine, Which::Best, &flex()).unwrap();
+    assert_eq!(tuned.tokenizer.encode("rectangle").unwrap().ids.len(), 3);
+    assert!(tuned.model.vocab_size() > source.model.vocab_size());
+    let word = |m: &PretrainModel, rows: usize| match &m.encoder {
+        tuwen_train::model::Encoder::VisualBert(v) => v
+            .visual_bert
+            .embeddings
+            .text
+            .word_embeddings
+            .weight
+            .val()
+            .narrow(0, 0, rows)
+            .into_data(),
+        _ => unreachable!(),
+    };
+    let rows = source.model.vocab_size();
+    assert_eq!(word(&source.model, rows), word(&tuned.model, rows));
     let vqa = Vqa::load_on(&fine, Which::Best, &flex()).unwrap();
     let image = tuwen_vision::load_rgb(&image).unwrap();
     let top = vqa
