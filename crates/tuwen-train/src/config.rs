@@ -80,16 +80,20 @@ pub struct FinetuneConfig {
     /// Answer vocabulary: the most frequent training answers (ties by name); saved as
     /// `answers.txt` in the run directory.
     pub answers: usize,
-    /// Image files: the regions are the whole image and a `grid x grid` tiling of it (the
-    /// built-in scenes use their objects' boxes).
+    /// Image files: the regions are the whole image, the foreground boxes and a `grid x grid`
+    /// tiling of it (the built-in scenes use their objects' boxes).
     pub grid: usize,
+    /// Image files: foreground boxes (connected components differing from the background
+    /// colour, largest first) added as regions, like the scenes' object boxes; 0: none.
+    pub object_boxes: usize,
     /// Learning rate of the pretrained encoder relative to `optim.learning_rate` (the new heads
     /// get the full rate).
     pub encoder_lr_ratio: f64,
     /// Encoder layers (from the embeddings up) kept frozen, embeddings included when > 0.
     pub freeze_layers: usize,
-    /// Starting from a tuwen run with a whole-word vocabulary: add the training questions'
-    /// words it lacks as new tokens (new embedding rows), instead of spelling them out in
+    /// Starting from a tuwen run with a whole-word vocabulary (not initialised from a BERT
+    /// checkpoint): add the training questions' words it lacks as new tokens (new embedding
+    /// rows, HF's `add_tokens` + `resize_token_embeddings`), instead of spelling them out in
     /// characters.
     pub extend_vocabulary: bool,
 }
@@ -109,6 +113,7 @@ impl Default for FinetuneConfig {
             validation_images: 200,
             answers: 3129,
             grid: 3,
+            object_boxes: 2,
             encoder_lr_ratio: 0.2,
             freeze_layers: 0,
             extend_vocabulary: true,

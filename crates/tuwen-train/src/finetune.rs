@@ -278,7 +278,10 @@ fn tokenizer_for(
             let tokens =
                 tuwen_io::read_to_string(source.vocab_path()).map_err(|e| e.to_string())?;
             let mut tokens: Vec<String> = tokens.lines().map(str::to_string).collect();
-            let added = match (files, f.extend_vocabulary) {
+            // Only a whole-word vocabulary built by tuwen grows; a BERT WordPiece vocabulary
+            // already splits unseen words into known pieces.
+            let whole_words = source.config()?.model.init.is_none();
+            let added = match (files, f.extend_vocabulary && whole_words) {
                 (Some(set), true) => task_words(&tokens, set.train.iter().map(|e| &e.question))?,
                 _ => Vec::new(),
             };
