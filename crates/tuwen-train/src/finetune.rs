@@ -557,6 +557,7 @@ pub fn run(
         train_device: ad,
         freeze_layers: f.freeze_layers,
         encoder_lr_ratio: f.encoder_lr_ratio,
+        results: run_dir.path().join("test_results.json"),
     });
     let summary = crate::trainer::train(task, model, cfg, &run_dir, 1, stop_after, &mut events)?;
     Ok((summary, reuse))
@@ -574,6 +575,8 @@ struct VqaTask {
     train_device: Device,
     freeze_layers: usize,
     encoder_lr_ratio: f64,
+    /// `test_results.json` in the run directory.
+    results: PathBuf,
 }
 
 impl Task for VqaTask {
@@ -629,10 +632,16 @@ impl Task for VqaTask {
             (VqaData::Files(_), Split::Test) => usize::MAX,
             _ => self.eval_questions,
         };
-        let accuracy =
+        let eval =
             crate::vqa::evaluate(model, &self.data, split, questions, self.seed, &self.device)?;
+        if split == Split::Test && matches!(self.data, VqaData::Files(_)) {
+            // Every test question's answer, in the official results format (`tuwen score vqa`).
+            let text = serde_json::to_string(&eval.predictions).map_err(|e| e.to_string())?;
+            crate::checkpoint::write_atomic(&self.results, text.as_bytes())
+                .map_err(|e| e.to_string())?;
+        }
         Ok(EvalMetrics {
-            vqa_accuracy: accuracy,
+            vqa_accuracy: eval.accuracy,
             ..EvalMetrics::default()
         })
     }
@@ -674,8 +683,12 @@ impl Task for VqaTask {
     }
 
     fn test_note(&self, step: usize, metrics: &EvalMetrics) -> String {
+        let results = match &self.data {
+            VqaData::Files(_) => format!("; answers in {}", self.results.display()),
+            VqaData::Scenes(_) => String::new(),
+        };
         format!(
-            "test split, model of step {step} (selected on validation): VQA accuracy {:.4}",
+            "test split, model of step {step} (selected on validation): VQA accuracy {:.4}{results}",
             metrics.vqa_accuracy
         )
     }

@@ -310,6 +310,8 @@ pub struct QuestionBatch {
     pub host: HostBatch,
     /// Normalised annotator answers per row.
     pub gold: Vec<Vec<String>>,
+    /// The dataset's question id of each row (empty for generated scenes).
+    pub question_ids: Vec<String>,
 }
 
 impl VqaData {
@@ -342,7 +344,12 @@ impl VqaData {
                 let (host, gold) = scenes
                     .question_batch(split, indices, rng)
                     .map_err(|e| e.to_string())?;
-                Ok(QuestionBatch { host, gold })
+                let question_ids = vec![String::new(); gold.len()];
+                Ok(QuestionBatch {
+                    host,
+                    gold,
+                    question_ids,
+                })
             }
             VqaData::Files(f) => {
                 let FileData {
@@ -402,7 +409,12 @@ impl VqaData {
                     .map(|e| targets(&e.answers, &vocabulary))
                     .collect();
                 let gold = picked.iter().map(|e| e.answers.clone()).collect();
-                Ok(QuestionBatch { host, gold })
+                let question_ids = picked.iter().map(|e| e.question_id.clone()).collect();
+                Ok(QuestionBatch {
+                    host,
+                    gold,
+                    question_ids,
+                })
             }
         }
     }
@@ -423,6 +435,24 @@ pub fn argmax_rows(scores: &[f32], answers: usize) -> Vec<usize> {
         .collect()
 }
 
+/// A predicted answer to one question, in the official VQA results format.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Prediction {
+    /// The dataset's question id (a number in VQA v2 files).
+    pub question_id: serde_json::Value,
+    /// The predicted answer.
+    pub answer: String,
+}
+
+/// VQA accuracy of a model on a split, with its predictions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VqaEval {
+    /// Mean of [`answer_score`] of the predicted answers.
+    pub accuracy: f32,
+    /// One prediction per question, in split order.
+    pub predictions: Vec<Prediction>,
+}
+
 /// VQA accuracy of `model` on up to `examples` questions of `split`: the argmax answer scored
 /// against the annotators ([`answer_score`]), averaged; answers outside the vocabulary count
 /// as wrong.
@@ -433,22 +463,31 @@ pub fn evaluate(
     examples: usize,
     seed: u64,
     device: &Device,
-) -> Result<f32, String> {
+) -> Result<VqaEval, String> {
     use rand::SeedableRng;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x7a5);
     let n = examples.min(data.split_len(split));
     let answers = data.answers();
-    let (mut total, mut count) = (0.0f64, 0usize);
+    let (mut total, mut predictions) = (0.0f64, Vec::new());
     for chunk in (0..n as u64).collect::<Vec<_>>().chunks(64) {
         let batch = data.batch(split, chunk, &mut rng)?;
         model.check_batch(&batch.host).map_err(|e| e.to_string())?;
         let scores = model.answer_scores(&batch.host.to_device(device))?;
         for (row, best) in argmax_rows(&scores, answers.len()).into_iter().enumerate() {
             total += answer_score(&batch.gold[row], &answers[best]) as f64;
-            count += 1;
+            let id = &batch.question_ids[row];
+            predictions.push(Prediction {
+                question_id: id
+                    .parse::<u64>()
+                    .map_or_else(|_| id.as_str().into(), Into::into),
+                answer: answers[best].clone(),
+            });
         }
     }
-    Ok((total / count.max(1) as f64) as f32)
+    Ok(VqaEval {
+        accuracy: (total / predictions.len().max(1) as f64) as f32,
+        predictions,
+    })
 }
 
 /// One answer with its score.

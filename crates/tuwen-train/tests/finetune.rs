@@ -433,6 +433,9 @@ fn vqa_v2_files_train_with_normalised_answers_and_coco_image_names() {
             train_questions = {q:?}
             train_annotations = {a:?}
             train_images = {i:?}
+            test_questions = {q:?}
+            test_annotations = {a:?}
+            test_images = {i:?}
             validation_images = 1
             answers = 10
             "#,
@@ -446,7 +449,21 @@ fn vqa_v2_files_train_with_normalised_answers_and_coco_image_names() {
     let run = tmp.path().join("run");
     let (summary, reuse) = tuwen_train::finetune::run(&cfg, &run, &[flex()], None, |_| {}).unwrap();
     assert_eq!(summary.steps, 4);
-    assert!(summary.test.is_none(), "no test files: no test split");
+    // The test answers are written in the official results format, and the official evaluation
+    // of them gives the run's own test accuracy.
+    let test = summary.test.expect("test files: a test split").1;
+    let official = tuwen_eval::vqa::evaluate(
+        &data.join("q.json"),
+        &data.join("a.json"),
+        &run.join("test_results.json"),
+    )
+    .unwrap();
+    assert!(
+        (official.overall / 100.0 - test.vqa_accuracy as f64).abs() < 0.006,
+        "official {} vs {}",
+        official.overall,
+        test.vqa_accuracy
+    );
     assert!(reuse.from.is_none() && reuse.reused.is_empty());
     // "Purple." is normalised to "purple" and ranks last (one annotator per question).
     let answers = std::fs::read_to_string(run.join("answers.txt")).unwrap();
