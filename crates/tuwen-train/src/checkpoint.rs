@@ -114,15 +114,30 @@ pub fn load<M: Module, S: DeserializeOwned>(
     let optim_path = path.join("optimizer.bpk");
     let optim_record =
         OptimizerRecord::from_bytes(read(&optim_path)?).map_err(|e| format(&optim_path, e))?;
-    let state_path = path.join("state.json");
-    let text = fs::read_to_string(&state_path).at(&state_path)?;
-    let state = serde_json::from_str(&text).map_err(|e| format(&state_path, e))?;
+    let state = read_state(&path)?;
     Ok(Some(Loaded {
         model,
         optimizer: optimizer.load_record(optim_record),
         state,
         path,
     }))
+}
+
+/// Only the training state of checkpoint `name` under `dir` (its step, metrics, ...), read
+/// without the model. `Ok(None)` when no checkpoint exists.
+pub fn load_state<S: DeserializeOwned>(
+    dir: &Path,
+    name: &str,
+) -> Result<Option<S>, CheckpointError> {
+    existing(dir, name)
+        .map(|path| read_state(&path))
+        .transpose()
+}
+
+fn read_state<S: DeserializeOwned>(checkpoint: &Path) -> Result<S, CheckpointError> {
+    let state_path = checkpoint.join("state.json");
+    let text = fs::read_to_string(&state_path).at(&state_path)?;
+    serde_json::from_str(&text).map_err(|e| format(&state_path, e))
 }
 
 /// Only the weights of checkpoint `name` under `dir` loaded into `model` (evaluation needs no

@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::tensor::Tensor;
 
 /// Whether a parameter at `path` inside a module of type `container` is exempt from decay.
@@ -20,42 +20,13 @@ pub fn exempt(path: &[String], container: &str) -> bool {
         || (container.ends_with(":ItcHead") && name == "temperature")
 }
 
-/// Walks the module keeping the stack of `(field, container)` pairs the derive macro reports;
-/// at a parameter the top of the stack is its own field name and owning struct.
-#[derive(Default)]
-struct Collect {
-    stack: Vec<(String, String)>,
-    decayed: HashSet<ParamId>,
-}
-
-impl ModuleVisitor for Collect {
-    fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.stack
-            .push((name.to_string(), container_type.to_string()));
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.stack.pop();
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let path: Vec<String> = self.stack.iter().map(|(n, _)| n.clone()).collect();
-        let container = self
-            .stack
-            .last()
-            .map(|(_, c)| c.as_str())
-            .unwrap_or_default();
-        if !exempt(&path, container) {
-            self.decayed.insert(param.id);
-        }
-    }
-}
-
 /// Ids of the parameters that are decayed.
 pub fn decayed_params<M: Module>(module: &M) -> HashSet<ParamId> {
-    let mut c = Collect::default();
-    module.visit(&mut c);
-    c.decayed
+    crate::params::param_entries(module)
+        .into_iter()
+        .filter(|p| !exempt(&p.path, &p.container))
+        .map(|p| p.id)
+        .collect()
 }
 
 struct Decay<'a> {

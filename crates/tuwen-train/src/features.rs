@@ -39,16 +39,7 @@ impl CnnRegionFeatures {
     /// Features of `backbone` computed on `device`; the images are upscaled so their shorter
     /// side is `shorter_side` pixels (the scenes are small; ImageNet CNNs expect ~224).
     pub fn new(backbone: Backbone, shorter_side: u32, device: &Device, probe: &Scene) -> Self {
-        let extractor = RegionExtractor::new(
-            backbone,
-            ExtractorConfig {
-                shorter_side,
-                ..ExtractorConfig::default()
-            },
-        );
-        let (w, h) = probe.image.dimensions();
-        let whole = [BoxXyxy::new(0.0, 0.0, w as f32, h as f32)];
-        let dim = extractor.extract(&probe.image, Some(&whole), device).dim;
+        let (extractor, dim) = cnn_extractor(backbone, shorter_side, device, &probe.image);
         Self {
             extractor: Mutex::new(extractor),
             device: device.clone(),
@@ -106,6 +97,27 @@ pub fn region_features(
             Ok(Some(Arc::new(features)))
         }
     }
+}
+
+/// A region extractor over `backbone` for images upscaled to a shorter side of `shorter_side`
+/// pixels, with the width of its region vectors (measured on `probe`'s whole image).
+pub fn cnn_extractor(
+    backbone: Backbone,
+    shorter_side: u32,
+    device: &Device,
+    probe: &image::RgbImage,
+) -> (RegionExtractor, usize) {
+    let extractor = RegionExtractor::new(
+        backbone,
+        ExtractorConfig {
+            shorter_side,
+            ..ExtractorConfig::default()
+        },
+    );
+    let (w, h) = probe.dimensions();
+    let whole = [BoxXyxy::new(0.0, 0.0, w as f32, h as f32)];
+    let dim = extractor.extract(probe, Some(&whole), device).dim;
+    (extractor, dim)
 }
 
 /// The ImageNet MobileNetV2 of `cargo xtask assets` on `device`, with its weights file.

@@ -9,10 +9,10 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::module::{Module, ParamId};
 use burn::optim::GradientsParams;
 use burn::store::ModuleSnapshot;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Device;
 use serde::Serialize;
 use tuwen_data::scene::{SceneConfig, Split};
 use tuwen_fusion::BertConfig;
@@ -56,7 +56,7 @@ enum Start {
     Scratch,
 }
 
-fn start(cfg: &FinetuneConfig) -> Result<Start, String> {
+fn start_of(cfg: &FinetuneConfig) -> Result<Start, String> {
     let Some(from) = &cfg.from else {
         return Ok(Start::Scratch);
     };
@@ -87,12 +87,18 @@ fn start(cfg: &FinetuneConfig) -> Result<Start, String> {
 /// The configuration a fine-tuning run trains with: the model (and region features) of the run
 /// it starts from, everything else from `cfg`.
 pub fn effective_config(cfg: &TrainConfig) -> Result<TrainConfig, String> {
-    let f = cfg
-        .finetune
+    effective(cfg, &start_of(finetune_section(cfg)?)?)
+}
+
+fn finetune_section(cfg: &TrainConfig) -> Result<&FinetuneConfig, String> {
+    cfg.finetune
         .as_ref()
-        .ok_or("the configuration has no [finetune] section")?;
+        .ok_or_else(|| "the configuration has no [finetune] section".into())
+}
+
+fn effective(cfg: &TrainConfig, start: &Start) -> Result<TrainConfig, String> {
     let mut out = cfg.clone();
-    match start(f)? {
+    match start {
         Start::Run(source) => {
             let s = source.config()?;
             out.model = s.model;
@@ -121,25 +127,10 @@ pub fn effective_config(cfg: &TrainConfig) -> Result<TrainConfig, String> {
 
 /// Parameter paths (`encoder.VisualBert.visual_bert.encoder.layers.0...`) with their ids.
 pub fn param_paths<M: Module>(module: &M) -> Vec<(String, ParamId)> {
-    #[derive(Default)]
-    struct Paths {
-        stack: Vec<String>,
-        out: Vec<(String, ParamId)>,
-    }
-    impl ModuleVisitor for Paths {
-        fn enter_module(&mut self, name: &str, _container: &str) {
-            self.stack.push(name.to_string());
-        }
-        fn exit_module(&mut self, _name: &str, _container: &str) {
-            self.stack.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            self.out.push((self.stack.join("."), param.id));
-        }
-    }
-    let mut p = Paths::default();
-    module.visit(&mut p);
-    p.out
+    crate::params::param_entries(module)
+        .into_iter()
+        .map(|p| (p.dotted(), p.id))
+        .collect()
 }
 
 /// Whether the parameter at `path` belongs to the encoder proper (embeddings, layers, poolers),
@@ -177,9 +168,11 @@ fn transfer(
         .into_iter()
         .map(|t| (t.name, t.shape.to_vec()))
         .collect();
-    let grows = source.vocab_size() != target.vocab_size();
-    let tensors: Vec<_> = source
-        .collect(None, None, false)
+    let (old_vocab, new_vocab) = (source.vocab_size(), target.vocab_size());
+    let grows = old_vocab != new_vocab;
+    let all = source.collect(None, None, false);
+    let source_names: Vec<String> = all.iter().map(|t| t.name.clone()).collect();
+    let tensors: Vec<_> = all
         .into_iter()
         .filter(|t| !t.name.starts_with("vqa.") && !t.name.starts_with("itc."))
         .filter(|t| {
@@ -189,11 +182,6 @@ fn transfer(
                     .is_none_or(|s| *s == t.shape.to_vec())
         })
         .collect();
-    let source_names: Vec<String> = source
-        .collect(None, None, false)
-        .iter()
-        .map(|t| t.name.clone())
-        .collect();
     let result = target.apply(tensors, None, None, false);
     if !result.errors.is_empty() {
         return Err(format!(
@@ -202,17 +190,17 @@ fn transfer(
             result.errors
         ));
     }
-    let resized = if grows {
+    let resized_names = if grows {
         target.copy_vocabulary_rows(source)?
     } else {
         Vec::new()
     };
-    let mut applied = result.applied.clone();
-    applied.extend(
-        resized
-            .iter()
-            .map(|r| r.split(' ').next().unwrap_or_default().to_string()),
-    );
+    let resized = resized_names
+        .iter()
+        .map(|n| format!("{n} ({old_vocab} -> {new_vocab} rows)"))
+        .collect();
+    let mut applied = result.applied;
+    applied.extend(resized_names);
     let reused: HashSet<&String> = applied.iter().collect();
     let (core, kept) = applied.iter().cloned().partition(|n| is_core(n));
     Ok(Reuse {
@@ -261,6 +249,7 @@ fn task_words<S: AsRef<str>>(
 
 fn tokenizer_for(
     cfg: &TrainConfig,
+    start: &Start,
     dir: &RunDir,
     files: Option<&FileVqa>,
     scenes: &SceneConfig,
@@ -273,7 +262,7 @@ fn tokenizer_for(
             "the run's vocabulary".into(),
         ));
     }
-    let (tok, note) = match start(f)? {
+    let (tok, note) = match start {
         Start::Run(source) => {
             let tokens =
                 tuwen_io::read_to_string(source.vocab_path()).map_err(|e| e.to_string())?;
@@ -322,17 +311,18 @@ fn tokenizer_for(
 
 fn setup(
     cfg: &TrainConfig,
+    start: &Start,
     dir: &RunDir,
     device: &Device,
     events: &mut impl FnMut(Event),
 ) -> Result<Setup, String> {
     let f = cfg.finetune.as_ref().expect("checked");
     let scenes = SceneConfig::default();
-    let region_classes = match start(f)? {
+    let region_classes = match start {
         Start::Run(source) => source.spec()?.shape.region_classes,
         _ => crate::batch::REGION_CLASSES,
     };
-    let bert = match start(f)? {
+    let bert = match start {
         Start::Bert(b) => {
             Some(BertConfig::from_json_file(b.join("config.json")).map_err(|e| e.to_string())?)
         }
@@ -340,7 +330,7 @@ fn setup(
     };
     let (data, note) = match f.dataset {
         VqaDataset::Scenes => {
-            let (tokenizer, note) = tokenizer_for(cfg, dir, None, &scenes)?;
+            let (tokenizer, note) = tokenizer_for(cfg, start, dir, None, &scenes)?;
             let answers = match dir.answers()? {
                 a if !a.is_empty() => a,
                 _ => {
@@ -379,7 +369,7 @@ fn setup(
                 set.images.len(),
                 pipeline.describe()
             )));
-            let (tokenizer, note) = tokenizer_for(cfg, dir, Some(&set), &scenes)?;
+            let (tokenizer, note) = tokenizer_for(cfg, start, dir, Some(&set), &scenes)?;
             let answers = match dir.answers()? {
                 a if !a.is_empty() => a,
                 _ => {
@@ -425,12 +415,12 @@ fn setup(
 /// The fresh model of a new fine-tuning run with the source's weights, and the reuse report.
 fn initial_model(
     cfg: &TrainConfig,
+    start: &Start,
     spec: &ModelSpec,
     device: &Device,
 ) -> Result<(PretrainModel, Reuse), String> {
-    let f = cfg.finetune.as_ref().expect("checked");
     let mut model = PretrainModel::build(&cfg.model, spec, device);
-    let reuse = match start(f)? {
+    let reuse = match start {
         Start::Scratch => Reuse {
             from: None,
             new: param_names(&model),
@@ -492,7 +482,8 @@ pub fn run(
     mut events: impl FnMut(Event),
 ) -> Result<(Summary, Reuse), String> {
     let given = cfg;
-    let cfg = &effective_config(cfg)?;
+    let start = start_of(finetune_section(given)?)?;
+    let cfg = &effective(given, &start)?;
     cfg.validate()?;
     if cfg.model != given.model && cfg.model.init.is_none() {
         events(Event::Note(
@@ -513,7 +504,7 @@ pub fn run(
         data,
         spec,
         tokenizer_note,
-    } = setup(cfg, &run_dir, device, &mut events)?;
+    } = setup(cfg, &start, &run_dir, device, &mut events)?;
     events(Event::Note(format!(
         "tokens: {tokenizer_note}; {} answers",
         data.answers().len()
@@ -521,7 +512,7 @@ pub fn run(
     let reuse_path = run_dir.path().join("reuse.json");
     let (model, reuse) = {
         let _rng = seeded(device, cfg.run.seed);
-        initial_model(cfg, &spec, &ad)?
+        initial_model(cfg, &start, &spec, &ad)?
     };
     if !resuming {
         let text = serde_json::to_string_pretty(&reuse).map_err(|e| e.to_string())?;

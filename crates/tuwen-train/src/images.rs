@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use burn::tensor::Device;
 use image::RgbImage;
 use tuwen_objectives::mlm::IGNORE;
-use tuwen_regions::{BoxXyxy, ExtractorConfig, LocationEncoding, RegionExtractor};
+use tuwen_regions::{BoxXyxy, LocationEncoding, RegionExtractor};
 
 use crate::batch::{ImageRegions, pooled_pixels};
 use crate::config::{Features, Source, TrainConfig};
@@ -130,17 +130,9 @@ impl ImagePipeline {
             },
             (Source::Scenes, Features::MobilenetV2) => {
                 let (backbone, _) = crate::features::mobilenet_v2(device)?;
-                let extractor = RegionExtractor::new(
-                    backbone,
-                    ExtractorConfig {
-                        shorter_side: 224,
-                        ..ExtractorConfig::default()
-                    },
-                );
-                let probe = RgbImage::new(32, 32);
-                let dim = extractor
-                    .extract(&probe, Some(&[BoxXyxy::new(0.0, 0.0, 32.0, 32.0)]), device)
-                    .dim;
+                // The scenes' CNN features: 224-pixel shorter side.
+                let (extractor, dim) =
+                    crate::features::cnn_extractor(backbone, 224, device, &RgbImage::new(32, 32));
                 Kind::Cnn {
                     extractor: Arc::new(Mutex::new(extractor)),
                     device: device.clone(),

@@ -34,6 +34,7 @@ pub mod guard;
 pub mod images;
 pub mod metrics;
 pub mod model;
+pub mod params;
 pub mod prefetch;
 pub mod pretrain;
 pub mod retrieval;

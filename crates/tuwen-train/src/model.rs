@@ -514,7 +514,8 @@ impl PretrainModel {
 
     /// Copies `source`'s word-embedding rows and MLM output biases into the first rows of this
     /// model's (whose vocabulary extends `source`'s: HF's `resize_token_embeddings`); the rows of
-    /// the added tokens keep their fresh initialisation. Returns the tensors resized.
+    /// the added tokens keep their fresh initialisation. Returns the names of the tensors
+    /// resized.
     pub fn copy_vocabulary_rows(&mut self, source: &PretrainModel) -> Result<Vec<String>, String> {
         let (old, new) = (source.vocab_size(), self.vocab_size());
         if old > new {
@@ -546,18 +547,16 @@ impl PretrainModel {
             }
             _ => return Err("the source and the target are different architectures".into()),
         }
-        let family = match &self.encoder {
-            Encoder::VisualBert(_) => "encoder.VisualBert.visual_bert.embeddings.text",
-            Encoder::ViLBert(_) => "encoder.ViLBert.bert.embeddings",
-        };
-        let head = match &self.encoder {
-            Encoder::VisualBert(_) => "encoder.VisualBert.mlm.bias",
-            Encoder::ViLBert(_) => "encoder.ViLBert.mlm.bias",
-        };
-        Ok(vec![
-            format!("{family}.word_embeddings.weight ({old} -> {new} rows)"),
-            format!("{head} ({old} -> {new} rows)"),
-        ])
+        Ok(match &self.encoder {
+            Encoder::VisualBert(_) => vec![
+                "encoder.VisualBert.visual_bert.embeddings.text.word_embeddings.weight".into(),
+                "encoder.VisualBert.mlm.bias".into(),
+            ],
+            Encoder::ViLBert(_) => vec![
+                "encoder.ViLBert.bert.embeddings.word_embeddings.weight".into(),
+                "encoder.ViLBert.mlm.bias".into(),
+            ],
+        })
     }
 
     /// Rows of the word-embedding table (shared with the MLM decoder).

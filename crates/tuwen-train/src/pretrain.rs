@@ -124,20 +124,19 @@ fn splitmix64(x: u64) -> u64 {
 }
 
 /// The vocabulary of the run: the BERT checkpoint's when the model starts from one, else the
-/// deterministic whole-word vocabulary of the scenes or of the caption corpus. Saved as `vocab.txt` in the run directory
-/// and reloaded from there on resume.
+/// deterministic whole-word vocabulary of the scenes or of the caption corpus. Saved as
+/// `vocab.txt` in the run directory and reloaded from there on resume.
 fn tokenizer(
     cfg: &TrainConfig,
     scenes: &SceneConfig,
     corpus: Option<&[CaptionRecord]>,
-    dir: &Path,
+    dir: &RunDir,
     bert_dir: Option<&Path>,
 ) -> Result<BertTokenizer, String> {
-    let options = TokenizerOptions::default().with_max_len(cfg.data.max_text_len);
-    let saved = dir.join("vocab.txt");
-    if saved.is_file() {
-        return BertTokenizer::from_vocab(&saved, options).map_err(|e| e.to_string());
+    if dir.vocab_path().is_file() {
+        return dir.tokenizer(cfg.data.max_text_len);
     }
+    let options = TokenizerOptions::default().with_max_len(cfg.data.max_text_len);
     let tok = match (bert_dir, corpus) {
         (Some(bert), _) => BertTokenizer::from_vocab(bert.join("vocab.txt"), options),
         // A corpus: its 30,000 most frequent words (deterministic), characters for the rest.
@@ -153,7 +152,8 @@ fn tokenizer(
         ),
     }
     .map_err(|e| e.to_string())?;
-    tok.save_vocab(&saved).map_err(|e| e.to_string())?;
+    tok.save_vocab(dir.vocab_path())
+        .map_err(|e| e.to_string())?;
     Ok(tok)
 }
 
@@ -162,24 +162,20 @@ fn tokenizer(
 fn answer_vocabulary(
     cfg: &TrainConfig,
     scenes: &SceneConfig,
-    dir: &Path,
+    dir: &RunDir,
 ) -> Result<Vec<String>, String> {
-    let path = dir.join("answers.txt");
-    if path.is_file() {
-        let text =
-            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let answers: Vec<String> = text.lines().map(str::to_string).collect();
+    if dir.answers_path().is_file() {
+        let answers = dir.answers()?;
         if answers.is_empty() || !answers.is_sorted() {
             return Err(format!(
                 "{}: expected one answer per line, sorted",
-                path.display()
+                dir.answers_path().display()
             ));
         }
         return Ok(answers);
     }
     let answers = SceneBatcher::answer_vocabulary(scenes, cfg.run.seed, cfg.data.vocab_scenes);
-    crate::checkpoint::write_atomic(&path, (answers.join("\n") + "\n").as_bytes())
-        .map_err(|e| e.to_string())?;
+    dir.save_answers(&answers)?;
     Ok(answers)
 }
 
@@ -506,7 +502,7 @@ pub fn step_gradients(
 /// feature store, with the run's vocabulary and, for VQA, answers) and the VQA answer count.
 fn pretraining_data(
     cfg: &TrainConfig,
-    dir: &Path,
+    dir: &RunDir,
     device: &Device,
     bert: Option<&Path>,
     events: &mut impl FnMut(Event),
@@ -622,7 +618,7 @@ pub fn run(
         region: cfg.data.region_loss_weight,
         vqa: cfg.data.vqa_weight,
     };
-    let (data, n_answers) = pretraining_data(cfg, dir, device, bert.as_deref(), &mut events)?;
+    let (data, n_answers) = pretraining_data(cfg, &run_dir, device, bert.as_deref(), &mut events)?;
     let ad: Vec<Device> = devices.iter().map(|d| d.clone().autodiff()).collect();
     let shape = ModelShape {
         vocab: data.tokenizer().vocab_size(),

@@ -228,16 +228,10 @@ impl RunDir {
     /// The checkpoint name `which` refers to, with its step.
     pub fn checkpoint(&self, which: Which) -> Result<(&'static str, usize), String> {
         let saved = |name: &'static str| -> Result<Option<usize>, String> {
-            let dir = self.checkpoints();
-            let path = [dir.join(name), dir.join(format!(".{name}.old"))]
-                .into_iter()
-                .find(|p| p.is_dir());
-            let Some(path) = path else { return Ok(None) };
-            let state = path.join("state.json");
-            let text = tuwen_io::read_to_string(&state).map_err(|e| e.to_string())?;
-            let s: SavedState =
-                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", state.display()))?;
-            Ok(Some(s.step))
+            let state: Option<SavedState> =
+                crate::checkpoint::load_state(&self.checkpoints(), name)
+                    .map_err(|e| e.to_string())?;
+            Ok(state.map(|s| s.step))
         };
         let missing = |name: &str| {
             format!(

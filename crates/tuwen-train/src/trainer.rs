@@ -243,11 +243,12 @@ pub fn train<T: Task>(
         match guard.observe(step as u64, task.total(&losses), norm) {
             StepAction::Apply => {
                 // PyTorch's AdamW order per group: decoupled decay, then the Adam update.
-                let slow_lr = lr * groups.slow_ratio;
-                let slow_grads = take_grads(&model, &mut grads, &groups.slow);
+                let slow =
+                    (!groups.slow.is_empty()).then(|| take_grads(&model, &mut grads, &groups.slow));
                 model = apply_weight_decay(model, &fast_decayed, lr, o.weight_decay);
                 model = optim.step(lr, model, grads);
-                if !groups.slow.is_empty() && slow_lr > 0.0 {
+                let slow_lr = lr * groups.slow_ratio;
+                if let Some(slow_grads) = slow.filter(|_| slow_lr > 0.0) {
                     model = apply_weight_decay(model, &slow_decayed, slow_lr, o.weight_decay);
                     model = optim.step(slow_lr, model, slow_grads);
                 }

@@ -389,21 +389,7 @@ impl VqaData {
                     .map(|e| set.regions[e.image].as_ref().clone())
                     .collect();
                 let questions = picked.iter().map(|e| e.question.clone()).collect();
-                let text = TextSide {
-                    tokenizer,
-                    masking: Default::default(),
-                    region_masking: None,
-                    feature_dim: *feature_dim,
-                };
-                let mut host = assemble(
-                    &text,
-                    images,
-                    questions,
-                    vec![MatchLabel::Match; picked.len()],
-                    false,
-                    rng,
-                )
-                .map_err(|e| e.to_string())?;
+                let mut host = questions_host(tokenizer, *feature_dim, images, questions, rng)?;
                 host.answers = picked
                     .iter()
                     .map(|e| targets(&e.answers, &vocabulary))
@@ -418,6 +404,32 @@ impl VqaData {
             }
         }
     }
+}
+
+/// Questions about images as an unmasked batch of matched pairs (no targets yet).
+fn questions_host(
+    tokenizer: &BertTokenizer,
+    feature_dim: usize,
+    images: Vec<ImageRegions>,
+    questions: Vec<String>,
+    rng: &mut impl Rng,
+) -> Result<HostBatch, String> {
+    let text = TextSide {
+        tokenizer,
+        masking: Default::default(),
+        region_masking: None,
+        feature_dim,
+    };
+    let rows = questions.len();
+    assemble(
+        &text,
+        images,
+        questions,
+        vec![MatchLabel::Match; rows],
+        false,
+        rng,
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// The answer index with the highest score in each row of `scores` (`[rows, answers]`).
@@ -535,22 +547,14 @@ impl Vqa {
         k: usize,
     ) -> Result<Vec<ScoredAnswer>, String> {
         let regions = self.run.images.regions(image)?;
-        let text = TextSide {
-            tokenizer: &self.run.tokenizer,
-            masking: Default::default(),
-            region_masking: None,
-            feature_dim: self.run.images.feature_dim(),
-        };
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
-        let host = assemble(
-            &text,
+        let host = questions_host(
+            &self.run.tokenizer,
+            self.run.images.feature_dim(),
             vec![regions],
             vec![question.to_string()],
-            vec![MatchLabel::Match],
-            false,
             &mut rng,
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         self.run
             .model
             .check_batch(&host)
