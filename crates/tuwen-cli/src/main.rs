@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tuwen_cli::device::{BackboneName, DeviceName, DtypeName};
-use tuwen_cli::{extract, parity, score, train, vqa};
+use tuwen_cli::{caption, extract, parity, retrieve, score, train, vqa};
 use tuwen_regions::ExtractorConfig;
 use tuwen_tokenizer::{BertTokenizer, TokenizerOptions};
 use tuwen_vision::{Backbone, Preprocess, imagenet_classes, top_k};
@@ -174,6 +174,136 @@ enum Command {
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
+    /// Caption image files with a fine-tuned captioning run (one line per image: path, tab,
+    /// caption), or with --eval caption its held-out scenes and print pycocoevalcap's scores.
+    Caption {
+        /// The fine-tuned captioning run directory.
+        #[arg(long)]
+        run: PathBuf,
+        /// Checkpoint: best, last or a step number.
+        #[arg(long, default_value = "best")]
+        checkpoint: String,
+        /// Beams (1: greedy decoding).
+        #[arg(long, default_value_t = 1)]
+        beam: usize,
+        /// Longest caption in tokens, [CLS] included (default: the run's
+        /// finetune.max_caption_len).
+        #[arg(long)]
+        max_length: Option<usize>,
+        /// Shortest caption in tokens, [CLS] included (HF min_length).
+        #[arg(long, default_value_t = 0)]
+        min_length: usize,
+        /// HF length_penalty: a finished beam scores sum(log p) / length^penalty.
+        #[arg(long, default_value_t = 1.0)]
+        length_penalty: f32,
+        /// HF no_repeat_ngram_size (0: off).
+        #[arg(long, default_value_t = 0)]
+        no_repeat_ngram_size: usize,
+        /// HF early_stopping: stop a beam search once `beam` captions finished.
+        #[arg(long)]
+        early_stopping: bool,
+        /// One JSON object per image instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Caption the run's held-out scenes and score them (JSON on stdout).
+        #[arg(long, conflicts_with_all = ["images", "json"])]
+        eval: bool,
+        /// --eval: the held-out split.
+        #[arg(long, value_enum, default_value_t = HeldOut::Test)]
+        split: HeldOut,
+        /// --eval: held-out scenes captioned.
+        #[arg(long, default_value_t = 500)]
+        scenes: usize,
+        /// --eval: write captions.json (COCO results), references.json (COCO annotations) and
+        /// the scenes as images/<image_id>.png here (for `tuwen score captions`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Backend (those compiled in).
+        #[arg(long, value_enum, default_value_t = DeviceName::Flex)]
+        device: DeviceName,
+        /// JPEG/PNG files.
+        #[arg(required_unless_present = "eval")]
+        images: Vec<PathBuf>,
+    },
+    /// Rank image files for a text (--images DIR --query TEXT) or texts for an image file
+    /// (--image FILE --texts FILE, one text per line) with a run that has an ITC head.
+    ///
+    /// The k most similar candidates by ITC embedding (computed once per image file and per
+    /// text, cached in RUN/retrieval-index/ and recomputed when a file or the model changes)
+    /// are re-ranked by the ITM head; each result shows both scores.
+    Retrieve {
+        /// The run directory (pretrained with model.itc_dim > 0).
+        #[arg(long)]
+        run: PathBuf,
+        /// Text -> image: the directory of JPEG/PNG files searched.
+        #[arg(long, requires = "query", conflicts_with_all = ["image", "texts"])]
+        images: Option<PathBuf>,
+        /// Text -> image: the query.
+        #[arg(long, requires = "images")]
+        query: Option<String>,
+        /// Image -> text: the image file.
+        #[arg(long, requires = "texts")]
+        image: Option<PathBuf>,
+        /// Image -> text: the texts searched, one per line.
+        #[arg(long, requires = "image", conflicts_with = "query")]
+        texts: Option<PathBuf>,
+        /// Results: the k best by ITC, re-ranked by ITM.
+        #[arg(long, default_value_t = 5)]
+        k: usize,
+        /// Checkpoint: best, last or a step number.
+        #[arg(long, default_value = "best")]
+        checkpoint: String,
+        /// Where the embedding index lives (default: RUN/retrieval-index).
+        #[arg(long)]
+        index: Option<PathBuf>,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Backend (those compiled in).
+        #[arg(long, value_enum, default_value_t = DeviceName::Flex)]
+        device: DeviceName,
+    },
+    /// Evaluate a run on held-out data (JSON on stdout).
+    ///
+    /// --task retrieval: Recall@1/5/10 image -> text and text -> image over held-out images
+    /// with distinct captions (the run's scenes or corpus; or --image-dir + --captions, a COCO
+    /// caption file), ITC ranking with ITM re-ranking of the top k, as training evaluates;
+    /// --all-pairs adds ITM over all pairs on the same set, both timed.
+    Eval {
+        /// The run directory.
+        #[arg(long)]
+        run: PathBuf,
+        /// What to evaluate.
+        #[arg(long, value_enum)]
+        task: EvalTask,
+        /// Held-out split of the run's data.
+        #[arg(long, value_enum, default_value_t = HeldOut::Test)]
+        split: HeldOut,
+        /// Images evaluated (default: the run's eval.retrieval_images; all of --captions).
+        #[arg(long)]
+        images: Option<usize>,
+        /// Candidates re-ranked by ITM per query (default: the run's eval.retrieval_top_k).
+        #[arg(long)]
+        k: Option<usize>,
+        /// Also rank by ITM over all pairs (the cross-encoder baseline) and time both.
+        #[arg(long)]
+        all_pairs: bool,
+        /// A directory of the image files named by --captions (instead of the run's data).
+        #[arg(long, requires = "captions")]
+        image_dir: Option<PathBuf>,
+        /// A COCO caption file (images[].file_name, annotations[].{image_id, caption}).
+        #[arg(long, requires = "image_dir")]
+        captions: Option<PathBuf>,
+        /// --image-dir: where the embedding index lives (default: RUN/retrieval-index).
+        #[arg(long)]
+        index: Option<PathBuf>,
+        /// Checkpoint: best, last or a step number.
+        #[arg(long, default_value = "best")]
+        checkpoint: String,
+        /// Backend (those compiled in).
+        #[arg(long, value_enum, default_value_t = DeviceName::Flex)]
+        device: DeviceName,
+    },
     /// Score results the way the official evaluations do (JSON on stdout).
     #[command(subcommand)]
     Score(Score),
@@ -196,6 +326,24 @@ enum Command {
 enum TaskName {
     /// Visual question answering.
     Vqa,
+    /// Image captioning (finetune.captioner: unified or decoder).
+    Caption,
+}
+
+/// Tasks of `tuwen eval`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum EvalTask {
+    /// Image-text retrieval: Recall@1/5/10 both ways.
+    Retrieval,
+}
+
+/// Held-out splits of the built-in scenes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum HeldOut {
+    /// The validation scenes (model selection).
+    Validation,
+    /// The test scenes.
+    Test,
 }
 
 #[derive(Subcommand)]
@@ -210,6 +358,17 @@ enum Score {
         #[arg(long)]
         annotations: PathBuf,
         /// Results JSON: `[{"question_id": .., "answer": ".."}]`.
+        #[arg(long)]
+        results: PathBuf,
+    },
+    /// COCO caption metrics exactly as pycocoevalcap 1.2 computes them, for the images that have
+    /// a result: `Bleu_1`..`Bleu_4`, `ROUGE_L`, `CIDEr` (METEOR and SPICE are not computed).
+    Captions {
+        /// COCO caption annotations JSON: `{"images": [{"id": ..}], "annotations":
+        /// [{"image_id": .., "caption": ".."}]}`.
+        #[arg(long)]
+        references: PathBuf,
+        /// Results JSON: `[{"image_id": .., "caption": ".."}]`.
         #[arg(long)]
         results: PathBuf,
     },
@@ -345,6 +504,7 @@ fn run(cli: Cli) -> Result<()> {
             let loaded = tuwen_train::config::TrainConfig::load(&config)?;
             let wanted = match task {
                 TaskName::Vqa => tuwen_train::config::Task::Vqa,
+                TaskName::Caption => tuwen_train::config::Task::Caption,
             };
             if let Some(f) = &loaded.finetune {
                 anyhow::ensure!(
@@ -404,12 +564,145 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Caption {
+            run,
+            checkpoint,
+            beam,
+            max_length,
+            min_length,
+            length_penalty,
+            no_repeat_ngram_size,
+            early_stopping,
+            json,
+            eval,
+            split,
+            scenes,
+            out,
+            device,
+            images,
+        } => {
+            let device = device.open()?;
+            let which = checkpoint.parse().map_err(anyhow::Error::msg)?;
+            let decoding = caption::Decoding {
+                beams: beam,
+                max_length,
+                min_length,
+                length_penalty,
+                no_repeat_ngram_size,
+                early_stopping,
+            };
+            if eval {
+                let scores = caption::evaluate(&caption::EvalArgs {
+                    run: &run,
+                    which,
+                    decoding,
+                    split: match split {
+                        HeldOut::Validation => tuwen_data::scene::Split::Validation,
+                        HeldOut::Test => tuwen_data::scene::Split::Test,
+                    },
+                    images: scenes,
+                    out_dir: out.as_deref(),
+                    device: &device,
+                })?;
+                println!("{scores}");
+                return Ok(());
+            }
+            let failed = caption::caption(
+                &caption::CaptionArgs {
+                    run: &run,
+                    which,
+                    decoding,
+                    json,
+                    images: &images,
+                    device: &device,
+                },
+                &mut std::io::stdout().lock(),
+                &mut std::io::stderr(),
+            )?;
+            anyhow::ensure!(
+                failed == 0,
+                "{failed} of {} images could not be captioned",
+                images.len()
+            );
+            Ok(())
+        }
+        Command::Retrieve {
+            run,
+            images,
+            query,
+            image,
+            texts,
+            k,
+            checkpoint,
+            index,
+            json,
+            device,
+        } => {
+            let device = device.open()?;
+            let which = checkpoint.parse().map_err(anyhow::Error::msg)?;
+            retrieve::retrieve(
+                &retrieve::RetrieveArgs {
+                    run: &run,
+                    which,
+                    query: query.as_deref(),
+                    images: images.as_deref(),
+                    image: image.as_deref(),
+                    texts: texts.as_deref(),
+                    k,
+                    json,
+                    index: index.as_deref(),
+                    device: &device,
+                },
+                &mut std::io::stdout().lock(),
+                &mut std::io::stderr(),
+            )
+        }
+        Command::Eval {
+            run,
+            task: EvalTask::Retrieval,
+            split,
+            images,
+            k,
+            all_pairs,
+            image_dir,
+            captions,
+            index,
+            checkpoint,
+            device,
+        } => {
+            let device = device.open()?;
+            let which = checkpoint.parse().map_err(anyhow::Error::msg)?;
+            let report = retrieve::eval_retrieval(&retrieve::EvalArgs {
+                run: &run,
+                which,
+                split: match split {
+                    HeldOut::Validation => retrieve::Split::Validation,
+                    HeldOut::Test => retrieve::Split::Test,
+                },
+                images,
+                k,
+                all_pairs,
+                image_dir: image_dir.as_deref(),
+                captions: captions.as_deref(),
+                index: index.as_deref(),
+                device: &device,
+            })?;
+            println!("{report}");
+            Ok(())
+        }
         Command::Score(Score::Vqa {
             questions,
             annotations,
             results,
         }) => {
             println!("{}", score::vqa(&questions, &annotations, &results)?);
+            Ok(())
+        }
+        Command::Score(Score::Captions {
+            references,
+            results,
+        }) => {
+            println!("{}", score::captions(&references, &results)?);
             Ok(())
         }
         Command::Parity { dir, device, tol } => {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
-use tuwen_train::config::TrainConfig;
+use tuwen_train::config::{Task, TrainConfig};
 use tuwen_train::pretrain::{self, EvalMetrics, Event, StepReport, Summary};
 
 /// How `tuwen train` was asked to run.
@@ -164,7 +164,7 @@ pub fn finetune(
 /// Progress of a run on `err`: a live bar on a terminal, one line per report otherwise, notes
 /// and evaluations above the bar.
 struct Progress<'a, W: Write> {
-    finetune: bool,
+    finetune: Option<Task>,
     extras: Extras,
     bar: Option<ProgressBar>,
     err: &'a mut W,
@@ -184,7 +184,7 @@ struct Extras {
 impl<'a, W: Write> Progress<'a, W> {
     fn new(config: &TrainConfig, err: &'a mut W) -> Self {
         Self {
-            finetune: config.finetune.is_some(),
+            finetune: config.finetune.as_ref().map(|f| f.task),
             extras: Extras {
                 region: config.data.region_mask_prob > 0.0,
                 vqa: config.data.vqa_weight > 0.0,
@@ -256,9 +256,16 @@ impl<'a, W: Write> Progress<'a, W> {
 }
 
 /// The held-out metrics of one evaluation, as one line.
-fn eval_line(m: &EvalMetrics, finetune: bool, extras: Extras) -> String {
-    if finetune {
-        return format!("VQA acc {:.4}", m.vqa_accuracy);
+fn eval_line(m: &EvalMetrics, finetune: Option<Task>, extras: Extras) -> String {
+    match finetune {
+        Some(Task::Vqa) => return format!("VQA acc {:.4}", m.vqa_accuracy),
+        Some(Task::Caption) => {
+            return format!(
+                "BLEU-4 {:.4}  CIDEr {:.4}  next-token acc {:.3}",
+                m.bleu4, m.cider, m.lm_accuracy
+            );
+        }
+        None => {}
     }
     let mut line = format!(
         "ITM acc {:.3}  MLM acc {:.3}  colour/shape MLM acc {:.3}",
@@ -305,7 +312,7 @@ fn progress_bar(steps: usize) -> ProgressBar {
 
 /// The line printed per report when stderr is not a terminal:
 /// `step step/steps  losses  throughput  ETA`.
-pub fn progress_line(r: &StepReport, finetune: bool) -> String {
+pub fn progress_line(r: &StepReport, finetune: Option<Task>) -> String {
     format!(
         "step {:>6}/{}  {}  {}",
         r.step,
@@ -316,9 +323,11 @@ pub fn progress_line(r: &StepReport, finetune: bool) -> String {
 }
 
 /// `mlm 2.345  itm 0.693 ...` (and the non-finite steps skipped so far, if any).
-fn losses(r: &StepReport, finetune: bool) -> String {
-    if finetune {
-        return format!("vqa {:.4}", r.vqa);
+fn losses(r: &StepReport, finetune: Option<Task>) -> String {
+    match finetune {
+        Some(Task::Vqa) => return format!("vqa {:.4}", r.vqa),
+        Some(Task::Caption) => return format!("lm {:.4}", r.lm),
+        None => {}
     }
     let mut line = format!("mlm {:.3}  itm {:.3}", r.mlm, r.itm);
     if r.region > 0.0 {
@@ -355,16 +364,20 @@ type Metric = fn(&EvalMetrics) -> f32;
 pub fn summary_table(config: &TrainConfig, s: &Summary) -> String {
     let best = s.best.map(|(_, m)| m).unwrap_or_default();
     let best_step = s.best.map_or("-".to_string(), |(step, _)| step.to_string());
-    let mut rows: Vec<(&str, Metric)> = if config.finetune.is_some() {
-        vec![("VQA accuracy", |m| m.vqa_accuracy)]
-    } else {
-        vec![
+    let mut rows: Vec<(&str, Metric)> = match config.finetune.as_ref().map(|f| f.task) {
+        Some(Task::Vqa) => vec![("VQA accuracy", |m| m.vqa_accuracy)],
+        Some(Task::Caption) => vec![
+            ("BLEU-4 (greedy)", |m| m.bleu4),
+            ("CIDEr-D (greedy)", |m| m.cider),
+            ("next-token accuracy", |m| m.lm_accuracy),
+        ],
+        None => vec![
             ("ITM accuracy", |m| m.itm_accuracy),
             ("MLM accuracy", |m| m.mlm_accuracy),
             ("MLM accuracy, colour/shape words", |m| {
                 m.mlm_color_shape_accuracy
             }),
-        ]
+        ],
     };
     if config.data.region_mask_prob > 0.0 {
         rows.push(("region classification accuracy", |m| m.region_accuracy));

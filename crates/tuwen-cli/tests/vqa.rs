@@ -1,5 +1,5 @@
 //! Pretrain -> fine-tune -> ask, end to end through the `tuwen` binary, and the official VQA
-//! scorer on its committed fixture.
+//! scorer and the COCO caption scorer (`tuwen score`) on their committed fixtures.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -174,4 +174,51 @@ fn score_vqa_prints_the_official_figures() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.json"));
+}
+
+#[test]
+fn score_captions_prints_the_pycocoevalcap_figures() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tuwen-eval/tests/fixtures");
+    let out = tuwen()
+        .args(["score", "captions", "--references"])
+        .arg(fixtures.join("caption_references.json"))
+        .arg("--results")
+        .arg(fixtures.join("caption_results.json"))
+        .output()
+        .unwrap();
+    ok(&out);
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let expected: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures.join("caption_expected.json")).unwrap(),
+    )
+    .unwrap();
+    let got = got.as_object().unwrap();
+    let mut keys: Vec<&str> = got.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "CIDEr", "ROUGE_L"]
+    );
+    for (key, value) in got {
+        let want = expected["scores"][key].as_f64().unwrap();
+        let value = value.as_f64().unwrap();
+        assert!((value - want).abs() <= 1e-6, "{key}: {value} != {want}");
+    }
+    // A result for an image the references do not have: the file and the record are named.
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad_results.json");
+    std::fs::write(&bad, r#"[{"image_id": 1, "caption": "a cat"}]"#).unwrap();
+    let out = tuwen()
+        .args(["score", "captions", "--references"])
+        .arg(fixtures.join("caption_references.json"))
+        .arg("--results")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bad_results.json") && stderr.contains("result 0"),
+        "{stderr}"
+    );
 }

@@ -660,21 +660,8 @@ fn process_digit_article(text: &str) -> String {
 
 /// Reads a JSON file; errors name the file and, through serde_path_to_error, the key.
 fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, VqaError> {
-    let bytes = tuwen_io::read(path)?;
-    let malformed = |detail: String| VqaError::Malformed {
+    crate::read_json(path, |detail| VqaError::Malformed {
         path: path.to_path_buf(),
         detail,
-    };
-    let mut de = serde_json::Deserializer::from_slice(&bytes);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let key = e.path().to_string();
-        let inner = e.into_inner();
-        malformed(if key == "." {
-            inner.to_string()
-        } else {
-            format!("key `{key}`: {inner}")
-        })
-    })?;
-    de.end().map_err(|e| malformed(e.to_string()))?;
-    Ok(value)
+    })
 }

@@ -8,8 +8,8 @@
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::tensor::Device;
-use burn::tensor::Tensor;
 use burn::tensor::activation::softmax;
+use burn::tensor::{Int, Tensor};
 
 use crate::AttentionMask;
 
@@ -62,6 +62,40 @@ impl Attention {
             .swap_dims(1, 2)
     }
 
+    /// Keys and values of `keys_values` `[B, S, kv_width]`, split into heads.
+    pub fn key_values(&self, keys_values: Tensor<3>) -> KeyValues {
+        KeyValues {
+            keys: self.heads(self.key.forward(keys_values.clone())),
+            values: self.heads(self.value.forward(keys_values)),
+        }
+    }
+
+    /// Attends from `queries` `[B, Sq, query_width]` over precomputed `kv` (e.g. a decoding
+    /// cache) under `mask` (`None`: every key is visible). Returns the context
+    /// `[B, Sq, all_head_size]`; [`Attention::forward`] is `key_values` + `attend`.
+    pub fn attend(
+        &self,
+        queries: Tensor<3>,
+        kv: &KeyValues,
+        mask: Option<&AttentionMask>,
+    ) -> Tensor<3> {
+        let [batch, q_len, _] = queries.dims();
+        let q = self.heads(self.query.forward(queries));
+        let scores = q
+            .matmul(kv.keys.clone().swap_dims(2, 3))
+            .div_scalar((self.head_dim as f32).sqrt());
+        let scores = match mask {
+            Some(mask) => scores + mask.bias().clone(),
+            None => scores,
+        };
+        let probs = self.dropout.forward(softmax(scores, 3));
+        probs.matmul(kv.values.clone()).swap_dims(1, 2).reshape([
+            batch,
+            q_len,
+            self.n_heads * self.head_dim,
+        ])
+    }
+
     /// Attends from `queries` `[B, Sq, query_width]` over `keys_values` `[B, Sk, kv_width]`.
     /// Returns the context `[B, Sq, all_head_size]` (before any output projection).
     pub fn forward(
@@ -70,18 +104,51 @@ impl Attention {
         keys_values: Tensor<3>,
         mask: &AttentionMask,
     ) -> Tensor<3> {
-        let [batch, q_len, _] = queries.dims();
-        let q = self.heads(self.query.forward(queries));
-        let k = self.heads(self.key.forward(keys_values.clone()));
-        let v = self.heads(self.value.forward(keys_values));
-        let scores = q
-            .matmul(k.swap_dims(2, 3))
-            .div_scalar((self.head_dim as f32).sqrt())
-            + mask.bias().clone();
-        let probs = self.dropout.forward(softmax(scores, 3));
-        probs
-            .matmul(v)
-            .swap_dims(1, 2)
-            .reshape([batch, q_len, self.n_heads * self.head_dim])
+        let kv = self.key_values(keys_values);
+        self.attend(queries, &kv, Some(mask))
+    }
+}
+
+/// Per-head keys and values `[B, heads, S, head_dim]` of one attention: the unit of a decoding
+/// cache (self-attention keys grow by one position per step; cross-attention keys are computed
+/// once).
+#[derive(Clone, Debug)]
+pub struct KeyValues {
+    /// Keys `[B, heads, S, head_dim]`.
+    pub keys: Tensor<4>,
+    /// Values `[B, heads, S, head_dim]`.
+    pub values: Tensor<4>,
+}
+
+impl KeyValues {
+    /// Number of key positions `S`.
+    pub fn len(&self) -> usize {
+        self.keys.dims()[2]
+    }
+
+    /// Whether there is no key position.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of rows `B`.
+    pub fn rows(&self) -> usize {
+        self.keys.dims()[0]
+    }
+
+    /// The rows `rows` (e.g. beam parents), in that order; rows may repeat.
+    pub fn select(&self, rows: Tensor<1, Int>) -> Self {
+        Self {
+            keys: self.keys.clone().select(0, rows.clone()),
+            values: self.values.clone().select(0, rows),
+        }
+    }
+
+    /// `self` followed by `later` along the positions.
+    pub fn append(self, later: &KeyValues) -> Self {
+        Self {
+            keys: Tensor::cat(vec![self.keys, later.keys.clone()], 2),
+            values: Tensor::cat(vec![self.values, later.values.clone()], 2),
+        }
     }
 }

@@ -6,6 +6,7 @@ use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Gelu, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 
+use crate::attention::KeyValues;
 use crate::{Attention, AttentionMask};
 
 /// Sizes of one BERT layer.
@@ -87,6 +88,38 @@ impl AttentionBlock {
     /// Self-attention over `x` with `mask`.
     pub fn forward(&self, x: Tensor<3>, mask: &AttentionMask) -> Tensor<3> {
         let context = self.self_attn.forward(x.clone(), x.clone(), mask);
+        self.output.forward(context, x)
+    }
+
+    /// Incremental self-attention for decoding: the new positions `x` `[B, n, hidden]` attend
+    /// over `past` keys/values (the earlier positions, `None` at the start) followed by their own,
+    /// under `mask` over those keys (`None`: all visible — one new position per step needs no
+    /// causal mask). Returns the block output for `x` and the keys/values with `x` appended.
+    ///
+    /// `forward_cached(x, None, Some(mask)).0` equals [`AttentionBlock::forward`]`(x, mask)`.
+    pub fn forward_cached(
+        &self,
+        x: Tensor<3>,
+        past: Option<KeyValues>,
+        mask: Option<&AttentionMask>,
+    ) -> (Tensor<3>, KeyValues) {
+        let new = self.self_attn.key_values(x.clone());
+        let kv = match past {
+            Some(past) => past.append(&new),
+            None => new,
+        };
+        (self.forward_kv(x, &kv, mask), kv)
+    }
+
+    /// The block with precomputed keys/values: `x` `[B, n, hidden]` attends over `kv` under
+    /// `mask`, then output projection, residual and LayerNorm.
+    pub fn forward_kv(
+        &self,
+        x: Tensor<3>,
+        kv: &KeyValues,
+        mask: Option<&AttentionMask>,
+    ) -> Tensor<3> {
+        let context = self.self_attn.attend(x.clone(), kv, mask);
         self.output.forward(context, x)
     }
 }

@@ -5,6 +5,7 @@
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
+use crate::attention::KeyValues;
 use crate::blocks::ResidualOutput;
 use crate::{Attention, AttentionMask};
 
@@ -67,6 +68,20 @@ impl CrossAttentionBlock {
         context_mask: &AttentionMask,
     ) -> Tensor<3> {
         let attended = self.attention.forward(x.clone(), context, context_mask);
+        self.output.forward(attended, x)
+    }
+
+    /// [`CrossAttentionBlock::forward`] over the context's precomputed keys/values
+    /// ([`Attention::key_values`] of the context; a decoder computes them once per caption).
+    pub fn forward_kv(
+        &self,
+        x: Tensor<3>,
+        context_kv: &KeyValues,
+        context_mask: &AttentionMask,
+    ) -> Tensor<3> {
+        let attended = self
+            .attention
+            .attend(x.clone(), context_kv, Some(context_mask));
         self.output.forward(attended, x)
     }
 }

@@ -12,7 +12,10 @@
 //! * [`lxmert`] — the cross-modality encoder (LXMERT) with HF `LxmertModel` /
 //!   `LxmertForPreTraining` import.
 //! * [`decoder`] — a Transformer caption decoder over fused encoder states (T5-style Seq2Seq),
-//!   with tied output projection and greedy generation.
+//!   with tied output projection and a KV-cached decoding stepper.
+//! * [`generate`] — batched greedy and beam-search caption decoding with HF `generate`
+//!   semantics over any [`generate::StepModel`]: the caption decoder, or VisualBERT as the
+//!   unified-VLP captioner ([`VisualBertForPreTraining::caption_stepper`]).
 //! * [`heads`] — pretraining heads (MLM with a decoder tied to the word embeddings, pair heads).
 //! * [`init`] — HF BERT's weight initialisation for models trained from scratch.
 //! * [`mask`] — attention masks as values (HF convention in, additive bias out).
@@ -24,22 +27,25 @@ pub mod bert;
 pub mod blocks;
 pub mod cross;
 pub mod decoder;
+pub mod generate;
 pub mod heads;
 pub mod init;
 mod input;
 pub mod lxmert;
 pub mod mask;
+mod rows;
 pub mod vilbert;
 pub mod visual_bert;
 pub mod weights;
 
 pub use attention::Attention;
 pub use bert::{BertConfig, BertModel, BertOutput};
+pub use generate::{Generated, GenerationConfig, StepModel};
 pub use input::InputError;
 pub use lxmert::{LxmertConfig, LxmertForPreTraining, LxmertInput, LxmertModel};
 pub use mask::{AttentionMask, UnifiedMode};
 pub use vilbert::{ViLBertConfig, ViLBertForPreTraining, ViLBertInput, ViLBertModel};
 pub use visual_bert::{
-    VisualBertConfig, VisualBertForPreTraining, VisualBertInput, VisualBertModel,
+    CaptionRegions, VisualBertConfig, VisualBertForPreTraining, VisualBertInput, VisualBertModel,
 };
 pub use weights::LoadError;

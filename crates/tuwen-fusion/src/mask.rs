@@ -80,6 +80,13 @@ impl AttentionMask {
         Self::from_allowed(structure.bool_and(keys), fill)
     }
 
+    /// The mask of rows `rows` of the batch, in that order (rows may repeat: beams).
+    pub fn select_rows(&self, rows: Tensor<1, Int>) -> Self {
+        Self {
+            bias: self.bias.clone().select(0, rows),
+        }
+    }
+
     /// The additive bias, `[batch, 1, q_len | 1, k_len]`.
     pub fn bias(&self) -> &Tensor<4> {
         &self.bias

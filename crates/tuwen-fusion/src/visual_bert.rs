@@ -20,13 +20,16 @@ use std::path::Path;
 
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use crate::attention::KeyValues;
 use crate::bert::{BertConfig, BertEmbeddings, BertEncoder, Pooler};
+use crate::generate::{Generated, GenerationConfig, StepModel, generate};
 use crate::heads::{MlmHead, PairHead};
 use crate::input::ShapeCheck;
-use crate::mask::HF_MASK_VALUE;
+use crate::mask::{HF_MASK_VALUE, UnifiedMode};
+use crate::rows::{check_step, host_log_softmax, index};
 use crate::weights::{self, LoadError};
 use crate::{AttentionMask, InputError};
 
@@ -155,6 +158,29 @@ pub struct VisualBertEmbeddings {
     pub visual_projection: Linear,
     /// Optional box encoding `loc_dim -> hidden` (tuwen extension).
     pub visual_location: Option<Linear>,
+}
+
+impl VisualBertEmbeddings {
+    /// The summed region embeddings BEFORE the shared LayerNorm: projected features + position 0
+    /// + token type (+ box encoding when the model has one and `visual_locations` is given).
+    pub fn visual_sum(
+        &self,
+        visual_embeds: Tensor<3>,
+        visual_token_type_ids: Tensor<2, Int>,
+        visual_locations: Option<Tensor<3>>,
+    ) -> Tensor<3> {
+        let mut visual = self.visual_projection.forward(visual_embeds)
+            + self
+                .visual_position_embeddings
+                .forward(visual_token_type_ids.zeros_like())
+            + self
+                .visual_token_type_embeddings
+                .forward(visual_token_type_ids);
+        if let (Some(loc), Some(boxes)) = (&self.visual_location, visual_locations) {
+            visual = visual + loc.forward(boxes);
+        }
+        visual
+    }
 }
 
 /// Inputs of [`VisualBertModel::forward`]. Masks use the HF convention (1 = attend).
@@ -295,16 +321,11 @@ impl VisualBertModel {
     fn forward_unchecked(&self, input: VisualBertInput) -> VisualBertOutput {
         let emb = &self.embeddings;
         let text = emb.text.sum(input.input_ids, input.token_type_ids);
-        let mut visual = emb.visual_projection.forward(input.visual_embeds)
-            + emb
-                .visual_position_embeddings
-                .forward(input.visual_token_type_ids.zeros_like())
-            + emb
-                .visual_token_type_embeddings
-                .forward(input.visual_token_type_ids);
-        if let (Some(loc), Some(boxes)) = (&emb.visual_location, input.visual_locations) {
-            visual = visual + loc.forward(boxes);
-        }
+        let visual = emb.visual_sum(
+            input.visual_embeds,
+            input.visual_token_type_ids,
+            input.visual_locations,
+        );
         let embedded = emb.text.normalize(Tensor::cat(vec![text, visual], 1));
         let mask = input.mask.unwrap_or_else(|| {
             AttentionMask::padding(
@@ -400,5 +421,310 @@ impl VisualBertForPreTraining {
     /// Loads a HF `VisualBertForPreTraining` checkpoint (strict; the tied decoder is not stored).
     pub fn load_hf_safetensors(self, path: impl AsRef<Path>) -> Result<Self, LoadError> {
         weights::load_hf(self, path.as_ref(), &weights::VISUAL_BERT_PRETRAINING)
+    }
+}
+
+/// The regions a unified-VLP caption is written for: the visual half of a [`VisualBertInput`].
+#[derive(Clone, Debug)]
+pub struct CaptionRegions {
+    /// `[B, V, visual_embedding_dim]` region features.
+    pub visual_embeds: Tensor<3>,
+    /// `[B, V]` region padding mask (1 = real region).
+    pub visual_attention_mask: Tensor<2, Int>,
+    /// `[B, V]` region token types (HF default ones).
+    pub visual_token_type_ids: Tensor<2, Int>,
+    /// `[B, V, loc_dim]` box encodings, required iff the model has a location encoding.
+    pub visual_locations: Option<Tensor<3>>,
+}
+
+impl CaptionRegions {
+    /// All-real regions with HF default token types and no boxes.
+    pub fn new(visual_embeds: Tensor<3>) -> Self {
+        let [batch, regions, _] = visual_embeds.dims();
+        let ones = Tensor::<2, Int>::ones([batch, regions], &visual_embeds.device());
+        Self {
+            visual_embeds,
+            visual_attention_mask: ones.clone(),
+            visual_token_type_ids: ones,
+            visual_locations: None,
+        }
+    }
+
+    /// The regions of `input` (its text is ignored).
+    pub fn from_input(input: &VisualBertInput) -> Self {
+        Self {
+            visual_embeds: input.visual_embeds.clone(),
+            visual_attention_mask: input.visual_attention_mask.clone(),
+            visual_token_type_ids: input.visual_token_type_ids.clone(),
+            visual_locations: input.visual_locations.clone(),
+        }
+    }
+
+    fn batch(&self) -> usize {
+        self.visual_embeds.dims()[0]
+    }
+
+    /// Rows `rows` of every tensor.
+    fn select(&self, rows: Tensor<1, Int>) -> Self {
+        Self {
+            visual_embeds: self.visual_embeds.clone().select(0, rows.clone()),
+            visual_attention_mask: self.visual_attention_mask.clone().select(0, rows.clone()),
+            visual_token_type_ids: self.visual_token_type_ids.clone().select(0, rows.clone()),
+            visual_locations: self.visual_locations.clone().map(|l| l.select(0, rows)),
+        }
+    }
+}
+
+impl VisualBertForPreTraining {
+    /// A [`StepModel`] writing captions for `regions` as the unified-VLP captioner was trained:
+    /// the input is `[caption | regions]` under [`AttentionMask::unified`] with
+    /// [`UnifiedMode::Seq2Seq`], caption token `i` (token type 0, text position `i`) predicts
+    /// token `i + 1` through the tied MLM head. Padding regions are masked.
+    ///
+    /// With `use_cache`, the regions — which never attend to the caption under that mask — go
+    /// through the encoder once and every layer's region keys/values are kept; each step embeds
+    /// only the new token (word + position + token type 0, LayerNorm, as
+    /// [`BertEmbeddings`] does for text) and attends over the cached caption keys/values and the
+    /// region ones. Without it, each step runs the whole model on `[prefix | regions]` (the
+    /// reference the cache is tested against).
+    ///
+    /// Errors are [`VisualBertModel::check_input`]'s for these regions.
+    pub fn caption_stepper(
+        &self,
+        regions: CaptionRegions,
+        use_cache: bool,
+    ) -> Result<UnifiedCaptionStepper<'_>, InputError> {
+        let batch = regions.batch();
+        let device = regions.visual_embeds.device();
+        let probe = VisualBertInput {
+            input_ids: Tensor::zeros([batch, 1], &device),
+            token_type_ids: Tensor::zeros([batch, 1], &device),
+            attention_mask: Tensor::ones([batch, 1], &device),
+            visual_embeds: regions.visual_embeds.clone(),
+            visual_attention_mask: regions.visual_attention_mask.clone(),
+            visual_token_type_ids: regions.visual_token_type_ids.clone(),
+            visual_locations: regions.visual_locations.clone(),
+            mask: None,
+        };
+        self.visual_bert.check_input(&probe)?;
+        let cache = use_cache.then(|| {
+            let emb = &self.visual_bert.embeddings;
+            let mut hidden = emb.text.normalize(emb.visual_sum(
+                regions.visual_embeds.clone(),
+                regions.visual_token_type_ids.clone(),
+                regions.visual_locations.clone(),
+            ));
+            let padding =
+                AttentionMask::padding(regions.visual_attention_mask.clone(), HF_MASK_VALUE);
+            let layers = &self.visual_bert.encoder.layers;
+            let mut region_kv = Vec::with_capacity(layers.len());
+            for (l, layer) in layers.iter().enumerate() {
+                let kv = layer.attention.self_attn.key_values(hidden.clone());
+                if l + 1 < layers.len() {
+                    hidden =
+                        layer
+                            .ffn
+                            .forward(layer.attention.forward_kv(hidden, &kv, Some(&padding)));
+                }
+                region_kv.push(kv);
+            }
+            UnifiedCache {
+                caption_kv: vec![None; layers.len()],
+                selected: (
+                    (0..batch).collect(),
+                    region_kv.clone(),
+                    regions.visual_attention_mask.clone(),
+                ),
+                region_kv,
+            }
+        });
+        Ok(UnifiedCaptionStepper {
+            model: self,
+            regions,
+            items: (0..batch).collect(),
+            prefixes: vec![Vec::new(); batch],
+            cache,
+        })
+    }
+
+    /// Captions for `regions` (greedy or beam search per `config`, with the KV cache):
+    /// [`crate::generate::generate`] over [`VisualBertForPreTraining::caption_stepper`].
+    ///
+    /// # Panics
+    /// As [`crate::generate::generate`], and if `config.max_length - 1` exceeds the text
+    /// positions.
+    pub fn generate_captions(
+        &self,
+        regions: CaptionRegions,
+        config: &GenerationConfig,
+    ) -> Result<Vec<Generated>, InputError> {
+        let positions = self.text_positions();
+        assert!(
+            config.max_length <= positions + 1,
+            "max_length {} needs {} text positions, the model has {positions}",
+            config.max_length,
+            config.max_length - 1
+        );
+        let batch = regions.batch();
+        let mut stepper = self.caption_stepper(regions, true)?;
+        Ok(generate(&mut stepper, batch, config))
+    }
+
+    fn text_positions(&self) -> usize {
+        self.visual_bert
+            .embeddings
+            .text
+            .position_embeddings
+            .weight
+            .dims()[0]
+    }
+}
+
+/// Cached region keys/values of the unified captioner.
+struct UnifiedCache {
+    /// Per layer, the caption's keys/values `[rows, heads, len, head_dim]`.
+    caption_kv: Vec<Option<KeyValues>>,
+    /// Per layer, the regions' keys/values `[B, heads, V, head_dim]`.
+    region_kv: Vec<KeyValues>,
+    /// Batch items of the rows, with their region keys/values and padding mask.
+    selected: (Vec<usize>, Vec<KeyValues>, Tensor<2, Int>),
+}
+
+/// [`StepModel`] over a [`VisualBertForPreTraining`] and fixed regions; see
+/// [`VisualBertForPreTraining::caption_stepper`].
+pub struct UnifiedCaptionStepper<'a> {
+    model: &'a VisualBertForPreTraining,
+    regions: CaptionRegions,
+    /// Batch item of each row.
+    items: Vec<usize>,
+    /// Caption so far of each row.
+    prefixes: Vec<Vec<i64>>,
+    /// `None`: recompute the whole prefix each step.
+    cache: Option<UnifiedCache>,
+}
+
+impl StepModel for UnifiedCaptionStepper<'_> {
+    fn rows(&self) -> usize {
+        self.items.len()
+    }
+
+    fn vocab(&self) -> usize {
+        self.model.mlm.bias.dims()[0]
+    }
+
+    fn step(&mut self, tokens: &[i64], parents: &[usize]) -> Vec<f32> {
+        let device = self.regions.visual_embeds.device();
+        let n = tokens.len();
+        let reorder = check_step(tokens, parents, self.items.len());
+        self.items = parents.iter().map(|&p| self.items[p]).collect();
+        self.prefixes = parents
+            .iter()
+            .zip(tokens)
+            .map(|(&p, &t)| {
+                let mut prefix = self.prefixes[p].clone();
+                prefix.push(t);
+                prefix
+            })
+            .collect();
+        let len = self.prefixes.first().map_or(0, Vec::len);
+        let positions = self.model.text_positions();
+        assert!(
+            len <= positions,
+            "caption position {} is beyond the model's {positions} text positions",
+            len - 1
+        );
+        if n == 0 {
+            return Vec::new();
+        }
+        let model = self.model;
+        let words = model
+            .visual_bert
+            .embeddings
+            .text
+            .word_embeddings
+            .weight
+            .val();
+        let hidden = match &mut self.cache {
+            Some(cache) => {
+                if cache.selected.0 != self.items {
+                    let rows = index(&self.items, &device);
+                    cache.selected = (
+                        self.items.clone(),
+                        cache
+                            .region_kv
+                            .iter()
+                            .map(|kv| kv.select(rows.clone()))
+                            .collect(),
+                        self.regions.visual_attention_mask.clone().select(0, rows),
+                    );
+                }
+                let (_, region_kv, region_mask) = &cache.selected;
+                let text = &model.visual_bert.embeddings.text;
+                let ids =
+                    Tensor::<2, Int>::from_data(TensorData::new(tokens.to_vec(), [n, 1]), &device);
+                let position = Tensor::<2, Int>::full([n, 1], (len - 1) as i64, &device);
+                let mut x = text.normalize(
+                    text.word_embeddings.forward(ids.clone())
+                        + text.position_embeddings.forward(position)
+                        + text.token_type_embeddings.forward(ids.zeros_like()),
+                );
+                // Keys are [caption | regions], the order of the full model's input.
+                let mask = AttentionMask::padding(
+                    Tensor::cat(
+                        vec![Tensor::ones([n, len], &device), region_mask.clone()],
+                        1,
+                    ),
+                    HF_MASK_VALUE,
+                );
+                let parents = reorder.then(|| index(parents, &device));
+                for (l, layer) in model.visual_bert.encoder.layers.iter().enumerate() {
+                    let new = layer.attention.self_attn.key_values(x.clone());
+                    let caption = match cache.caption_kv[l].take() {
+                        Some(past) => match &parents {
+                            Some(rows) => past.select(rows.clone()),
+                            None => past,
+                        }
+                        .append(&new),
+                        None => new,
+                    };
+                    let keys = caption.clone().append(&region_kv[l]);
+                    x = layer
+                        .ffn
+                        .forward(layer.attention.forward_kv(x, &keys, Some(&mask)));
+                    cache.caption_kv[l] = Some(caption);
+                }
+                x
+            }
+            None => {
+                let flat: Vec<i64> = self.prefixes.iter().flatten().copied().collect();
+                let ids = Tensor::<2, Int>::from_data(TensorData::new(flat, [n, len]), &device);
+                let regions = self.regions.select(index(&self.items, &device));
+                let text_mask = Tensor::<2, Int>::ones([n, len], &device);
+                let mask = AttentionMask::unified(
+                    text_mask.clone(),
+                    regions.visual_attention_mask.clone(),
+                    UnifiedMode::Seq2Seq,
+                    HF_MASK_VALUE,
+                );
+                let input = VisualBertInput {
+                    token_type_ids: ids.zeros_like(),
+                    input_ids: ids,
+                    attention_mask: text_mask,
+                    visual_embeds: regions.visual_embeds,
+                    visual_attention_mask: regions.visual_attention_mask,
+                    visual_token_type_ids: regions.visual_token_type_ids,
+                    visual_locations: regions.visual_locations,
+                    mask: Some(mask),
+                };
+                model
+                    .visual_bert
+                    .forward(input)
+                    .last_hidden_state
+                    .narrow(1, len - 1, 1)
+            }
+        };
+        let logits = model.mlm.forward(hidden, words);
+        let vocab = logits.dims()[2];
+        host_log_softmax(logits.reshape([n, vocab]))
     }
 }

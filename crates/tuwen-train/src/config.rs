@@ -35,6 +35,23 @@ pub enum Task {
     /// Visual question answering: an answer classifier over the joint pooled vector, soft-score
     /// BCE (BUTD / LXMERT / VisualBERT).
     Vqa,
+    /// Image captioning: next-token prediction of the scenes' captions by the captioner
+    /// `finetune.captioner` selects; selected on held-out CIDEr-D.
+    Caption,
+}
+
+/// How a captioning run generates text (the two ways of the unified VLP paper).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Captioner {
+    /// The pretrained single-stream encoder itself under the seq2seq attention mask
+    /// (bidirectional over the regions, causal over the caption; regions never see the caption);
+    /// the tied MLM head predicts the next token (VLP, Oscar). VisualBERT runs only.
+    Unified,
+    /// The pretrained encoder reads the image; a new Transformer decoder
+    /// (`finetune.decoder_layers` layers of causal self-attention + cross-attention to the
+    /// encoder's states) writes the caption (Seq2Seq).
+    Decoder,
 }
 
 /// Where the questions of a VQA fine-tuning run come from.
@@ -96,6 +113,13 @@ pub struct FinetuneConfig {
     /// rows, HF's `add_tokens` + `resize_token_embeddings`), instead of spelling them out in
     /// characters.
     pub extend_vocabulary: bool,
+    /// Captioning: which captioner is trained.
+    pub captioner: Captioner,
+    /// Captioning with `captioner = "decoder"`: layers of the new caption decoder.
+    pub decoder_layers: usize,
+    /// Captioning: longest generated caption in tokens, `[CLS]` (the start token) included
+    /// (HF `max_length`) — held-out evaluation decodes greedily up to it.
+    pub max_caption_len: usize,
 }
 
 impl Default for FinetuneConfig {
@@ -117,6 +141,9 @@ impl Default for FinetuneConfig {
             encoder_lr_ratio: 0.2,
             freeze_layers: 0,
             extend_vocabulary: true,
+            captioner: Captioner::Unified,
+            decoder_layers: 2,
+            max_caption_len: 20,
         }
     }
 }
@@ -362,6 +389,8 @@ pub enum BestMetric {
     RetrievalR1,
     /// Held-out VQA accuracy (needs `data.vqa_weight`).
     VqaAccuracy,
+    /// Held-out CIDEr-D of greedy captions (captioning runs).
+    Cider,
 }
 
 /// `[eval]`.
@@ -595,6 +624,39 @@ impl TrainConfig {
                     "fine-tuning reads [finetune] data; leave data.source = \"scenes\"".into(),
                 );
             }
+            if f.task == Task::Caption {
+                if f.dataset != VqaDataset::Scenes {
+                    return Err(
+                        "finetune.task = \"caption\" trains on the scenes' captions: leave \
+                         finetune.dataset = \"scenes\""
+                            .into(),
+                    );
+                }
+                if f.captioner == Captioner::Unified && m.architecture == Architecture::Vilbert {
+                    return Err(
+                        "finetune.captioner = \"unified\" runs a single-stream encoder under the \
+                         seq2seq mask; a ViLBERT run needs finetune.captioner = \"decoder\""
+                            .into(),
+                    );
+                }
+                if f.captioner == Captioner::Decoder && f.decoder_layers == 0 {
+                    return Err("finetune.decoder_layers must be >= 1".into());
+                }
+                if f.max_caption_len < 2 || f.max_caption_len > self.data.max_text_len {
+                    return Err(format!(
+                        "finetune.max_caption_len = {} must be in 2..={} (data.max_text_len)",
+                        f.max_caption_len, self.data.max_text_len
+                    ));
+                }
+            }
+        }
+        if self.eval.best == BestMetric::Cider
+            && self
+                .finetune
+                .as_ref()
+                .is_none_or(|f| f.task != Task::Caption)
+        {
+            return Err("eval.best = \"cider\" needs finetune.task = \"caption\"".into());
         }
         Ok(())
     }

@@ -8,6 +8,7 @@ use crate::retrieval::Recalls;
 
 /// Held-out metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct EvalMetrics {
     /// ITM accuracy on matched/mismatched pairs.
     pub itm_accuracy: f32,
@@ -21,6 +22,12 @@ pub struct EvalMetrics {
     pub retrieval: Recalls,
     /// VQA accuracy, one question per held-out scene (0 without VQA).
     pub vqa_accuracy: f32,
+    /// Captioning: BLEU-4 of the held-out captions (pycocoevalcap's; 0 otherwise).
+    pub bleu4: f32,
+    /// Captioning: CIDEr-D of the held-out captions (pycocoevalcap's "CIDEr"; 0 otherwise).
+    pub cider: f32,
+    /// Captioning: next-token accuracy of teacher-forced held-out captions (0 otherwise).
+    pub lm_accuracy: f32,
 }
 
 impl EvalMetrics {
@@ -30,6 +37,7 @@ impl EvalMetrics {
             BestMetric::ItmAccuracy => self.itm_accuracy,
             BestMetric::MlmColorShapeAccuracy => self.mlm_color_shape_accuracy,
             BestMetric::VqaAccuracy => self.vqa_accuracy,
+            BestMetric::Cider => self.cider,
             BestMetric::RetrievalR1 => {
                 (self.retrieval.image_to_text[0] + self.retrieval.text_to_image[0]) / 2.0
             }
@@ -54,6 +62,8 @@ pub struct StepReport {
     pub itc: f32,
     /// VQA loss (0 without).
     pub vqa: f32,
+    /// Captioning (next-token) loss (0 without).
+    pub lm: f32,
     /// ITM accuracy of the batch.
     pub itm_accuracy: f32,
     /// Gradient norm before clipping.

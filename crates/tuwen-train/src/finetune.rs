@@ -21,13 +21,13 @@ use tuwen_tokenizer::{BertTokenizer, TokenizerOptions};
 
 use crate::batch::SceneBatcher;
 use crate::checkpoint;
-use crate::config::{Architecture, FinetuneConfig, TrainConfig, VqaDataset};
+use crate::config::{Architecture, Captioner, FinetuneConfig, Task, TrainConfig, VqaDataset};
 use crate::event::{EvalMetrics, Event};
 use crate::images::ImagePipeline;
 use crate::model::{Encoder, ModelShape, PretrainModel};
 use crate::pretrain::{StepLosses, Summary, seeded};
 use crate::run_dir::{ModelSpec, RunDir, Which};
-use crate::trainer::{Groups, Task};
+use crate::trainer::Groups;
 use crate::vqa::{FileData, FileVqa, QuestionBatch, VqaData, answer_vocabulary};
 
 /// Which tensors a fine-tuning run took from where it started (`reuse.json`).
@@ -119,9 +119,18 @@ fn effective(cfg: &TrainConfig, start: &Start) -> Result<TrainConfig, String> {
         }
         Start::Scratch => {}
     }
-    // The run trains and selects on VQA only.
-    out.data.vqa_weight = 1.0;
-    out.eval.best = crate::config::BestMetric::VqaAccuracy;
+    match cfg.finetune.as_ref().map(|f| f.task) {
+        Some(Task::Caption) => {
+            // The run trains on captions and selects on CIDEr-D.
+            out.data.vqa_weight = 0.0;
+            out.eval.best = crate::config::BestMetric::Cider;
+        }
+        _ => {
+            // The run trains and selects on VQA only.
+            out.data.vqa_weight = 1.0;
+            out.eval.best = crate::config::BestMetric::VqaAccuracy;
+        }
+    }
     Ok(out)
 }
 
@@ -161,6 +170,7 @@ fn transfer(
     source: &PretrainModel,
     target: &mut PretrainModel,
     from: &Path,
+    used: fn(&str) -> bool,
 ) -> Result<Reuse, String> {
     // The vocabulary may have grown (task words added): those two tensors are resized below.
     let target_shapes: std::collections::HashMap<String, Vec<usize>> = target
@@ -202,7 +212,7 @@ fn transfer(
     let mut applied = result.applied;
     applied.extend(resized_names);
     let reused: HashSet<&String> = applied.iter().collect();
-    let (core, kept) = applied.iter().cloned().partition(|n| is_core(n));
+    let (core, kept) = applied.iter().cloned().partition(|n| used(n));
     Ok(Reuse {
         from: Some(from.display().to_string()),
         reused: core,
@@ -223,9 +233,58 @@ fn transfer(
 
 /// Everything a fine-tuning run builds before its first step.
 struct Setup {
-    data: VqaData,
+    data: TaskData,
     spec: ModelSpec,
     tokenizer_note: String,
+}
+
+/// The data of the task a run fine-tunes for.
+enum TaskData {
+    Vqa(VqaData),
+    Caption(Box<crate::caption::SceneCaptions>),
+}
+
+/// The captioning set-up: the scenes through the run's image pipeline, the source's (or a
+/// scene) vocabulary, no answers, and a caption decoder when `finetune.captioner` asks for one.
+fn caption_setup(
+    cfg: &TrainConfig,
+    start: &Start,
+    dir: &RunDir,
+    device: &Device,
+    region_classes: usize,
+    bert: Option<BertConfig>,
+) -> Result<Setup, String> {
+    let f = cfg.finetune.as_ref().expect("checked");
+    let scenes = SceneConfig::default();
+    let (tokenizer, note) = tokenizer_for(cfg, start, dir, None, &scenes)?;
+    let pipeline = ImagePipeline::new(cfg, device)?;
+    let spec = ModelSpec {
+        shape: ModelShape {
+            vocab: tokenizer.vocab_size(),
+            feature_dim: pipeline.feature_dim(),
+            max_text_len: cfg.data.max_text_len,
+            answers: 0,
+            region_classes,
+        },
+        bert,
+        caption_decoder: (f.captioner == Captioner::Decoder).then_some(
+            crate::run_dir::DecoderSpec {
+                layers: f.decoder_layers,
+            },
+        ),
+    };
+    let data = crate::caption::SceneCaptions {
+        scenes,
+        seed: cfg.run.seed,
+        scenes_per_split: cfg.data.train_scenes,
+        pipeline,
+        tokenizer,
+    };
+    Ok(Setup {
+        data: TaskData::Caption(Box::new(data)),
+        spec,
+        tokenizer_note: note,
+    })
 }
 
 /// The whole words of `texts` missing from `vocabulary` (HF's `add_tokens` for a whole-word
@@ -328,6 +387,9 @@ fn setup(
         }
         _ => None,
     };
+    if f.task == Task::Caption {
+        return caption_setup(cfg, start, dir, device, region_classes, bert);
+    }
     let (data, note) = match f.dataset {
         VqaDataset::Scenes => {
             let (tokenizer, note) = tokenizer_for(cfg, start, dir, None, &scenes)?;
@@ -404,9 +466,10 @@ fn setup(
             region_classes,
         },
         bert,
+        caption_decoder: None,
     };
     Ok(Setup {
-        data,
+        data: TaskData::Vqa(data),
         spec,
         tokenizer_note: note,
     })
@@ -419,6 +482,11 @@ fn initial_model(
     spec: &ModelSpec,
     device: &Device,
 ) -> Result<(PretrainModel, Reuse), String> {
+    // What the task trains of the source's tensors (the rest is kept unchanged).
+    let used: fn(&str) -> bool = match cfg.finetune.as_ref().map(|f| f.task) {
+        Some(Task::Caption) => crate::caption::trains,
+        _ => is_core,
+    };
     let mut model = PretrainModel::build(&cfg.model, spec, device);
     let reuse = match start {
         Start::Scratch => Reuse {
@@ -429,7 +497,7 @@ fn initial_model(
         Start::Run(source) => {
             let (_, step) = source.checkpoint(Which::Best)?;
             let loaded = PretrainModel::load(source.path(), Which::Best, device)?;
-            let mut r = transfer(&loaded.model, &mut model, source.path())?;
+            let mut r = transfer(&loaded.model, &mut model, source.path(), used)?;
             r.from = Some(format!(
                 "{} (best checkpoint, step {step})",
                 source.path().display()
@@ -461,6 +529,17 @@ fn initial_model(
             }
         }
     };
+    if let Some(decoder) = &mut model.decoder {
+        // The decoder's token embeddings (also its output projection) start as the encoder's
+        // word embeddings: the caption decoder writes the words the encoder learnt.
+        let words = match &model.encoder {
+            Encoder::VisualBert(m) => m.visual_bert.embeddings.text.word_embeddings.weight.val(),
+            Encoder::ViLBert(m) => m.bert.embeddings.word_embeddings.weight.val(),
+        };
+        if words.dims() == decoder.token_embeddings.weight.dims() {
+            decoder.token_embeddings.weight = burn::module::Param::from_tensor(words.detach());
+        }
+    }
     Ok((model, reuse))
 }
 
@@ -505,10 +584,13 @@ pub fn run(
         spec,
         tokenizer_note,
     } = setup(cfg, &start, &run_dir, device, &mut events)?;
-    events(Event::Note(format!(
-        "tokens: {tokenizer_note}; {} answers",
-        data.answers().len()
-    )));
+    events(Event::Note(match &data {
+        TaskData::Vqa(d) => format!("tokens: {tokenizer_note}; {} answers", d.answers().len()),
+        TaskData::Caption(d) => format!(
+            "tokens: {tokenizer_note}; captions of the scenes, regions: {}",
+            d.pipeline.describe()
+        ),
+    }));
     let reuse_path = run_dir.path().join("reuse.json");
     let (model, reuse) = {
         let _rng = seeded(device, cfg.run.seed);
@@ -539,18 +621,38 @@ pub fn run(
             f.freeze_layers
         )));
     }
-    let task = Arc::new(VqaTask {
-        data,
-        seed: cfg.run.seed,
-        batch_size: cfg.run.batch_size,
-        eval_questions: cfg.eval.scenes,
-        device: device.clone(),
-        train_device: ad,
-        freeze_layers: f.freeze_layers,
-        encoder_lr_ratio: f.encoder_lr_ratio,
-        results: run_dir.path().join("test_results.json"),
-    });
-    let summary = crate::trainer::train(task, model, cfg, &run_dir, 1, stop_after, &mut events)?;
+    let results = |name: &str| run_dir.path().join(name);
+    let summary = match data {
+        TaskData::Vqa(data) => {
+            let task = Arc::new(VqaTask {
+                data,
+                seed: cfg.run.seed,
+                batch_size: cfg.run.batch_size,
+                eval_questions: cfg.eval.scenes,
+                device: device.clone(),
+                train_device: ad,
+                freeze_layers: f.freeze_layers,
+                encoder_lr_ratio: f.encoder_lr_ratio,
+                results: results("test_results.json"),
+            });
+            crate::trainer::train(task, model, cfg, &run_dir, 1, stop_after, &mut events)?
+        }
+        TaskData::Caption(data) => {
+            let task = Arc::new(crate::caption::CaptionTask {
+                data: *data,
+                seed: cfg.run.seed,
+                batch_size: cfg.run.batch_size,
+                eval_images: cfg.eval.scenes,
+                max_caption_len: f.max_caption_len,
+                device: device.clone(),
+                train_device: ad,
+                freeze_layers: f.freeze_layers,
+                encoder_lr_ratio: f.encoder_lr_ratio,
+                results: results("test_captions.json"),
+            });
+            crate::trainer::train(task, model, cfg, &run_dir, 1, stop_after, &mut events)?
+        }
+    };
     Ok((summary, reuse))
 }
 
@@ -570,7 +672,7 @@ struct VqaTask {
     results: PathBuf,
 }
 
-impl Task for VqaTask {
+impl crate::trainer::Task for VqaTask {
     type Batch = QuestionBatch;
 
     fn batch(&self, step: usize) -> Result<QuestionBatch, String> {

@@ -4,6 +4,8 @@
 //! * [`batch`] — host batches from the built-in scenes (MLM, ITM, masked regions), split into
 //!   micro-batches for accumulation and data parallelism.
 //! * [`corpus`] — real captions (COCO, Karpathy, CC TSV) with features from a feature store.
+//! * [`caption`] — captioning fine-tuning (unified seq2seq encoder or encoder + decoder), held-out
+//!   captions scored like pycocoevalcap, [`caption::Captioner`] for image files.
 //! * [`data`] — a run's data (scenes or corpus) behind one type.
 //! * [`prefetch`] — loader threads that build batches ahead, in step order.
 //! * [`model`] — VisualBERT and ViLBERT behind one type, with their objectives.
@@ -14,6 +16,8 @@
 //! * [`pretrain`] — the pretraining loop (accumulation, data parallelism, evaluation, best/last
 //!   checkpoints; resumable bit for bit).
 //! * [`retrieval`] — Recall@1/5/10 with ITC ranking and ITM re-ranking of the top-k only.
+//! * [`retrieve`] — a run ranking image files against texts (ITC top-k, ITM re-ranking) with a
+//!   cached embedding index, and retrieval evaluation of a run.
 //! * [`schedule`] — warmup then linear or cosine decay, as a pure function of the step.
 //! * [`clip`] — clipping by the GLOBAL gradient norm over all parameters (Burn's
 //!   `GradientClipping::Norm` clips each tensor separately).
@@ -21,6 +25,7 @@
 //!   applied next to an AdamW step configured without decay.
 
 pub mod batch;
+pub mod caption;
 pub mod checkpoint;
 pub mod clip;
 pub mod config;
@@ -38,6 +43,7 @@ pub mod params;
 pub mod prefetch;
 pub mod pretrain;
 pub mod retrieval;
+pub mod retrieve;
 pub mod run_dir;
 pub mod schedule;
 pub mod trainer;

@@ -7,6 +7,7 @@
 use burn::module::{Module, Param};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use tuwen_fusion::decoder::{CaptionDecoder, DecoderConfig};
 use tuwen_fusion::init::{BertInit, bert_init};
 use tuwen_fusion::lxmert::AnswerHead;
 use tuwen_fusion::vilbert::PooledFusion;
@@ -46,6 +47,10 @@ pub struct PretrainModel {
     pub itc: Option<ItcHead>,
     /// VQA answer classifier over the joint pooled vector.
     pub vqa: Option<AnswerHead>,
+    /// Caption decoder of an encoder-decoder captioner (cross-attends to the image-only pass
+    /// of the encoder); `None` for every other run, including the unified captioner, which
+    /// captions with the encoder itself.
+    pub decoder: Option<CaptionDecoder>,
 }
 
 /// What one forward pass gives the loop: each objective's loss (mean over its items, with the
@@ -163,6 +168,16 @@ impl PretrainModel {
     /// initialisation; a model started from a BERT checkpoint gets that checkpoint's text
     /// configuration, not its weights: see `pretrain::run`). Draws from `device`'s generator.
     pub fn build(cfg: &ModelConfig, spec: &crate::run_dir::ModelSpec, device: &Device) -> Self {
+        let model = Self::build_encoder(cfg, spec, device);
+        match &spec.caption_decoder {
+            Some(decoder) => {
+                model.with_caption_decoder(decoder, cfg, spec.shape.max_text_len, device)
+            }
+            None => model,
+        }
+    }
+
+    fn build_encoder(cfg: &ModelConfig, spec: &crate::run_dir::ModelSpec, device: &Device) -> Self {
         let shape = &spec.shape;
         match &spec.bert {
             Some(bert) => {
@@ -227,7 +242,37 @@ impl PretrainModel {
             itc.map(|h| bert_init(h, BertInit::default())),
             vqa.map(|h| bert_init(h, BertInit::default())),
         );
-        Self { encoder, itc, vqa }.materialize()
+        Self {
+            encoder,
+            itc,
+            vqa,
+            decoder: None,
+        }
+        .materialize()
+    }
+
+    /// This model with a fresh caption decoder of `spec.layers` layers as wide as the text
+    /// stream, cross-attending to the image stream (VisualBERT: its one stream), heads and
+    /// feed-forward width as the encoder's, `positions` caption positions (HF BERT
+    /// initialisation; draws from `device`'s generator).
+    pub fn with_caption_decoder(
+        mut self,
+        spec: &crate::run_dir::DecoderSpec,
+        cfg: &ModelConfig,
+        positions: usize,
+        device: &Device,
+    ) -> Self {
+        let (image, text) = self.encoder.pooled_widths();
+        let config = DecoderConfig {
+            layers: spec.layers,
+            heads: cfg.heads,
+            intermediate: intermediate(cfg.intermediate_size, text),
+            max_positions: positions,
+            dropout: cfg.dropout,
+            ..DecoderConfig::new(self.vocab_size(), text, image)
+        };
+        self.decoder = Some(bert_init(config.init(device), BertInit::default()));
+        self.materialize()
     }
 
     /// Draws every parameter now. Burn initialises parameters lazily, on first use; a run must

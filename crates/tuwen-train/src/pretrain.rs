@@ -73,6 +73,10 @@ pub struct StepLosses {
     pub vqa: f32,
     /// VQA accuracy of the batch (fine-tuning).
     pub vqa_accuracy: f32,
+    /// Captioning: next-token loss (fine-tuning).
+    pub lm: f32,
+    /// Captioning: next-token accuracy of the batch.
+    pub lm_accuracy: f32,
 }
 
 /// Summary of a finished (or stopped) run.
@@ -267,6 +271,7 @@ pub fn evaluate(
         region_accuracy: n[6] / n[7].max(1.0),
         retrieval: Recalls::default(),
         vqa_accuracy: n[8] / n[9].max(1.0),
+        ..EvalMetrics::default()
     })
 }
 
@@ -645,6 +650,7 @@ pub fn run(
     let spec = ModelSpec {
         shape,
         bert: bert_config,
+        caption_decoder: None,
     };
     // Seeded initialisation: the same config gives the same run.
     let model = {

@@ -51,6 +51,16 @@ pub struct ModelSpec {
     pub shape: ModelShape,
     /// The BERT text configuration the encoder was initialised from (`model.init`).
     pub bert: Option<BertConfig>,
+    /// The caption decoder of an encoder-decoder captioner (`None`: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caption_decoder: Option<DecoderSpec>,
+}
+
+/// What fixes a caption decoder beyond the encoder's sizes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecoderSpec {
+    /// Decoder layers.
+    pub layers: usize,
 }
 
 /// The step and held-out metrics a checkpoint was saved with (its `state.json`).

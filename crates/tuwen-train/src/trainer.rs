@@ -272,6 +272,7 @@ pub fn train<T: Task>(
                 region: losses.region,
                 itc: losses.itc,
                 vqa: losses.vqa,
+                lm: losses.lm,
                 itm_accuracy: losses.itm_accuracy,
                 grad_norm: norm,
                 lr,

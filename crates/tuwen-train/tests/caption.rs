@@ -1,0 +1,161 @@
+//! Captioning fine-tuning: both captioners (unified seq2seq encoder, encoder + decoder) train
+//! from a pretrained run, are selected on CIDEr-D, and caption image files exactly as their
+//! held-out evaluation does.
+
+use std::path::Path;
+
+use tuwen_data::scene::{SceneConfig, Split};
+use tuwen_testkit::flex;
+use tuwen_train::caption::Captioner;
+use tuwen_train::config::TrainConfig;
+use tuwen_train::run_dir::Which;
+
+/// A pretraining run of a few seconds.
+fn tiny_pretrain(architecture: &str) -> TrainConfig {
+    TrainConfig::from_toml(
+        &format!(
+            r#"
+            [run]
+            steps = 10
+            batch_size = 6
+            [optim]
+            warmup_steps = 2
+            [model]
+            architecture = "{architecture}"
+            hidden_size = 32
+            v_hidden_size = 32
+            layers = 2
+            v_layers = 2
+            co_layers = 1
+            heads = 2
+            [data]
+            vocab_scenes = 200
+            [eval]
+            every = 10
+            scenes = 16
+            retrieval_images = 0
+            "#
+        ),
+        "tiny",
+    )
+    .unwrap()
+}
+
+fn tiny_caption(from: &Path, captioner: &str, steps: usize) -> TrainConfig {
+    TrainConfig::from_toml(
+        &format!(
+            r#"
+            [run]
+            steps = {steps}
+            batch_size = 16
+            [optim]
+            learning_rate = 2e-3
+            warmup_steps = 5
+            [data]
+            vocab_scenes = 200
+            [eval]
+            every = {steps}
+            scenes = 24
+            [finetune]
+            from = {from:?}
+            task = "caption"
+            captioner = "{captioner}"
+            decoder_layers = 1
+            encoder_lr_ratio = 1.0
+            grid = 2
+            object_boxes = 3
+            max_caption_len = 16
+            "#,
+            from = from.display().to_string()
+        ),
+        "tiny_caption",
+    )
+    .unwrap()
+}
+
+fn pretrain(dir: &Path, architecture: &str) {
+    tuwen_train::pretrain::run(&tiny_pretrain(architecture), dir, &[flex()], None, |_| {}).unwrap();
+}
+
+fn finetune(cfg: &TrainConfig, dir: &Path) -> tuwen_train::pretrain::Summary {
+    tuwen_train::finetune::run(cfg, dir, &[flex()], None, |_| {})
+        .unwrap()
+        .0
+}
+
+#[test]
+fn both_captioners_learn_the_scenes_captions_and_caption_image_files_as_evaluated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("pre");
+    pretrain(&source, "visual_bert");
+    for captioner in ["decoder", "unified"] {
+        let dir = tmp.path().join(captioner);
+        let summary = finetune(&tiny_caption(&source, captioner, 150), &dir);
+        let (_, test) = summary.test.expect("the run reached its last step");
+        eprintln!("{captioner}: {test:?} in {:.1} s", summary.seconds);
+        // Learnt: the scenes' captions are templated, so a trained captioner gets most next
+        // tokens right and writes captions that share n-grams with the references.
+        assert!(
+            test.lm_accuracy > 0.5,
+            "{captioner}: next-token accuracy {}",
+            test.lm_accuracy
+        );
+        assert!(test.cider > 0.3, "{captioner}: CIDEr {}", test.cider);
+        let written: Vec<serde_json::Value> =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("test_captions.json")).unwrap())
+                .unwrap();
+        assert_eq!(written.len(), 24);
+
+        // A scene saved as a PNG file gets the caption its evaluation wrote.
+        let device = flex();
+        let model = Captioner::load_on(&dir, Which::Best, &device).unwrap();
+        let generation = model.generation(1);
+        let eval = model.evaluate_scenes(Split::Test, 3, &generation).unwrap();
+        let cfg = &model.run().config;
+        let scenes = SceneConfig::default();
+        let images: Vec<_> = (0..3)
+            .map(|i| {
+                let path = tmp.path().join(format!("{captioner}-{i}.png"));
+                scenes
+                    .generate(cfg.run.seed, Split::Test, i)
+                    .image
+                    .save(&path)
+                    .unwrap();
+                tuwen_vision::load_rgb(&path).unwrap()
+            })
+            .collect();
+        let captions = model.caption(&images, &generation).unwrap();
+        for (row, caption) in captions.iter().enumerate() {
+            assert_eq!(
+                caption, &eval.results[row].caption,
+                "{captioner}: scene {row}"
+            );
+            assert!(!caption.is_empty(), "{captioner}: empty caption");
+        }
+    }
+}
+
+#[test]
+fn captioning_runs_refuse_what_they_cannot_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("vilbert");
+    pretrain(&source, "vilbert");
+    // The unified captioner needs one stream.
+    let err = tuwen_train::finetune::run(
+        &tiny_caption(&source, "unified", 2),
+        &tmp.path().join("u"),
+        &[flex()],
+        None,
+        |_| {},
+    )
+    .err()
+    .unwrap();
+    assert!(err.contains("captioner = \"decoder\""), "{err}");
+    // A ViLBERT run captions through a decoder.
+    finetune(&tiny_caption(&source, "decoder", 2), &tmp.path().join("d"));
+    // A pretraining run is not a captioner.
+    let err = Captioner::load_on(&source, Which::Best, &flex())
+        .err()
+        .unwrap();
+    assert!(err.contains("not a captioning run"), "{err}");
+}
