@@ -84,6 +84,9 @@ pub fn caption(
                 }
             }
         }
+        if loaded.is_empty() {
+            continue;
+        }
         let images: Vec<_> = loaded.iter().map(|(_, image)| image.clone()).collect();
         let captions = captioner
             .caption(&images, &generation)

@@ -295,7 +295,7 @@ enum Command {
         #[arg(long, requires = "image_dir")]
         captions: Option<PathBuf>,
         /// --image-dir: where the embedding index lives (default: RUN/retrieval-index).
-        #[arg(long)]
+        #[arg(long, requires = "image_dir")]
         index: Option<PathBuf>,
         /// Checkpoint: best, last or a step number.
         #[arg(long, default_value = "best")]
@@ -321,6 +321,15 @@ enum Command {
     },
 }
 
+impl From<HeldOut> for tuwen_data::scene::Split {
+    fn from(split: HeldOut) -> Self {
+        match split {
+            HeldOut::Validation => Self::Validation,
+            HeldOut::Test => Self::Test,
+        }
+    }
+}
+
 /// Tasks of `tuwen finetune`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum TaskName {
@@ -328,6 +337,8 @@ enum TaskName {
     Vqa,
     /// Image captioning (finetune.captioner: unified or decoder).
     Caption,
+    /// Image-text retrieval (ITC + ITM, selected on Recall@1).
+    Retrieval,
 }
 
 /// Tasks of `tuwen eval`.
@@ -505,6 +516,7 @@ fn run(cli: Cli) -> Result<()> {
             let wanted = match task {
                 TaskName::Vqa => tuwen_train::config::Task::Vqa,
                 TaskName::Caption => tuwen_train::config::Task::Caption,
+                TaskName::Retrieval => tuwen_train::config::Task::Retrieval,
             };
             if let Some(f) = &loaded.finetune {
                 anyhow::ensure!(
@@ -596,10 +608,7 @@ fn run(cli: Cli) -> Result<()> {
                     run: &run,
                     which,
                     decoding,
-                    split: match split {
-                        HeldOut::Validation => tuwen_data::scene::Split::Validation,
-                        HeldOut::Test => tuwen_data::scene::Split::Test,
-                    },
+                    split: split.into(),
                     images: scenes,
                     out_dir: out.as_deref(),
                     device: &device,
@@ -675,10 +684,7 @@ fn run(cli: Cli) -> Result<()> {
             let report = retrieve::eval_retrieval(&retrieve::EvalArgs {
                 run: &run,
                 which,
-                split: match split {
-                    HeldOut::Validation => retrieve::Split::Validation,
-                    HeldOut::Test => retrieve::Split::Test,
-                },
+                split: split.into(),
                 images,
                 k,
                 all_pairs,

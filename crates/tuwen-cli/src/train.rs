@@ -265,6 +265,18 @@ fn eval_line(m: &EvalMetrics, finetune: Option<Task>, extras: Extras) -> String 
                 m.bleu4, m.cider, m.lm_accuracy
             );
         }
+        Some(Task::Retrieval) => {
+            let r = &m.retrieval;
+            return format!(
+                "R@1/5/10 i->t {:.3}/{:.3}/{:.3}  t->i {:.3}/{:.3}/{:.3}",
+                r.image_to_text[0],
+                r.image_to_text[1],
+                r.image_to_text[2],
+                r.text_to_image[0],
+                r.text_to_image[1],
+                r.text_to_image[2]
+            );
+        }
         None => {}
     }
     let mut line = format!(
@@ -327,6 +339,7 @@ fn losses(r: &StepReport, finetune: Option<Task>) -> String {
     match finetune {
         Some(Task::Vqa) => return format!("vqa {:.4}", r.vqa),
         Some(Task::Caption) => return format!("lm {:.4}", r.lm),
+        Some(Task::Retrieval) => return format!("itm {:.4}  itc {:.4}", r.itm, r.itc),
         None => {}
     }
     let mut line = format!("mlm {:.3}  itm {:.3}", r.mlm, r.itm);
@@ -371,6 +384,8 @@ pub fn summary_table(config: &TrainConfig, s: &Summary) -> String {
             ("CIDEr-D (greedy)", |m| m.cider),
             ("next-token accuracy", |m| m.lm_accuracy),
         ],
+        // The recall rows below.
+        Some(Task::Retrieval) => Vec::new(),
         None => vec![
             ("ITM accuracy", |m| m.itm_accuracy),
             ("MLM accuracy", |m| m.mlm_accuracy),
@@ -385,7 +400,11 @@ pub fn summary_table(config: &TrainConfig, s: &Summary) -> String {
     if config.data.vqa_weight > 0.0 && config.finetune.is_none() {
         rows.push(("VQA accuracy", |m| m.vqa_accuracy));
     }
-    if config.model.itc_dim > 0 && config.eval.retrieval_images > 0 {
+    let retrieval_task = config
+        .finetune
+        .as_ref()
+        .is_some_and(|f| f.task == Task::Retrieval);
+    if retrieval_task || (config.model.itc_dim > 0 && config.eval.retrieval_images > 0) {
         rows.extend([
             (
                 "image->text R@1",

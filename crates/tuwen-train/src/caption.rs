@@ -48,7 +48,7 @@ pub struct SceneCaptions {
     pub scenes: SceneConfig,
     /// Seed of the scenes.
     pub seed: u64,
-    /// Distinct scenes per split (0: unbounded).
+    /// Distinct training scenes (0: unbounded; held-out splits are never bounded).
     pub scenes_per_split: u64,
     /// Images to regions.
     pub pipeline: ImagePipeline,
@@ -67,16 +67,18 @@ pub struct CaptionBatch {
 }
 
 impl SceneCaptions {
-    fn scene_index(&self, index: u64) -> u64 {
-        match self.scenes_per_split {
-            0 => index,
-            n => index % n,
+    /// Training examples wrap to `scenes_per_split` scenes; held-out scenes never do (as in
+    /// pretraining's evaluation).
+    fn scene_index(&self, split: Split, index: u64) -> u64 {
+        match (split, self.scenes_per_split) {
+            (Split::Train, n) if n > 0 => index % n,
+            _ => index,
         }
     }
 
     /// The scene image of example `index` of `split`, with its id and reference captions.
     pub fn image(&self, split: Split, index: u64) -> (u64, RgbImage, Vec<String>) {
-        let id = self.scene_index(index);
+        let id = self.scene_index(split, index);
         let scene = self.scenes.generate(self.seed, split, id);
         (id, scene.image, scene.captions)
     }
@@ -301,6 +303,9 @@ pub fn evaluate(
     generation: &GenerationConfig,
     device: &Device,
 ) -> Result<CaptionEval, String> {
+    if images == 0 {
+        return Err("no held-out images to caption (ask for at least 1)".into());
+    }
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
     let (mut results, mut references) = (Vec::new(), BTreeMap::new());
     let (mut correct, mut counted) = (0.0f64, 0usize);

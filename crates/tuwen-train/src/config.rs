@@ -38,6 +38,10 @@ pub enum Task {
     /// Image captioning: next-token prediction of the scenes' captions by the captioner
     /// `finetune.captioner` selects; selected on held-out CIDEr-D.
     Caption,
+    /// Image-text retrieval: ITC + ITM on the scenes' matched and mismatched pairs (no
+    /// masking); selected on held-out Recall@1. Needs an ITC head: the source run's, or a fresh
+    /// one of `model.itc_dim`.
+    Retrieval,
 }
 
 /// How a captioning run generates text (the two ways of the unified VLP paper).
@@ -639,6 +643,13 @@ impl TrainConfig {
                             .into(),
                     );
                 }
+                if self.eval.scenes == 0 {
+                    return Err(
+                        "eval.scenes must be >= 1: a captioning run is selected on the CIDEr-D \
+                         of held-out captions"
+                            .into(),
+                    );
+                }
                 if f.captioner == Captioner::Decoder && f.decoder_layers == 0 {
                     return Err("finetune.decoder_layers must be >= 1".into());
                 }
@@ -649,6 +660,17 @@ impl TrainConfig {
                     ));
                 }
             }
+        }
+        if self
+            .finetune
+            .as_ref()
+            .is_some_and(|f| f.task == Task::Retrieval && f.dataset != VqaDataset::Scenes)
+        {
+            return Err(
+                "finetune.task = \"retrieval\" trains on the scenes' captions: leave \
+                 finetune.dataset = \"scenes\""
+                    .into(),
+            );
         }
         if self.eval.best == BestMetric::Cider
             && self

@@ -90,6 +90,10 @@ pub fn effective_config(cfg: &TrainConfig) -> Result<TrainConfig, String> {
     effective(cfg, &start_of(finetune_section(cfg)?)?)
 }
 
+fn task_of(cfg: &TrainConfig) -> Option<Task> {
+    cfg.finetune.as_ref().map(|f| f.task)
+}
+
 fn finetune_section(cfg: &TrainConfig) -> Result<&FinetuneConfig, String> {
     cfg.finetune
         .as_ref()
@@ -102,7 +106,13 @@ fn effective(cfg: &TrainConfig, start: &Start) -> Result<TrainConfig, String> {
         Start::Run(source) => {
             let s = source.config()?;
             out.model = s.model;
-            out.model.itc_dim = 0;
+            // Retrieval keeps the source's ITC head, or gets a fresh one of the configured
+            // width; the other tasks do not use one.
+            out.model.itc_dim = match task_of(cfg) {
+                Some(Task::Retrieval) if out.model.itc_dim == 0 => cfg.model.itc_dim,
+                Some(Task::Retrieval) => out.model.itc_dim,
+                _ => 0,
+            };
             out.data.features = s.data.features;
             out.data.pool = s.data.pool;
             if s.data.source != crate::config::Source::Scenes {
@@ -119,7 +129,20 @@ fn effective(cfg: &TrainConfig, start: &Start) -> Result<TrainConfig, String> {
         }
         Start::Scratch => {}
     }
-    match cfg.finetune.as_ref().map(|f| f.task) {
+    match task_of(cfg) {
+        Some(Task::Retrieval) => {
+            if out.model.itc_dim == 0 {
+                return Err(
+                    "finetune.task = \"retrieval\" needs an ITC head: the source run has none, \
+                     so set model.itc_dim (e.g. 64) for a fresh one"
+                        .into(),
+                );
+            }
+            // Matching only: no masked tokens, selected on Recall@1.
+            out.data.vqa_weight = 0.0;
+            out.data.mask_prob = 0.0;
+            out.eval.best = crate::config::BestMetric::RetrievalR1;
+        }
         Some(Task::Caption) => {
             // The run trains on captions and selects on CIDEr-D.
             out.data.vqa_weight = 0.0;
@@ -182,15 +205,13 @@ fn transfer(
     let grows = old_vocab != new_vocab;
     let all = source.collect(None, None, false);
     let source_names: Vec<String> = all.iter().map(|t| t.name.clone()).collect();
+    // Only what the target has (a task head of the source the task does not use, such as an
+    // ITC head or a caption decoder, is dropped; VQA heads are always new); rows of a grown
+    // vocabulary are copied below; any other change of shape is an error of `apply`.
     let tensors: Vec<_> = all
         .into_iter()
-        .filter(|t| !t.name.starts_with("vqa.") && !t.name.starts_with("itc."))
-        .filter(|t| {
-            !grows
-                || target_shapes
-                    .get(&t.name)
-                    .is_none_or(|s| *s == t.shape.to_vec())
-        })
+        .filter(|t| !t.name.starts_with("vqa.") && target_shapes.contains_key(&t.name))
+        .filter(|t| !grows || target_shapes[&t.name] == t.shape.to_vec())
         .collect();
     let result = target.apply(tensors, None, None, false);
     if !result.errors.is_empty() {
@@ -242,6 +263,54 @@ struct Setup {
 enum TaskData {
     Vqa(VqaData),
     Caption(Box<crate::caption::SceneCaptions>),
+    Retrieval(crate::data::Data),
+}
+
+/// The retrieval set-up: the scenes (their objects' boxes, as in pretraining), unmasked, with
+/// captions mismatched at `data.mismatch_prob`; the source's (or a scene) vocabulary.
+fn retrieval_setup(
+    cfg: &TrainConfig,
+    start: &Start,
+    dir: &RunDir,
+    device: &Device,
+    region_classes: usize,
+    bert: Option<BertConfig>,
+    events: &mut impl FnMut(Event),
+) -> Result<Setup, String> {
+    let scenes = SceneConfig::default();
+    let (tokenizer, note) = tokenizer_for(cfg, start, dir, None, &scenes)?;
+    let region_features = crate::features::region_features(cfg, &scenes, device, events)?;
+    let batcher = SceneBatcher {
+        tokenizer,
+        scenes,
+        seed: cfg.run.seed,
+        pool: cfg.data.pool,
+        masking: MaskingConfig {
+            mask_prob: 0.0,
+            ..MaskingConfig::default()
+        },
+        mismatch_prob: cfg.data.mismatch_prob,
+        region_masking: None,
+        scenes_per_split: cfg.data.train_scenes,
+        region_features,
+        answers: None,
+    };
+    let spec = ModelSpec {
+        shape: ModelShape {
+            vocab: batcher.tokenizer.vocab_size(),
+            feature_dim: batcher.feature_dim(),
+            max_text_len: cfg.data.max_text_len,
+            answers: 0,
+            region_classes,
+        },
+        bert,
+        caption_decoder: None,
+    };
+    Ok(Setup {
+        data: TaskData::Retrieval(crate::data::Data::Scenes(Arc::new(batcher))),
+        spec,
+        tokenizer_note: note,
+    })
 }
 
 /// The captioning set-up: the scenes through the run's image pipeline, the source's (or a
@@ -387,8 +456,12 @@ fn setup(
         }
         _ => None,
     };
-    if f.task == Task::Caption {
-        return caption_setup(cfg, start, dir, device, region_classes, bert);
+    match f.task {
+        Task::Caption => return caption_setup(cfg, start, dir, device, region_classes, bert),
+        Task::Retrieval => {
+            return retrieval_setup(cfg, start, dir, device, region_classes, bert, events);
+        }
+        Task::Vqa => {}
     }
     let (data, note) = match f.dataset {
         VqaDataset::Scenes => {
@@ -483,8 +556,9 @@ fn initial_model(
     device: &Device,
 ) -> Result<(PretrainModel, Reuse), String> {
     // What the task trains of the source's tensors (the rest is kept unchanged).
-    let used: fn(&str) -> bool = match cfg.finetune.as_ref().map(|f| f.task) {
+    let used: fn(&str) -> bool = match task_of(cfg) {
         Some(Task::Caption) => crate::caption::trains,
+        Some(Task::Retrieval) => crate::matching::trains,
         _ => is_core,
     };
     let mut model = PretrainModel::build(&cfg.model, spec, device);
@@ -529,8 +603,12 @@ fn initial_model(
             }
         }
     };
-    if let Some(decoder) = &mut model.decoder {
-        // The decoder's token embeddings (also its output projection) start as the encoder's
+    let fresh_decoder = reuse
+        .new
+        .iter()
+        .any(|n| n == "decoder.token_embeddings.weight");
+    if let Some(decoder) = model.decoder.as_mut().filter(|_| fresh_decoder) {
+        // A new decoder's token embeddings (also its output projection) start as the encoder's
         // word embeddings: the caption decoder writes the words the encoder learnt.
         let words = match &model.encoder {
             Encoder::VisualBert(m) => m.visual_bert.embeddings.text.word_embeddings.weight.val(),
@@ -589,6 +667,11 @@ pub fn run(
         TaskData::Caption(d) => format!(
             "tokens: {tokenizer_note}; captions of the scenes, regions: {}",
             d.pipeline.describe()
+        ),
+        TaskData::Retrieval(_) => format!(
+            "tokens: {tokenizer_note}; matched and mismatched captions of the scenes \
+             (mismatch probability {})",
+            cfg.data.mismatch_prob
         ),
     }));
     let reuse_path = run_dir.path().join("reuse.json");
@@ -649,6 +732,20 @@ pub fn run(
                 freeze_layers: f.freeze_layers,
                 encoder_lr_ratio: f.encoder_lr_ratio,
                 results: results("test_captions.json"),
+            });
+            crate::trainer::train(task, model, cfg, &run_dir, 1, stop_after, &mut events)?
+        }
+        TaskData::Retrieval(data) => {
+            let task = Arc::new(crate::matching::RetrievalTask {
+                data,
+                seed: cfg.run.seed,
+                batch_size: cfg.run.batch_size,
+                images: cfg.eval.retrieval_images,
+                top_k: cfg.eval.retrieval_top_k,
+                device: device.clone(),
+                train_device: ad,
+                freeze_layers: f.freeze_layers,
+                encoder_lr_ratio: f.encoder_lr_ratio,
             });
             crate::trainer::train(task, model, cfg, &run_dir, 1, stop_after, &mut events)?
         }

@@ -20,8 +20,10 @@ use tuwen_regions::{BoxXyxy, LocationEncoding, RegionExtractor};
 use crate::batch::{ImageRegions, pooled_pixels};
 use crate::config::{Features, Source, TrainConfig};
 
-/// Grid side for runs without a `[finetune]` section (pretraining runs used for inference).
-pub const DEFAULT_GRID: usize = 3;
+/// Foreground boxes of runs without a `[finetune]` section (pretraining runs used for
+/// inference): as many as a built-in scene has objects, and no grid, so an image file gets the
+/// regions pretraining saw (the whole image, then one box per object).
+pub const PRETRAINING_OBJECT_BOXES: usize = 4;
 
 /// A pixel is foreground when one of its channels differs from the background colour by more
 /// than this (of 255).
@@ -119,8 +121,11 @@ pub struct ImagePipeline {
 impl ImagePipeline {
     /// The pipeline `cfg` trained with (MobileNetV2 weights from `cargo xtask assets`).
     pub fn new(cfg: &TrainConfig, device: &Device) -> Result<Self, String> {
-        let grid = cfg.finetune.as_ref().map_or(DEFAULT_GRID, |f| f.grid);
-        let objects = cfg.finetune.as_ref().map_or(0, |f| f.object_boxes);
+        let grid = cfg.finetune.as_ref().map_or(0, |f| f.grid);
+        let objects = cfg
+            .finetune
+            .as_ref()
+            .map_or(PRETRAINING_OBJECT_BOXES, |f| f.object_boxes);
         let kind = match (cfg.data.source, cfg.data.features) {
             (Source::Store, _) => Kind::Store {
                 store: cfg.data.store.clone().unwrap_or_default(),

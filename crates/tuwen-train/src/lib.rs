@@ -6,6 +6,7 @@
 //! * [`corpus`] — real captions (COCO, Karpathy, CC TSV) with features from a feature store.
 //! * [`caption`] — captioning fine-tuning (unified seq2seq encoder or encoder + decoder), held-out
 //!   captions scored like pycocoevalcap, [`caption::Captioner`] for image files.
+//! * [`matching`] — retrieval fine-tuning (ITC + ITM, selected on Recall@1).
 //! * [`data`] — a run's data (scenes or corpus) behind one type.
 //! * [`prefetch`] — loader threads that build batches ahead, in step order.
 //! * [`model`] — VisualBERT and ViLBERT behind one type, with their objectives.
@@ -37,6 +38,7 @@ pub mod features;
 pub mod finetune;
 pub mod guard;
 pub mod images;
+pub mod matching;
 pub mod metrics;
 pub mod model;
 pub mod params;

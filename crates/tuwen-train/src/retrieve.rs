@@ -748,7 +748,8 @@ pub fn held_out_data(run: &LoadedRun, device: &Device) -> Result<Data, String> {
                 masking: MaskingConfig::default(),
                 mismatch_prob: cfg.data.mismatch_prob,
                 region_masking: None,
-                scenes_per_split: 0,
+                // Training's; held-out scenes are never wrapped (`Data::for_evaluation`).
+                scenes_per_split: cfg.data.train_scenes,
                 region_features,
                 answers: None,
             })))

@@ -159,3 +159,60 @@ fn captioning_runs_refuse_what_they_cannot_do() {
         .unwrap();
     assert!(err.contains("not a captioning run"), "{err}");
 }
+
+/// The cached unified stepper (what `tuwen caption` decodes with) scores a caption exactly as
+/// training's teacher-forced loss does: same input layout, positions, token types and mask.
+#[test]
+fn the_unified_stepper_scores_captions_as_training_does() {
+    use tuwen_fusion::StepModel;
+    use tuwen_fusion::visual_bert::CaptionRegions;
+    use tuwen_train::batch::View;
+    use tuwen_train::model::Encoder;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("pre");
+    pretrain(&source, "visual_bert");
+    let device = flex();
+    let run = tuwen_train::model::PretrainModel::load(&source, Which::Best, &device).unwrap();
+    let mut cfg = run.config.clone();
+    cfg.finetune = Some(tiny_caption(&source, "unified", 2).finetune.unwrap());
+    let data = tuwen_train::caption::SceneCaptions {
+        scenes: SceneConfig::default(),
+        seed: 3,
+        scenes_per_split: 0,
+        pipeline: tuwen_train::images::ImagePipeline::new(&cfg, &device).unwrap(),
+        tokenizer: run.tokenizer.clone(),
+    };
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+    let batch = data.batch(Split::Test, &[0, 1, 2, 3], &mut rng).unwrap();
+    let host = &batch.host;
+    let on_device = host.to_device(&device);
+    let trained = run.model.caption_loss(host, &on_device).unwrap();
+    let expected = trained.loss.loss.into_scalar::<f32>();
+
+    let Encoder::VisualBert(m) = &run.model.encoder else {
+        unreachable!()
+    };
+    let regions = CaptionRegions::from_input(&on_device.visual_bert_input(View::Image));
+    let mut stepper = m.caption_stepper(regions, true).unwrap();
+    let (rows, len, vocab) = (host.rows, host.text_len, stepper.vocab());
+    let parents: Vec<usize> = (0..rows).collect();
+    let (mut nll, mut count) = (0.0f64, 0usize);
+    for t in 0..len - 1 {
+        let tokens: Vec<i64> = (0..rows).map(|r| host.caption_ids[r * len + t]).collect();
+        let log_probs = stepper.step(&tokens, &parents);
+        for r in 0..rows {
+            if host.attention[r * len + t + 1] == 1 {
+                let next = host.caption_ids[r * len + t + 1] as usize;
+                nll -= log_probs[r * vocab + next] as f64;
+                count += 1;
+            }
+        }
+    }
+    assert_eq!(count, trained.loss.count);
+    let decoded = (nll / count as f64) as f32;
+    assert!(
+        (decoded - expected).abs() < 1e-4,
+        "stepper {decoded} vs training {expected}"
+    );
+}
