@@ -106,6 +106,26 @@ pub fn caption(
     Ok(failed)
 }
 
+/// What `tuwen caption --eval` captions.
+pub enum HeldOut<'a> {
+    /// The run's held-out scenes.
+    Scenes {
+        /// `validation` or `test`.
+        split: Split,
+        /// Scenes captioned.
+        images: usize,
+    },
+    /// Image files named by a COCO caption file.
+    Files {
+        /// The folder of the images.
+        dir: &'a Path,
+        /// The COCO caption file (integer image ids).
+        annotations: &'a Path,
+        /// Images captioned at most (file order).
+        images: usize,
+    },
+}
+
 /// What `tuwen caption --eval` was asked.
 pub struct EvalArgs<'a> {
     /// The fine-tuned run directory.
@@ -114,38 +134,37 @@ pub struct EvalArgs<'a> {
     pub which: Which,
     /// How to decode.
     pub decoding: Decoding,
-    /// The held-out split (`validation` or `test`).
-    pub split: Split,
-    /// Held-out scenes captioned.
-    pub images: usize,
-    /// Where to write `captions.json` (COCO results), `references.json` (COCO annotations) and
-    /// the scenes as `images/<image_id>.png`.
+    /// What to caption.
+    pub held_out: HeldOut<'a>,
+    /// Where to write `captions.json` (COCO results), `references.json` (COCO annotations) and,
+    /// for the scenes, the scenes as `images/<image_id>.png`.
     pub out_dir: Option<&'a Path>,
     /// The device.
     pub device: &'a Device,
 }
 
-/// Captions `args.images` held-out scenes and returns pycocoevalcap's scores as pretty JSON
-/// (`Bleu_1` .. `Bleu_4`, `ROUGE_L`, `CIDEr`), writing the captions and references when asked.
+/// Captions the held-out images and returns pycocoevalcap's scores as pretty JSON (`Bleu_1` ..
+/// `Bleu_4`, `ROUGE_L`, `CIDEr`), writing the captions and references when asked.
 pub fn evaluate(args: &EvalArgs<'_>) -> Result<String> {
-    anyhow::ensure!(args.images > 0, "--images must be >= 1");
     let captioner =
         Captioner::load_on(args.run, args.which, args.device).map_err(anyhow::Error::msg)?;
     let generation = args.decoding.config(&captioner);
-    let eval = captioner
-        .evaluate_scenes(args.split, args.images, &generation)
-        .map_err(anyhow::Error::msg)?;
+    let eval = match args.held_out {
+        HeldOut::Scenes { split, images } => {
+            anyhow::ensure!(images > 0, "--scenes must be >= 1");
+            captioner.evaluate_scenes(split, images, &generation)
+        }
+        HeldOut::Files {
+            dir,
+            annotations,
+            images,
+        } => captioner.evaluate_files(dir, annotations, images, &generation),
+    }
+    .map_err(anyhow::Error::msg)?;
     if let Some(dir) = args.out_dir {
-        // The scenes as PNG files, for `tuwen caption` and for looking at.
-        let images = dir.join("images");
-        tuwen_io::create_dir_all(&images)?;
-        let scenes = captioner.scene_captions();
-        for result in &eval.results {
-            let path = images.join(format!("{}.png", result.image_id));
-            let (_, image, _) = scenes.image(args.split, result.image_id);
-            image
-                .save(&path)
-                .with_context(|| format!("writing {}", path.display()))?;
+        tuwen_io::create_dir_all(dir)?;
+        if let HeldOut::Scenes { split, .. } = args.held_out {
+            save_scenes(&captioner, split, &eval.results, &dir.join("images"))?;
         }
         for (name, value) in [
             ("captions.json", serde_json::to_value(&eval.results)?),
@@ -158,4 +177,24 @@ pub fn evaluate(args: &EvalArgs<'_>) -> Result<String> {
         }
     }
     serde_json::to_string_pretty(&eval.scores).context("serialising the caption scores")
+}
+
+/// The captioned scenes as `DIR/<image_id>.png`, for `tuwen caption` and for looking at.
+fn save_scenes(
+    captioner: &Captioner,
+    split: Split,
+    results: &[tuwen_train::caption::CaptionResult],
+    dir: &Path,
+) -> Result<()> {
+    tuwen_io::create_dir_all(dir)?;
+    let scenes = captioner.scene_captions();
+    for result in results {
+        let path = dir.join(format!("{}.png", result.image_id));
+        scenes
+            .example(split, result.image_id)
+            .image
+            .save(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }

@@ -211,9 +211,16 @@ enum Command {
         /// --eval: the held-out split.
         #[arg(long, value_enum, default_value_t = HeldOut::Test)]
         split: HeldOut,
-        /// --eval: held-out scenes captioned.
+        /// --eval: held-out scenes captioned (with --image-dir: images captioned at most).
         #[arg(long, default_value_t = 500)]
         scenes: usize,
+        /// --eval: caption the images of this folder named by --captions instead of scenes.
+        #[arg(long, requires_all = ["captions", "eval"])]
+        image_dir: Option<PathBuf>,
+        /// --eval: a COCO caption file (images[].file_name, annotations[].{image_id, caption})
+        /// whose captions are the references.
+        #[arg(long, requires = "image_dir")]
+        captions: Option<PathBuf>,
         /// --eval: write captions.json (COCO results), references.json (COCO annotations) and
         /// the scenes as images/<image_id>.png here (for `tuwen score captions`).
         #[arg(long)]
@@ -589,6 +596,8 @@ fn run(cli: Cli) -> Result<()> {
             eval,
             split,
             scenes,
+            image_dir,
+            captions,
             out,
             device,
             images,
@@ -608,8 +617,17 @@ fn run(cli: Cli) -> Result<()> {
                     run: &run,
                     which,
                     decoding,
-                    split: split.into(),
-                    images: scenes,
+                    held_out: match (&image_dir, &captions) {
+                        (Some(dir), Some(annotations)) => caption::HeldOut::Files {
+                            dir,
+                            annotations,
+                            images: scenes,
+                        },
+                        _ => caption::HeldOut::Scenes {
+                            split: split.into(),
+                            images: scenes,
+                        },
+                    },
                     out_dir: out.as_deref(),
                     device: &device,
                 })?;

@@ -115,6 +115,55 @@ fn a_pretrained_run_is_fine_tuned_to_caption_and_its_captions_are_scored() {
         assert!((a - b).abs() < 1e-9, "{key}: {a} vs {b}");
     }
 
+    // The same scenes as image files named by a COCO caption file: the same scores.
+    let references: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(eval.join("references.json")).unwrap())
+            .unwrap();
+    let images: Vec<serde_json::Value> = references["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| serde_json::json!({"id": i["id"], "file_name": format!("{}.png", i["id"])}))
+        .collect();
+    let coco = write(
+        "coco.json",
+        &serde_json::json!({"images": images, "annotations": references["annotations"]})
+            .to_string(),
+    );
+    let out = tuwen()
+        .args(["caption", "--run"])
+        .arg(&ft)
+        .args(["--eval", "--beam", "3", "--image-dir"])
+        .arg(eval.join("images"))
+        .arg("--captions")
+        .arg(&coco)
+        .output()
+        .unwrap();
+    ok(&out);
+    let from_files: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(from_files, scores);
+    // A caption file naming a missing image: the image is named.
+    let broken = write(
+        "broken.json",
+        r#"{"images": [{"id": 7, "file_name": "nowhere.png"}],
+            "annotations": [{"image_id": 7, "id": 1, "caption": "a red circle."}]}"#,
+    );
+    let out = tuwen()
+        .args(["caption", "--run"])
+        .arg(&ft)
+        .args(["--eval", "--image-dir"])
+        .arg(eval.join("images"))
+        .arg("--captions")
+        .arg(&broken)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nowhere.png"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Image files: the saved scenes get the captions --eval wrote for them (same pipeline and
     // decoding); a missing file is reported while the others are captioned.
     let written: Vec<serde_json::Value> =

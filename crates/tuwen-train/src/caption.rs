@@ -76,11 +76,15 @@ impl SceneCaptions {
         }
     }
 
-    /// The scene image of example `index` of `split`, with its id and reference captions.
-    pub fn image(&self, split: Split, index: u64) -> (u64, RgbImage, Vec<String>) {
-        let id = self.scene_index(split, index);
-        let scene = self.scenes.generate(self.seed, split, id);
-        (id, scene.image, scene.captions)
+    /// The scene of example `index` of `split`: its image, id and reference captions.
+    pub fn example(&self, split: Split, index: u64) -> CaptionExample {
+        let image_id = self.scene_index(split, index);
+        let scene = self.scenes.generate(self.seed, split, image_id);
+        CaptionExample {
+            image_id,
+            image: scene.image,
+            references: scene.captions,
+        }
     }
 
     /// The batch of examples `indices` of `split`: training rows take a random reference,
@@ -91,26 +95,57 @@ impl SceneCaptions {
         indices: &[u64],
         rng: &mut impl Rng,
     ) -> Result<CaptionBatch, String> {
-        let mut images = Vec::with_capacity(indices.len());
-        let (mut captions, mut references, mut image_ids) = (Vec::new(), Vec::new(), Vec::new());
-        for &index in indices {
-            let (id, image, refs) = self.image(split, index);
-            images.push(self.pipeline.regions(&image)?);
-            let pick = match split {
-                Split::Train => rng.random_range(0..refs.len()),
+        let examples: Vec<CaptionExample> =
+            indices.iter().map(|&i| self.example(split, i)).collect();
+        let picks: Vec<usize> = examples
+            .iter()
+            .map(|e| match split {
+                Split::Train => rng.random_range(0..e.references.len()),
                 _ => 0,
-            };
-            captions.push(refs[pick].clone());
-            references.push(refs);
-            image_ids.push(id);
-        }
-        let host = caption_batch(&self.tokenizer, &self.pipeline, images, captions)?;
-        Ok(CaptionBatch {
-            host,
-            references,
-            image_ids,
-        })
+            })
+            .collect();
+        batch_of(&self.tokenizer, &self.pipeline, examples, &picks)
     }
+}
+
+/// One image to caption with its id and reference captions.
+#[derive(Clone, Debug)]
+pub struct CaptionExample {
+    /// The image's id (a scene's index within its split; a COCO image id).
+    pub image_id: u64,
+    /// The image.
+    pub image: RgbImage,
+    /// Its reference captions (at least one).
+    pub references: Vec<String>,
+}
+
+/// `examples` through `pipeline`, each with its reference `picks[i]` as the teacher-forced
+/// caption.
+fn batch_of(
+    tokenizer: &BertTokenizer,
+    pipeline: &ImagePipeline,
+    examples: Vec<CaptionExample>,
+    picks: &[usize],
+) -> Result<CaptionBatch, String> {
+    let regions = examples
+        .iter()
+        .map(|e| pipeline.regions(&e.image))
+        .collect::<Result<Vec<_>, _>>()?;
+    let captions = examples
+        .iter()
+        .zip(picks)
+        .map(|(e, &pick)| e.references[pick].clone())
+        .collect();
+    let host = caption_batch(tokenizer, pipeline, regions, captions)?;
+    let (references, image_ids) = examples
+        .into_iter()
+        .map(|e| (e.references, e.image_id))
+        .unzip();
+    Ok(CaptionBatch {
+        host,
+        references,
+        image_ids,
+    })
 }
 
 /// Regions of `images` with `captions` (unmasked, one per image) as a host batch.
@@ -293,8 +328,8 @@ pub struct CaptionEval {
     pub references: BTreeMap<u64, Vec<String>>,
 }
 
-/// Captions `images` held-out examples of `split`, decoded as `generation` says, scored against every
-/// reference of their scenes.
+/// Captions `images` held-out examples of `split`, decoded as `generation` says, scored against
+/// every reference of their scenes.
 pub fn evaluate(
     model: &PretrainModel,
     data: &SceneCaptions,
@@ -303,43 +338,75 @@ pub fn evaluate(
     generation: &GenerationConfig,
     device: &Device,
 ) -> Result<CaptionEval, String> {
-    if images == 0 {
-        return Err("no held-out images to caption (ask for at least 1)".into());
-    }
-    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
-    let (mut results, mut references) = (Vec::new(), BTreeMap::new());
-    let (mut correct, mut counted) = (0.0f64, 0usize);
-    for chunk in (0..images as u64).collect::<Vec<_>>().chunks(32) {
-        let batch = data.batch(split, chunk, &mut rng)?;
-        model.check_batch(&batch.host).map_err(|e| e.to_string())?;
-        let on_device = batch.host.to_device(device);
-        let loss = model.caption_loss(&batch.host, &on_device)?;
-        correct += loss.accuracy as f64 * loss.loss.count as f64;
-        counted += loss.loss.count;
-        for (row, generated) in model
-            .caption(&on_device, generation)?
-            .into_iter()
-            .enumerate()
-        {
-            let image_id = batch.image_ids[row];
-            results.push(CaptionResult {
-                image_id,
-                caption: detokenize(&data.tokenizer, &generated.tokens)?,
-            });
-            references.insert(image_id, batch.references[row].clone());
+    let indices: Vec<u64> = (0..images as u64).collect();
+    let chunks = indices
+        .chunks(EVAL_CHUNK)
+        .map(|chunk| Ok(chunk.iter().map(|&i| data.example(split, i)).collect()));
+    let run = Captioning {
+        model,
+        tokenizer: &data.tokenizer,
+        pipeline: &data.pipeline,
+        device,
+    };
+    run.evaluate(chunks, generation)
+}
+
+/// Images captioned per batch in evaluation.
+const EVAL_CHUNK: usize = 32;
+
+/// A model with the tokenizer and image pipeline it was trained with.
+struct Captioning<'a> {
+    model: &'a PretrainModel,
+    tokenizer: &'a BertTokenizer,
+    pipeline: &'a ImagePipeline,
+    device: &'a Device,
+}
+
+impl Captioning<'_> {
+    /// Captions every chunk of examples and scores the captions against their references
+    /// (teacher-forced next-token accuracy on each first reference as well).
+    fn evaluate(
+        &self,
+        chunks: impl Iterator<Item = Result<Vec<CaptionExample>, String>>,
+        generation: &GenerationConfig,
+    ) -> Result<CaptionEval, String> {
+        let (mut results, mut references) = (Vec::new(), BTreeMap::new());
+        let (mut correct, mut counted) = (0.0f64, 0usize);
+        for examples in chunks {
+            let examples = examples?;
+            let picks = vec![0; examples.len()];
+            let batch = batch_of(self.tokenizer, self.pipeline, examples, &picks)?;
+            self.model
+                .check_batch(&batch.host)
+                .map_err(|e| e.to_string())?;
+            let on_device = batch.host.to_device(self.device);
+            let loss = self.model.caption_loss(&batch.host, &on_device)?;
+            correct += loss.accuracy as f64 * loss.loss.count as f64;
+            counted += loss.loss.count;
+            let generated = self.model.caption(&on_device, generation)?;
+            for (row, g) in generated.into_iter().enumerate() {
+                let image_id = batch.image_ids[row];
+                results.push(CaptionResult {
+                    image_id,
+                    caption: detokenize(self.tokenizer, &g.tokens)?,
+                });
+                references.insert(image_id, batch.references[row].clone());
+            }
         }
+        if results.is_empty() {
+            return Err("no held-out images to caption (ask for at least 1)".into());
+        }
+        let candidates: BTreeMap<u64, String> = results
+            .iter()
+            .map(|r| (r.image_id, r.caption.clone()))
+            .collect();
+        Ok(CaptionEval {
+            scores: tuwen_eval::captions::score(&references, &candidates),
+            lm_accuracy: (correct / counted.max(1) as f64) as f32,
+            results,
+            references,
+        })
     }
-    let candidates: BTreeMap<u64, String> = results
-        .iter()
-        .map(|r| (r.image_id, r.caption.clone()))
-        .collect();
-    let scores = tuwen_eval::captions::score(&references, &candidates);
-    Ok(CaptionEval {
-        scores,
-        lm_accuracy: (correct / counted.max(1) as f64) as f32,
-        results,
-        references,
-    })
 }
 
 /// Captioning fine-tuning as a [`Task`] of the shared loop.
@@ -579,6 +646,66 @@ impl Captioner {
             &self.device,
         )
     }
+}
+
+impl Captioner {
+    /// Captions the first `max_images` images of a COCO caption file (`images[].file_name`
+    /// under `dir`, `annotations[].{image_id, caption}`: integer ids, as COCO's) as
+    /// `generation` says and scores them against all their captions. Errors name the file and
+    /// the image.
+    pub fn evaluate_files(
+        &self,
+        dir: &std::path::Path,
+        annotations: &std::path::Path,
+        max_images: usize,
+        generation: &GenerationConfig,
+    ) -> Result<CaptionEval, String> {
+        let images = coco_examples(dir, annotations, max_images)?;
+        let chunks = images.chunks(EVAL_CHUNK / 2).map(|chunk| {
+            chunk
+                .iter()
+                .map(|(coco, image_id)| {
+                    Ok(CaptionExample {
+                        image_id: *image_id,
+                        image: tuwen_vision::load_rgb(&coco.path).map_err(|e| e.to_string())?,
+                        references: coco.captions.clone(),
+                    })
+                })
+                .collect()
+        });
+        let run = Captioning {
+            model: &self.run.model,
+            tokenizer: &self.run.tokenizer,
+            pipeline: &self.run.images,
+            device: &self.device,
+        };
+        run.evaluate(chunks, generation)
+    }
+}
+
+/// The images of COCO caption file `annotations` that have captions, their ids as integers.
+fn coco_examples(
+    dir: &std::path::Path,
+    annotations: &std::path::Path,
+    max_images: usize,
+) -> Result<Vec<(crate::images::CocoImage, u64)>, String> {
+    let mut images = Vec::new();
+    for image in crate::images::coco_images(dir, annotations, max_images)? {
+        let id: u64 = image.image_id.parse().map_err(|_| {
+            format!(
+                "{}: image id {:?} is not a non-negative integer (COCO ids are)",
+                annotations.display(),
+                image.image_id
+            )
+        })?;
+        if !image.captions.is_empty() {
+            images.push((image, id));
+        }
+    }
+    if images.is_empty() {
+        return Err(format!("{}: no captioned images", annotations.display()));
+    }
+    Ok(images)
 }
 
 impl CaptionEval {

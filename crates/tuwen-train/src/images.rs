@@ -228,6 +228,58 @@ impl ImagePipeline {
     }
 }
 
+/// One image of a COCO caption file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CocoImage {
+    /// The image file.
+    pub path: std::path::PathBuf,
+    /// Its id in the file.
+    pub image_id: String,
+    /// Its non-empty captions (possibly none).
+    pub captions: Vec<String>,
+}
+
+/// The first `max_images` images of COCO caption file `annotations` (`images[].file_name` under
+/// `dir`, `annotations[].{image_id, caption}`) in record order, with their captions. Errors name
+/// a missing image file and the caption file.
+pub fn coco_images(
+    dir: &std::path::Path,
+    annotations: &std::path::Path,
+    max_images: usize,
+) -> Result<Vec<CocoImage>, String> {
+    let records = tuwen_data::formats::coco_captions(annotations).map_err(|e| e.to_string())?;
+    let mut slot = std::collections::HashMap::new();
+    let mut images: Vec<CocoImage> = Vec::new();
+    for r in records {
+        let at = match slot.get(&r.image_id) {
+            Some(&at) => at,
+            None if images.len() < max_images => {
+                let path = dir.join(&r.image);
+                if !path.is_file() {
+                    return Err(format!(
+                        "{}: image {} of {} is missing",
+                        path.display(),
+                        r.image_id,
+                        annotations.display()
+                    ));
+                }
+                slot.insert(r.image_id.clone(), images.len());
+                images.push(CocoImage {
+                    path,
+                    image_id: r.image_id.clone(),
+                    captions: Vec::new(),
+                });
+                images.len() - 1
+            }
+            None => continue,
+        };
+        if !r.caption.trim().is_empty() {
+            images[at].captions.push(r.caption);
+        }
+    }
+    Ok(images)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

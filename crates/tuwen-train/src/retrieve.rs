@@ -690,45 +690,29 @@ fn ranked(
 }
 
 /// Image files and captions of a COCO caption file (`images[].file_name` under `dir`,
-/// `annotations[].{image_id, caption}`): the first `max_images` captioned images in file order,
-/// every caption of each, with the image index of each caption. Errors name a missing file.
+/// `annotations[].{image_id, caption}`): the first `max_images` images in file order
+/// ([`crate::images::coco_images`]), every caption of each, with the image index of each
+/// caption. Errors name a missing file.
 #[allow(clippy::type_complexity)]
 pub fn coco_pairs(
     dir: &Path,
     captions: &Path,
     max_images: usize,
 ) -> Result<(Vec<PathBuf>, Vec<String>, Vec<usize>), String> {
-    let records = tuwen_data::formats::coco_captions(captions).map_err(|e| e.to_string())?;
-    let mut slot: HashMap<String, usize> = HashMap::new();
-    let (mut images, mut texts, mut text_image) = (Vec::new(), Vec::new(), Vec::new());
-    for r in records {
-        let i = match slot.get(&r.image_id) {
-            Some(&i) => i,
-            None if images.len() < max_images => {
-                let path = dir.join(&r.image);
-                if !path.is_file() {
-                    return Err(format!(
-                        "{}: image {} of {} is missing",
-                        path.display(),
-                        r.image_id,
-                        captions.display()
-                    ));
-                }
-                images.push(path);
-                slot.insert(r.image_id.clone(), images.len() - 1);
-                images.len() - 1
-            }
-            None => continue,
-        };
-        if !r.caption.is_empty() {
-            texts.push(r.caption);
-            text_image.push(i);
-        }
-    }
-    if images.is_empty() {
+    let images = crate::images::coco_images(dir, captions, max_images)?;
+    if images.iter().all(|i| i.captions.is_empty()) {
         return Err(format!("{}: no captioned images", captions.display()));
     }
-    Ok((images, texts, text_image))
+    let (mut texts, mut text_image) = (Vec::new(), Vec::new());
+    for (i, image) in images.iter().enumerate() {
+        texts.extend(image.captions.iter().cloned());
+        text_image.extend(std::iter::repeat_n(i, image.captions.len()));
+    }
+    Ok((
+        images.into_iter().map(|i| i.path).collect(),
+        texts,
+        text_image,
+    ))
 }
 
 /// The held-out data of a loaded run, as its training evaluated it: the built-in scenes (their
