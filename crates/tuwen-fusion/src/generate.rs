@@ -2,13 +2,17 @@
 //! `generate` (version **4.49.0**: `GenerationMixin._sample` / `_beam_search` with
 //! `BeamSearchScorer`, `BeamHypotheses`, `MinLengthLogitsProcessor` and
 //! `NoRepeatNGramLogitsProcessor`; 4.50 replaced that beam search by a vectorised one whose done
-//! check and candidate selection differ in details).
+//! check and last step differ, see "Newer HF" below).
 //!
 //! A model takes part through [`StepModel`]: it feeds one token per running sequence and returns
 //! log-probabilities of the next token. Everything else — beam scores, finished hypotheses,
 //! n-gram bans, the minimum length, the done checks — is plain host Rust in this module, so it is
 //! tested exhaustively with table models ([`crate::decoder::DecoderStepper`] and
-//! [`crate::visual_bert::UnifiedCaptionStepper`] are the two real models).
+//! [`crate::visual_bert::UnifiedCaptionStepper`] are the two real models), and against HF's own
+//! `model.generate` on a toy model both sides compute bit for bit
+//! (`tests/fixtures/make_generate_reference.py`; tests `hf_4_49_generate_reference`, all 900
+//! results of a grid of greedy / 2, 3, 5 beams x length penalties x early stopping x min length x
+//! n-gram bans x max length equal, and `hf_generate_reference` for 5.24.0).
 //!
 //! # Semantics (as HF 4.49.0 for an encoder-decoder whose decoder starts from `bos`)
 //!
@@ -46,6 +50,30 @@
 //! HF anyway). `early_stopping = "never"` is not offered. The greedy score (HF returns none) is
 //! the score beam search gives the same sequence, so greedy equals beam search with one beam,
 //! tokens and score.
+//!
+//! # Newer HF (4.50 and later, checked against 5.24.0)
+//!
+//! Greedy decoding is unchanged. The vectorised `_beam_search` of 4.50+ differs from the above in
+//! two ways (on the reference grid they change 11 of 900 results, the test lists them):
+//!
+//! * **The `early_stopping = false` done check** (`_check_early_stop_heuristic`) divides the best
+//!   *running* beam score after the step — `eos` candidates excluded — by the same length, where
+//!   4.49 takes the best of all `2 * num_beams` candidates, `eos` ones included. When an `eos`
+//!   candidate tops the step, 5.x stops the item sooner. With `length_penalty <= 0` both checks
+//!   are exact (a continuation can never beat the bound), so results differ only for
+//!   `length_penalty > 0`, where 5.x can keep a worse hypothesis than 4.49.
+//! * **The last step** (`cur_len + 1 == max_length`): every one of the step's top `num_beams`
+//!   candidates, `eos` or not, becomes a hypothesis with the same generated length (the lower
+//!   `num_beams` of the `2 * num_beams` never do; they cannot win anyway). In 4.49 the `eos`
+//!   ones are added first, and an item that thereby reaches `num_beams` hypotheses with
+//!   `early_stopping = true` is done, so its open beams are never added. 5.x lets them compete:
+//!   it can return a sequence cut at `max_length` where 4.49 returns a finished one with a lower
+//!   score.
+//!
+//! With just these two changes (done check on `running[0].score`; at the last step the top
+//! `num_beams` candidates all become hypotheses and the item ends) this module reproduced all 900
+//! results of 5.24.0 too. Also, 5.x divides the f32 log-prob sum by the length penalty in f32
+//! (4.49: Python floats); the scores agree within 1e-5. tuwen keeps 4.49's semantics.
 //!
 //! ```no_run
 //! use burn::tensor::{Device, Tensor};
