@@ -287,9 +287,12 @@ fn eval_files(args: &EvalArgs<'_>, dir: &Path, captions: &Path) -> Result<Value>
     if !dir.is_dir() {
         bail!("{}: no such directory", dir.display());
     }
-    let (images, texts, text_image) =
-        retrieve::coco_pairs(dir, captions, args.images.unwrap_or(usize::MAX))
-            .map_err(anyhow::Error::msg)?;
+    let retrieve::CocoPairs {
+        images,
+        texts,
+        text_image,
+    } = retrieve::coco_pairs(dir, captions, args.images.unwrap_or(usize::MAX))
+        .map_err(anyhow::Error::msg)?;
     let mut retriever =
         Retriever::load(args.run, args.which, args.device).map_err(anyhow::Error::msg)?;
     if let Some(index) = args.index {

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use burn::optim::GradientsParams;
-use burn::tensor::Device;
+use burn::tensor::{Device, Int, Tensor};
 use image::RgbImage;
 use rand::Rng;
 use serde::Serialize;
@@ -167,6 +167,15 @@ fn caption_batch(
     assemble(&text, images, captions, itm, false, &mut rng).map_err(|e| e.to_string())
 }
 
+/// The states a caption decoder attends to.
+#[derive(Clone, Debug)]
+pub struct ImageStates {
+    /// `[B, S, W]` encoder states of the image-only pass.
+    pub states: Tensor<3>,
+    /// `[B, S]` padding mask (1 = real).
+    pub mask: Tensor<2, Int>,
+}
+
 /// Next-token loss of a captioning batch.
 #[derive(Debug)]
 pub struct CaptionLoss {
@@ -186,8 +195,8 @@ impl PretrainModel {
     ) -> Result<CaptionLoss, String> {
         let (ids, attention) = (&host.caption_ids, &host.attention);
         if let Some(decoder) = &self.decoder {
-            let (states, mask) = self.image_states(batch).map_err(|e| e.to_string())?;
-            let logits = decoder.forward(batch.caption_ids.clone(), states, Some(mask));
+            let image = self.image_states(batch).map_err(|e| e.to_string())?;
+            let logits = decoder.forward(batch.caption_ids.clone(), image.states, Some(image.mask));
             let (loss, accuracy) = seq2seq_loss(logits, ids, attention, None);
             return Ok(CaptionLoss { loss, accuracy });
         }
@@ -221,33 +230,27 @@ impl PretrainModel {
     }
 
     /// The encoder's image-only pass (null text) the caption decoder attends to, with its
-    /// padding mask (1 = real): VisualBERT's whole sequence, ViLBERT's image stream.
-    pub fn image_states(
-        &self,
-        batch: &PretrainBatch,
-    ) -> Result<
-        (
-            burn::tensor::Tensor<3>,
-            burn::tensor::Tensor<2, burn::tensor::Int>,
-        ),
-        InputError,
-    > {
-        let device = batch.input_ids.device();
-        let [b, _] = batch.region_mask.dims();
+    /// padding mask: VisualBERT's whole sequence (its null text, then the regions), ViLBERT's
+    /// image stream.
+    pub fn image_states(&self, batch: &PretrainBatch) -> Result<ImageStates, InputError> {
         Ok(match &self.encoder {
             Encoder::VisualBert(m) => {
-                let out = m
-                    .visual_bert
-                    .try_forward(batch.visual_bert_input(View::Image))?;
-                let text = burn::tensor::Tensor::<2, burn::tensor::Int>::ones([b, 2], &device);
-                (
-                    out.last_hidden_state,
-                    burn::tensor::Tensor::cat(vec![text, batch.region_mask.clone()], 1),
-                )
+                let input = batch.visual_bert_input(View::Image);
+                let mask = Tensor::cat(
+                    vec![
+                        input.attention_mask.clone(),
+                        input.visual_attention_mask.clone(),
+                    ],
+                    1,
+                );
+                let states = m.visual_bert.try_forward(input)?.last_hidden_state;
+                ImageStates { states, mask }
             }
             Encoder::ViLBert(m) => {
-                let out = m.bert.try_forward(batch.vilbert_input(View::Image))?;
-                (out.sequence_output_v, batch.region_mask.clone())
+                let input = batch.vilbert_input(View::Image);
+                let mask = input.image_attention_mask.clone();
+                let states = m.bert.try_forward(input)?.sequence_output_v;
+                ImageStates { states, mask }
             }
         })
     }
@@ -272,8 +275,8 @@ impl PretrainModel {
             ));
         }
         if let Some(decoder) = &self.decoder {
-            let (states, mask) = self.image_states(batch).map_err(|e| e.to_string())?;
-            return Ok(decoder.generate(states, Some(mask), generation));
+            let image = self.image_states(batch).map_err(|e| e.to_string())?;
+            return Ok(decoder.generate(image.states, Some(image.mask), generation));
         }
         let Encoder::VisualBert(m) = &self.encoder else {
             return Err("a ViLBERT model captions only through a caption decoder".into());

@@ -689,16 +689,21 @@ fn ranked(
         .collect()
 }
 
+/// Image files and their captions as a retrieval set.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CocoPairs {
+    /// The image files.
+    pub images: Vec<PathBuf>,
+    /// Every caption of every image.
+    pub texts: Vec<String>,
+    /// The index in `images` of each text's image.
+    pub text_image: Vec<usize>,
+}
+
 /// Image files and captions of a COCO caption file (`images[].file_name` under `dir`,
 /// `annotations[].{image_id, caption}`): the first `max_images` images in file order
-/// ([`crate::images::coco_images`]), every caption of each, with the image index of each
-/// caption. Errors name a missing file.
-#[allow(clippy::type_complexity)]
-pub fn coco_pairs(
-    dir: &Path,
-    captions: &Path,
-    max_images: usize,
-) -> Result<(Vec<PathBuf>, Vec<String>, Vec<usize>), String> {
+/// ([`crate::images::coco_images`]), every caption of each. Errors name a missing file.
+pub fn coco_pairs(dir: &Path, captions: &Path, max_images: usize) -> Result<CocoPairs, String> {
     let images = crate::images::coco_images(dir, captions, max_images)?;
     if images.iter().all(|i| i.captions.is_empty()) {
         return Err(format!("{}: no captioned images", captions.display()));
@@ -708,11 +713,11 @@ pub fn coco_pairs(
         texts.extend(image.captions.iter().cloned());
         text_image.extend(std::iter::repeat_n(i, image.captions.len()));
     }
-    Ok((
-        images.into_iter().map(|i| i.path).collect(),
+    Ok(CocoPairs {
+        images: images.into_iter().map(|i| i.path).collect(),
         texts,
         text_image,
-    ))
+    })
 }
 
 /// The held-out data of a loaded run, as its training evaluated it: the built-in scenes (their

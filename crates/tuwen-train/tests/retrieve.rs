@@ -231,7 +231,11 @@ fn retrieval_evaluation_on_held_out_scenes_and_on_files_and_bad_inputs_give_clea
     });
     let coco_path = tmp.path().join("captions.json");
     std::fs::write(&coco_path, coco.to_string()).unwrap();
-    let (files, texts, text_image) = retrieve::coco_pairs(&dir, &coco_path, 3).unwrap();
+    let retrieve::CocoPairs {
+        images: files,
+        texts,
+        text_image,
+    } = retrieve::coco_pairs(&dir, &coco_path, 3).unwrap();
     assert_eq!(files.len(), 3);
     assert_eq!(texts.len(), 6);
     assert_eq!(text_image, [0, 0, 1, 1, 2, 2]);
