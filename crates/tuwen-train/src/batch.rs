@@ -216,6 +216,39 @@ pub struct HostBatch {
     /// In a VQA batch: the soft targets of each row (empty: no answer in the answer vocabulary,
     /// the row is not scored).
     pub answers: Vec<AnswerTargets>,
+    /// Grounding: caption phrases linked to one object of their image (matched pairs only).
+    pub phrases: Vec<PhraseLink>,
+    /// `[rows, rows]`: whether the caption of row `j` may be a negative for the image of row
+    /// `i` (it is another row's and does not describe image `i`): the candidates of ITC-hard
+    /// negatives. Empty in unmasked batches (retrieval, questions, captioning).
+    pub negative_ok: Vec<bool>,
+}
+
+/// A caption phrase that denotes one region of its row's image (grounding).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PhraseLink {
+    /// Row of the batch.
+    pub row: usize,
+    /// Its tokens: positions `start..end` of the row's caption.
+    pub start: usize,
+    /// End of the token range (exclusive).
+    pub end: usize,
+    /// Index of the object's region among the row's regions.
+    pub region: usize,
+    /// The object's box, normalised xyxy.
+    pub bbox: [f32; 4],
+}
+
+/// `[rows, rows]` ITC-hard negative candidates: caption `j` is a candidate for image `i` when
+/// `j != i` and image `i`'s own captions (`pools[i]`) do not include it.
+pub(crate) fn negative_candidates(pools: &[&[String]], captions: &[String]) -> Vec<bool> {
+    let b = captions.len();
+    (0..b * b)
+        .map(|k| {
+            let (i, j) = (k / b, k % b);
+            i != j && !pools[i].contains(&captions[j])
+        })
+        .collect()
 }
 
 /// Soft VQA targets of one question: `(answer index, score in (0, 1])`, the official VQA
@@ -260,7 +293,84 @@ impl HostBatch {
                 .answers
                 .get(range.clone())
                 .map_or_else(Vec::new, <[AnswerTargets]>::to_vec),
+            phrases: self
+                .phrases
+                .iter()
+                .filter(|p| range.contains(&p.row))
+                .map(|p| PhraseLink {
+                    row: p.row - range.start,
+                    ..*p
+                })
+                .collect(),
+            negative_ok: if self.negative_ok.len() == self.rows * self.rows {
+                range
+                    .clone()
+                    .flat_map(|i| {
+                        let from = i * self.rows;
+                        self.negative_ok[from + range.start..from + range.end].to_vec()
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
         }
+    }
+
+    /// The matched rows as a captioning batch for the unified LM objective: the unmasked caption
+    /// as input (`input_ids` = `caption_ids`), the unmasked regions, nothing masked.
+    pub fn lm_view(&self) -> HostBatch {
+        let (t, r, d) = (self.text_len, self.regions, self.feature_dim);
+        let rows: Vec<usize> = (0..self.rows)
+            .filter(|&i| self.itm[i] == MatchLabel::Match)
+            .collect();
+        let take = |v: &[i64], w: usize| -> Vec<i64> {
+            rows.iter()
+                .flat_map(|&i| v[i * w..(i + 1) * w].to_vec())
+                .collect()
+        };
+        let takef = |v: &[f32], w: usize| -> Vec<f32> {
+            rows.iter()
+                .flat_map(|&i| v[i * w..(i + 1) * w].to_vec())
+                .collect()
+        };
+        let features = self.unmasked_features.as_ref().unwrap_or(&self.features);
+        let caption_ids = take(&self.caption_ids, t);
+        HostBatch {
+            rows: rows.len(),
+            text_len: t,
+            regions: r,
+            feature_dim: d,
+            input_ids: caption_ids.clone(),
+            caption_ids,
+            attention: take(&self.attention, t),
+            cls_sep: self.cls_sep,
+            features: takef(features, r * d),
+            unmasked_features: None,
+            locations: takef(&self.locations, r * 5),
+            region_mask: take(&self.region_mask, r),
+            mlm_positions: Vec::new(),
+            mlm_labels: vec![IGNORE; rows.len() * t],
+            itm: vec![MatchLabel::Match; rows.len()],
+            region_positions: Vec::new(),
+            region_labels: take(&self.region_labels, r),
+            vqa: None,
+            answers: Vec::new(),
+            phrases: Vec::new(),
+            negative_ok: Vec::new(),
+        }
+    }
+
+    /// Next-token targets of the unified LM objective in this batch (matched rows: each real
+    /// caption token but the last predicts the next one).
+    pub fn lm_targets(&self) -> usize {
+        let t = self.text_len;
+        (0..self.rows)
+            .filter(|&i| self.itm[i] == MatchLabel::Match)
+            .map(|i| {
+                let row = &self.attention[i * t..(i + 1) * t];
+                row.windows(2).filter(|w| w[0] == 1 && w[1] == 1).count()
+            })
+            .sum()
     }
 
     /// `parts` contiguous row ranges of near-equal size (the first ones one row larger).
@@ -306,6 +416,8 @@ impl HostBatch {
             region_labels: self.region_labels.clone(),
             vqa: self.vqa.as_ref().map(|v| Box::new(v.to_device(device))),
             answers: self.answers.clone(),
+            phrases: self.phrases.clone(),
+            negative_ok: self.negative_ok.clone(),
         }
     }
 }
@@ -343,6 +455,10 @@ pub struct PretrainBatch {
     pub vqa: Option<Box<PretrainBatch>>,
     /// In a VQA batch: the soft targets of each row (empty: not scored).
     pub answers: Vec<AnswerTargets>,
+    /// Grounding phrases (matched pairs).
+    pub phrases: Vec<PhraseLink>,
+    /// `[B, B]` ITC-hard negative candidates (see [`HostBatch::negative_ok`]).
+    pub negative_ok: Vec<bool>,
 }
 
 /// Which modalities an encoder pass sees. Unimodal passes replace the other modality by a
@@ -451,13 +567,68 @@ impl SceneBatcher {
         let scenes: Vec<(u64, Scene)> = indices.iter().map(|&i| self.scene(split, i)).collect();
         let pools: Vec<&[String]> = scenes.iter().map(|(_, s)| s.captions.as_slice()).collect();
         let (captions, itm) = pair_captions(&pools, self.mismatch_prob, rng);
+        let negative_ok = negative_candidates(&pools, &captions);
+        let phrases = self.phrase_links(&scenes, &captions, &itm)?;
         let mut host = self.assemble(split, scenes.clone(), captions, itm, true, rng)?;
+        host.negative_ok = negative_ok;
+        host.phrases = phrases
+            .into_iter()
+            .filter(|p| p.end <= host.text_len)
+            .collect();
         if self.answers.is_some() {
             // One question per scene; drawn after everything else, so runs without VQA see the
             // same batches as before.
             host.vqa = Some(Box::new(self.questions(split, scenes, rng)?.0));
         }
         Ok(host)
+    }
+
+    /// The phrases of each matched row's caption that denote one object, with their token
+    /// ranges (by tokenising the caption up to the phrase's start and end: phrases end at word
+    /// boundaries) and the object's region and normalised box. Draws nothing.
+    fn phrase_links(
+        &self,
+        scenes: &[(u64, Scene)],
+        captions: &[String],
+        itm: &[MatchLabel],
+    ) -> Result<Vec<PhraseLink>, BatchError> {
+        let mut links = Vec::new();
+        for (row, ((_, scene), caption)) in scenes.iter().zip(captions).enumerate() {
+            if itm[row] != MatchLabel::Match {
+                continue;
+            }
+            let Some(c) = scene.captions.iter().position(|x| x == caption) else {
+                continue;
+            };
+            let (w, h) = scene.image.dimensions();
+            let full = self.tokenizer.encode_batch(&[caption.as_str()])?[0].len();
+            for p in scene.phrases.iter().filter(|p| p.caption == c) {
+                let [object] = p.objects[..] else { continue };
+                let prefix = |end: usize| -> Result<usize, BatchError> {
+                    Ok(self.tokenizer.encode_batch(&[&caption[..end]])?[0].len())
+                };
+                // `[CLS] prefix [SEP]`: the phrase starts after `[CLS]` and the prefix.
+                let start = prefix(p.span.start)? - 1;
+                let end = (prefix(p.span.end)? - 1).min(full - 1);
+                if start >= end {
+                    continue;
+                }
+                let b = scene.objects[object].bbox;
+                links.push(PhraseLink {
+                    row,
+                    start,
+                    end,
+                    region: 1 + object,
+                    bbox: [
+                        b.x1 / w as f32,
+                        b.y1 / h as f32,
+                        b.x2 / w as f32,
+                        b.y2 / h as f32,
+                    ],
+                });
+            }
+        }
+        Ok(links)
     }
 
     /// One question per scene of examples `indices` of `split` (unmasked), with one-hot soft
@@ -786,5 +957,18 @@ pub(crate) fn assemble(
         region_labels,
         vqa: None,
         answers: Vec::new(),
+        phrases: Vec::new(),
+        // Training batches only (`rows^2` flags; retrieval builds large unmasked pair batches).
+        negative_ok: if mask {
+            negative_candidates(
+                &captions
+                    .iter()
+                    .map(std::slice::from_ref)
+                    .collect::<Vec<_>>(),
+                &captions,
+            )
+        } else {
+            Vec::new()
+        },
     })
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::schedule::Decay;
 
-/// A whole run: `[run]`, `[optim]`, `[model]`, `[data]`, `[eval]`.
+/// A whole run: `[run]`, `[optim]`, `[model]`, `[data]`, `[eval]`, `[objectives]`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
@@ -22,6 +22,8 @@ pub struct TrainConfig {
     pub data: DataConfig,
     /// Held-out evaluation and checkpoint selection.
     pub eval: EvalConfig,
+    /// Which pretraining objectives train, with their weights.
+    pub objectives: ObjectivesConfig,
     /// A downstream task trained from a pretrained run (`tuwen finetune`); absent when
     /// pretraining.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -381,6 +383,140 @@ impl Default for DataConfig {
     }
 }
 
+/// One objective of `[objectives]`: on or off, and its weight in the weighted sum of losses.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Objective {
+    /// Whether the objective trains.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Its weight in the total loss.
+    #[serde(default = "one")]
+    pub weight: f64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl Objective {
+    const fn on(weight: f64) -> Self {
+        Self {
+            enabled: true,
+            weight,
+        }
+    }
+
+    const fn off(weight: f64) -> Self {
+        Self {
+            enabled: false,
+            weight,
+        }
+    }
+}
+
+/// Where ITM's mismatched captions come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Negatives {
+    /// Another scene's caption drawn uniformly (`data.mismatch_prob` of the pairs).
+    Random,
+    /// The same pairs, each mismatched caption replaced by one of the batch's captions sampled
+    /// with probability softmax(ITC similarity) over the captions that do not describe the
+    /// image (ALBEF); needs `model.itc_dim > 0`.
+    Hard,
+}
+
+/// `[objectives] itm`: an [`Objective`] with the kind of negatives.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ItmObjective {
+    /// Whether ITM trains.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Its weight.
+    #[serde(default = "one")]
+    pub weight: f64,
+    /// Random or ITC-hard negatives.
+    #[serde(default = "random")]
+    pub negatives: Negatives,
+}
+
+fn random() -> Negatives {
+    Negatives::Random
+}
+
+/// `[objectives]`: every pretraining objective, on or off, with its weight (the total loss is
+/// the weighted sum). Leaving the section out trains what runs always trained: MLM + ITM, plus
+/// region classification when `data.region_mask_prob > 0`, ITC when `model.itc_dim > 0` and VQA
+/// when `data.vqa_weight > 0`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ObjectivesConfig {
+    /// Masked language modelling (matched pairs).
+    pub mlm: Objective,
+    /// Image-text matching.
+    pub itm: ItmObjective,
+    /// Phrase -> region alignment (cross-entropy) and box regression (smooth-L1 + GIoU) from
+    /// the caption phrases linked to one object (the scenes' phrase links; matched pairs).
+    pub grounding: Objective,
+    /// UNITER's word-region alignment: the optimal-transport distance between the joint pass's
+    /// token and region states, lowered for matched pairs and raised for mismatched ones
+    /// (needs equal text and region widths).
+    pub wra: Objective,
+    /// Masked region feature regression (MSE to the unmasked feature at masked regions, the
+    /// head tied to the region input projection; needs `data.region_mask_prob > 0`).
+    pub mrfr: Objective,
+    /// Masked region classification (ViLBERT's region head, scene classes or the store's
+    /// class distributions; active when `data.region_mask_prob > 0`). `data.region_loss_weight`
+    /// multiplies its weight.
+    pub mrc: Objective,
+    /// Image-text contrastive learning (active when `model.itc_dim > 0`).
+    pub itc: Objective,
+    /// Next-token prediction of the matched captions by the same single-stream encoder under
+    /// the unified seq2seq mask (VLP; VisualBERT only).
+    pub lm: Objective,
+}
+
+impl Default for ObjectivesConfig {
+    fn default() -> Self {
+        Self {
+            mlm: Objective::on(1.0),
+            itm: ItmObjective {
+                enabled: true,
+                weight: 1.0,
+                negatives: Negatives::Random,
+            },
+            grounding: Objective::off(1.0),
+            wra: Objective::off(0.1),
+            mrfr: Objective::off(1.0),
+            mrc: Objective::on(1.0),
+            itc: Objective::on(1.0),
+            lm: Objective::off(1.0),
+        }
+    }
+}
+
+impl ObjectivesConfig {
+    /// Each objective's name, whether it is switched on and its weight.
+    pub fn all(&self) -> [(&'static str, bool, f64); 8] {
+        [
+            ("mlm", self.mlm.enabled, self.mlm.weight),
+            ("itm", self.itm.enabled, self.itm.weight),
+            ("grounding", self.grounding.enabled, self.grounding.weight),
+            ("wra", self.wra.enabled, self.wra.weight),
+            ("mrfr", self.mrfr.enabled, self.mrfr.weight),
+            ("mrc", self.mrc.enabled, self.mrc.weight),
+            ("itc", self.itc.enabled, self.itc.weight),
+            ("lm", self.lm.enabled, self.lm.weight),
+        ]
+    }
+}
+
 /// Checkpoint selection metric.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -486,6 +622,61 @@ impl TrainConfig {
         toml::to_string_pretty(self).expect("a TrainConfig is always serialisable")
     }
 
+    /// Checks `[objectives]` against the rest of the configuration.
+    fn validate_objectives(&self) -> Result<(), String> {
+        let o = &self.objectives;
+        for (name, _, weight) in o.all() {
+            if !(weight.is_finite() && weight >= 0.0) {
+                return Err(format!(
+                    "objectives.{name}.weight = {weight} must be finite and >= 0"
+                ));
+            }
+        }
+        if o.all().iter().all(|&(_, on, _)| !on) {
+            return Err("[objectives] switches every objective off: nothing would train".into());
+        }
+        let m = &self.model;
+        if o.itm.enabled && o.itm.negatives == Negatives::Hard && m.itc_dim == 0 {
+            return Err(
+                "objectives.itm.negatives = \"hard\" mines negatives from ITC similarities: \
+                 set model.itc_dim > 0"
+                    .into(),
+            );
+        }
+        if o.mrfr.enabled && self.data.region_mask_prob <= 0.0 {
+            return Err(
+                "objectives.mrfr regresses masked regions: set data.region_mask_prob > 0 \
+                 (e.g. 0.15)"
+                    .into(),
+            );
+        }
+        if o.lm.enabled && m.architecture != Architecture::VisualBert {
+            return Err(
+                "objectives.lm runs the single-stream encoder under the seq2seq mask: \
+                 architecture = \"visual_bert\" only"
+                    .into(),
+            );
+        }
+        if o.wra.enabled
+            && m.architecture == Architecture::Vilbert
+            && m.v_hidden_size != m.hidden_size
+        {
+            return Err(format!(
+                "objectives.wra compares token and region states by cosine: with vilbert, \
+                 model.v_hidden_size ({}) must equal model.hidden_size ({})",
+                m.v_hidden_size, m.hidden_size
+            ));
+        }
+        if o.grounding.enabled && self.data.source == Source::Store {
+            return Err(
+                "objectives.grounding needs phrase -> box links, which caption files do not \
+                 have (only the scenes do): switch it off for data.source = \"store\""
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
     /// Checks values the loop cannot run with.
     pub fn validate(&self) -> Result<(), String> {
         let r = &self.run;
@@ -538,11 +729,14 @@ impl TrainConfig {
                     m.co_layers, m.layers, m.v_layers
                 ));
             }
-        } else if self.data.region_mask_prob > 0.0 {
+        } else if self.data.region_mask_prob > 0.0 && !self.objectives.mrfr.enabled {
             return Err(
-                "data.region_mask_prob > 0 needs a region head: architecture = \"vilbert\"".into(),
+                "data.region_mask_prob > 0 needs a region objective: architecture = \"vilbert\" \
+                 (region classification) or objectives.mrfr"
+                    .into(),
             );
         }
+        self.validate_objectives()?;
         for (name, p) in [
             ("data.mask_prob", self.data.mask_prob),
             ("data.mismatch_prob", self.data.mismatch_prob),

@@ -40,7 +40,9 @@ use tuwen_objectives::mrm::RegionMaskingConfig;
 use tuwen_regions::{BoxXyxy, LocationEncoding, StoreReader};
 use tuwen_tokenizer::BertTokenizer;
 
-use crate::batch::{HostBatch, ImageRegions, TextSide, assemble, pair_captions};
+use crate::batch::{
+    HostBatch, ImageRegions, TextSide, assemble, negative_candidates, pair_captions,
+};
 use crate::config::CaptionFormat;
 
 /// An image with its captions.
@@ -407,11 +409,15 @@ impl StoreBatcher {
         let rows = self.image_rows(split, indices)?;
         let pools: Vec<&[String]> = rows.iter().map(|(_, c)| c.as_slice()).collect();
         let (captions, itm) = pair_captions(&pools, self.mismatch_prob, rng);
+        let negative_ok = negative_candidates(&pools, &captions);
         let regions = rows
             .iter()
             .map(|(id, _)| self.regions(id))
             .collect::<Result<Vec<_>, _>>()?;
-        assemble(&self.text(), regions, captions, itm, true, rng).map_err(|e| e.to_string())
+        let mut host =
+            assemble(&self.text(), regions, captions, itm, true, rng).map_err(|e| e.to_string())?;
+        host.negative_ok = negative_ok;
+        Ok(host)
     }
 
     /// Images `indices` of `split` with `captions`, row by row, as matches, unmasked.

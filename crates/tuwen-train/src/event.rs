@@ -26,8 +26,48 @@ pub struct EvalMetrics {
     pub bleu4: f32,
     /// Captioning: CIDEr-D of the held-out captions (pycocoevalcap's "CIDEr"; 0 otherwise).
     pub cider: f32,
-    /// Captioning: next-token accuracy of teacher-forced held-out captions (0 otherwise).
+    /// Captioning: next-token accuracy of teacher-forced held-out captions (0 otherwise); in
+    /// pretraining, that of the unified LM objective.
     pub lm_accuracy: f32,
+    /// Held-out MLM loss (mean over masked tokens).
+    #[serde(deserialize_with = "finite_or_null")]
+    pub mlm_loss: f32,
+    /// Held-out ITM loss.
+    #[serde(deserialize_with = "finite_or_null")]
+    pub itm_loss: f32,
+    /// ITM accuracy against ITC-hard negatives (`objectives.itm.negatives = "hard"`).
+    #[serde(deserialize_with = "finite_or_null")]
+    pub itm_hard_accuracy: f32,
+    /// Held-out masked region classification loss.
+    #[serde(deserialize_with = "finite_or_null")]
+    pub region_loss: f32,
+    /// Held-out ITC loss.
+    #[serde(deserialize_with = "finite_or_null")]
+    pub itc_loss: f32,
+    /// Held-out grounding loss (alignment + smooth-L1 + 1 - GIoU).
+    #[serde(deserialize_with = "finite_or_null")]
+    pub grounding_loss: f32,
+    /// Fraction of held-out phrases whose predicted box has IoU >= 0.5 with the gold box.
+    #[serde(deserialize_with = "finite_or_null")]
+    pub grounding_accuracy: f32,
+    /// Fraction of held-out phrases whose top-1 aligned region is the gold one.
+    #[serde(deserialize_with = "finite_or_null")]
+    pub grounding_region_accuracy: f32,
+    /// Held-out WRA loss.
+    #[serde(deserialize_with = "finite_or_null")]
+    pub wra_loss: f32,
+    /// Held-out MRFR loss.
+    #[serde(deserialize_with = "finite_or_null")]
+    pub mrfr_loss: f32,
+    /// Held-out unified LM loss.
+    #[serde(deserialize_with = "finite_or_null")]
+    pub lm_loss: f32,
+}
+
+/// A held-out loss as saved in `state.json`: JSON has no NaN or infinity (serde_json writes
+/// `null` for them, e.g. the losses of a diverging model), so `null` reads back as NaN.
+fn finite_or_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+    Ok(Option::<f32>::deserialize(d)?.unwrap_or(f32::NAN))
 }
 
 impl EvalMetrics {

@@ -7,6 +7,7 @@
 use burn::module::{Module, Param};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use rand::SeedableRng;
 use tuwen_fusion::decoder::{CaptionDecoder, DecoderConfig};
 use tuwen_fusion::init::{BertInit, bert_init};
 use tuwen_fusion::lxmert::AnswerHead;
@@ -17,14 +18,16 @@ use tuwen_fusion::{
     VisualBertForPreTraining,
 };
 use tuwen_objectives::LossOutput;
+use tuwen_objectives::grounding::GroundingHead;
 use tuwen_objectives::itc::{ItcConfig, ItcHead};
-use tuwen_objectives::itm::{MatchLabel, Polarity, itm_loss};
+use tuwen_objectives::itm::{MatchLabel, Polarity, hard_negatives, itm_loss};
 use tuwen_objectives::mlm::{MlmOutput, mlm_loss};
-use tuwen_objectives::mrm::mrc_label_loss;
+use tuwen_objectives::mrm::{MrfrHead, mrc_label_loss, mrfr_loss};
+use tuwen_objectives::ot::{IpotConfig, ot_distance};
 use tuwen_objectives::vqa::{vqa_accuracy, vqa_loss};
 
 use crate::batch::{HostBatch, PretrainBatch, View};
-use crate::config::{Architecture, ModelConfig};
+use crate::config::{Architecture, ModelConfig, Negatives, ObjectivesConfig};
 
 /// An encoder of either family with its pretraining heads. (Held once per run, so the size
 /// difference between the variants does not matter; boxing would complicate the derived record.)
@@ -51,6 +54,72 @@ pub struct PretrainModel {
     /// of the encoder); `None` for every other run, including the unified captioner, which
     /// captions with the encoder itself.
     pub decoder: Option<CaptionDecoder>,
+    /// Masked region feature regression head (`objectives.mrfr`).
+    pub mrfr: Option<MrfrHead>,
+    /// Phrase -> region / box head (`objectives.grounding`).
+    pub grounding: Option<GroundingHead>,
+}
+
+/// Which objectives a forward pass computes (the heads they need must exist). The default is
+/// what [`PretrainModel::objectives`] always computed: MLM, ITM with the batch's negatives,
+/// region classification (ViLBERT, masked regions) and ITC (with an ITC head).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ObjectiveSet {
+    /// Masked language modelling.
+    pub mlm: bool,
+    /// Image-text matching.
+    pub itm: bool,
+    /// ITM's mismatched captions replaced by ITC-hard ones mined in the batch (needs ITC).
+    pub hard_negatives: bool,
+    /// Phrase grounding (needs the grounding head).
+    pub grounding: bool,
+    /// OT word-region alignment.
+    pub wra: bool,
+    /// Masked region feature regression (needs the MRFR head).
+    pub mrfr: bool,
+    /// Masked region classification.
+    pub mrc: bool,
+    /// Image-text contrastive (needs the ITC head).
+    pub itc: bool,
+    /// Unified seq2seq LM (VisualBERT; needs the host batch).
+    pub lm: bool,
+    /// Seed of the hard-negative sampling.
+    pub seed: u64,
+}
+
+impl Default for ObjectiveSet {
+    fn default() -> Self {
+        Self {
+            mlm: true,
+            itm: true,
+            hard_negatives: false,
+            grounding: false,
+            wra: false,
+            mrfr: false,
+            mrc: true,
+            itc: true,
+            lm: false,
+            seed: 0,
+        }
+    }
+}
+
+impl ObjectiveSet {
+    /// The objectives `[objectives]` switches on.
+    pub fn from_config(o: &ObjectivesConfig) -> Self {
+        Self {
+            mlm: o.mlm.enabled,
+            itm: o.itm.enabled,
+            hard_negatives: o.itm.enabled && o.itm.negatives == Negatives::Hard,
+            grounding: o.grounding.enabled,
+            wra: o.wra.enabled,
+            mrfr: o.mrfr.enabled,
+            mrc: o.mrc.enabled,
+            itc: o.itc.enabled,
+            lm: o.lm.enabled,
+            seed: 0,
+        }
+    }
 }
 
 /// What one forward pass gives the loop: each objective's loss (mean over its items, with the
@@ -73,6 +142,22 @@ pub struct Objectives {
     pub vqa: LossOutput,
     /// VQA accuracy (argmax answer) over those questions.
     pub vqa_accuracy: f32,
+    /// Grounding: alignment cross-entropy + smooth-L1 + (1 - GIoU), mean over the phrases
+    /// (empty unless switched on).
+    pub grounding: LossOutput,
+    /// Fraction of phrases whose predicted box has IoU >= 0.5 with the gold box.
+    pub grounding_accuracy: f32,
+    /// Fraction of phrases whose top-1 aligned region is the gold region.
+    pub grounding_region_accuracy: f32,
+    /// OT word-region alignment: (sum of matched pairs' OT distances - sum of mismatched
+    /// pairs') / pairs (UNITER; empty unless switched on).
+    pub wra: LossOutput,
+    /// Masked region feature regression (MSE at masked regions; empty unless switched on).
+    pub mrfr: LossOutput,
+    /// Unified seq2seq LM over the matched captions (empty unless switched on).
+    pub lm: LossOutput,
+    /// Its next-token accuracy.
+    pub lm_accuracy: f32,
 }
 
 /// What the data fixes about a model: vocabulary, region vector width, text length, VQA answers
@@ -247,8 +332,48 @@ impl PretrainModel {
             itc,
             vqa,
             decoder: None,
+            mrfr: None,
+            grounding: None,
         }
         .materialize()
+    }
+
+    /// This model with the heads the switched-on objectives of `objectives` need (MRFR,
+    /// grounding), freshly initialised (HF BERT initialisation; draws from `device`'s
+    /// generator). Nothing is drawn when no such objective is on.
+    pub fn with_objective_heads(mut self, objectives: &ObjectivesConfig, device: &Device) -> Self {
+        let (text, image) = self.hidden_widths();
+        if objectives.mrfr.enabled && self.mrfr.is_none() {
+            let head = MrfrHead::new(image, self.feature_width(), device);
+            self.mrfr = Some(bert_init(head, BertInit::default()));
+        }
+        if objectives.grounding.enabled && self.grounding.is_none() {
+            let head = GroundingHead::new(text, image, text, device);
+            self.grounding = Some(bert_init(head, BertInit::default()));
+        }
+        self.materialize()
+    }
+
+    /// Widths of the text and region hidden states of the joint pass.
+    pub fn hidden_widths(&self) -> (usize, usize) {
+        match &self.encoder {
+            Encoder::VisualBert(m) => {
+                let h = m.visual_bert.embeddings.text.word_embeddings.weight.dims()[1];
+                (h, h)
+            }
+            Encoder::ViLBert(m) => (
+                m.bert.embeddings.word_embeddings.weight.dims()[1],
+                m.bert.v_embeddings.image_embeddings.weight.dims()[1],
+            ),
+        }
+    }
+
+    /// The region input projection `[feature_dim, hidden]` (MRFR's tied output).
+    fn region_projection(&self) -> Tensor<2> {
+        match &self.encoder {
+            Encoder::VisualBert(m) => m.visual_bert.embeddings.visual_projection.weight.val(),
+            Encoder::ViLBert(m) => m.bert.v_embeddings.image_embeddings.weight.val(),
+        }
     }
 
     /// This model with a fresh caption decoder of `spec.layers` layers as wide as the text
@@ -371,8 +496,8 @@ impl PretrainModel {
     }
 
     /// The joint pass: text hidden states (for MLM), the joint pooled vector (for VQA), ITM
-    /// logits with their polarity, and the image-stream states (ViLBERT; for region
-    /// classification).
+    /// logits with their polarity, and the region states (ViLBERT's image stream, VisualBERT's
+    /// region positions; for the region objectives).
     #[allow(clippy::type_complexity)]
     fn joint(
         &self,
@@ -392,13 +517,15 @@ impl PretrainModel {
                 let out = model
                     .visual_bert
                     .try_forward(batch.visual_bert_input(View::Joint))?;
-                let text = out.last_hidden_state.narrow(1, 0, len);
+                let [_, total, _] = out.last_hidden_state.dims();
+                let text = out.last_hidden_state.clone().narrow(1, 0, len);
+                let image = out.last_hidden_state.narrow(1, len, total - len);
                 let logits = model.sentence_image.forward(out.pooler_output.clone());
                 (
                     text,
                     out.pooler_output,
                     (logits, Polarity::VISUAL_BERT),
-                    None,
+                    Some(image),
                 )
             }
             Encoder::ViLBert(model) => {
@@ -463,9 +590,39 @@ impl PretrainModel {
             .map_err(|e| e.to_string())
     }
 
-    /// Every objective of the model on `batch`.
+    /// Every objective of the model on `batch`: [`ObjectiveSet::default`] (MLM, ITM, region
+    /// classification, ITC).
     pub fn objectives(&self, batch: &PretrainBatch) -> Result<Objectives, InputError> {
+        self.objectives_with(None, batch, &ObjectiveSet::default())
+            .map_err(|e| match e {
+                ObjectiveError::Input(e) => e,
+                ObjectiveError::Other(e) => InputError::new("PretrainModel", vec![e]),
+            })
+    }
+
+    /// The objectives of `set` on `batch` (`host` is its host side; the LM objective needs it).
+    /// An objective whose head the model lacks is empty.
+    pub fn objectives_with(
+        &self,
+        host: Option<&HostBatch>,
+        batch: &PretrainBatch,
+        set: &ObjectiveSet,
+    ) -> Result<Objectives, ObjectiveError> {
         let device = batch.input_ids.device();
+        // Unimodal passes: first when they mine hard negatives, else where ITC needs them (the
+        // order of passes fixes the order of dropout draws).
+        let mut unimodal = match &self.itc {
+            Some(_) if set.itm && set.hard_negatives => Some(self.unimodal(batch)?),
+            _ => None,
+        };
+        let hard;
+        let batch = match (&self.itc, &unimodal) {
+            (Some(head), Some((t, i))) if set.itm && set.hard_negatives => {
+                hard = with_hard_negatives(batch, head, t.clone(), i.clone(), set.seed);
+                &hard
+            }
+            _ => batch,
+        };
         let (text, _, (itm_logits, polarity), image) = self.joint(batch)?;
         let (head, words) = match &self.encoder {
             Encoder::VisualBert(m) => (
@@ -474,28 +631,40 @@ impl PretrainModel {
             ),
             Encoder::ViLBert(m) => (&m.mlm, m.bert.embeddings.word_embeddings.weight.val()),
         };
-        let mlm = mlm_loss(
-            head,
-            text,
-            words,
-            &batch.mlm_positions,
-            &batch.mlm_labels,
-            None,
-        );
-        let region = match (&self.encoder, image) {
-            (Encoder::ViLBert(m), Some(image)) if !batch.region_positions.is_empty() => {
+        let mlm = if set.mlm {
+            mlm_loss(
+                head,
+                text.clone(),
+                words,
+                &batch.mlm_positions,
+                &batch.mlm_labels,
+                None,
+            )
+        } else {
+            MlmOutput {
+                loss: LossOutput::empty(&device),
+                predictions: Vec::new(),
+                accuracy: 0.0,
+            }
+        };
+        let region = match (&self.encoder, &image) {
+            (Encoder::ViLBert(m), Some(image)) if set.mrc && !batch.region_positions.is_empty() => {
                 Some(mrc_label_loss(
-                    m.region_head.forward(image),
+                    m.region_head.forward(image.clone()),
                     &batch.region_labels,
                     &batch.region_positions,
                 ))
             }
             _ => None,
         };
-        let (itm, itm_accuracy) = itm_loss(itm_logits, &batch.itm, polarity);
+        let (itm, itm_accuracy) = if set.itm {
+            itm_loss(itm_logits, &batch.itm, polarity)
+        } else {
+            (LossOutput::empty(&device), 0.0)
+        };
         let (region, region_accuracy) = region.unwrap_or_else(|| (LossOutput::empty(&device), 0.0));
         let itc = match &self.itc {
-            Some(head) => {
+            Some(head) if set.itc => {
                 // Positives are the matched pairs; the other matched pairs are the negatives.
                 let matched: Vec<i64> = (0..batch.itm.len())
                     .filter(|&r| batch.itm[r] == MatchLabel::Match)
@@ -504,16 +673,57 @@ impl PretrainModel {
                 if matched.len() < 2 {
                     LossOutput::empty(&device)
                 } else {
-                    let (t, i) = self.unimodal(batch)?;
+                    let (t, i) = match unimodal.take() {
+                        Some(u) => u,
+                        None => self.unimodal(batch)?,
+                    };
                     let rows = Tensor::<1, Int>::from_ints(matched.as_slice(), &device);
                     head.forward(i.select(0, rows.clone()), t.select(0, rows))
                         .loss
                 }
             }
-            None => LossOutput::empty(&device),
+            _ => LossOutput::empty(&device),
         };
         let (vqa, vqa_accuracy) = match (&self.vqa, &batch.vqa) {
             (Some(head), Some(questions)) => self.vqa_objective(head, questions)?,
+            _ => (LossOutput::empty(&device), 0.0),
+        };
+        let (grounding, grounding_accuracy, grounding_region_accuracy) =
+            match (&self.grounding, &image) {
+                (Some(head), Some(image)) if set.grounding && !batch.phrases.is_empty() => {
+                    grounding(head, text.clone(), image.clone(), batch)
+                }
+                _ => (LossOutput::empty(&device), 0.0, 0.0),
+            };
+        let wra = match &image {
+            Some(image) if set.wra && !batch.itm.is_empty() => wra_loss(text, image.clone(), batch),
+            _ => LossOutput::empty(&device),
+        };
+        let mrfr = match (&self.mrfr, &image, &batch.unmasked_features) {
+            (Some(head), Some(image), Some(original)) if set.mrfr => mrfr_loss(
+                head.forward(image.clone(), self.region_projection()),
+                original.clone(),
+                &batch.region_positions,
+            ),
+            _ => LossOutput::empty(&device),
+        };
+        let (lm, lm_accuracy) = match host {
+            Some(host) if set.lm => {
+                let view = host.lm_view();
+                if view.rows == 0 || view.lm_targets() == 0 {
+                    (LossOutput::empty(&device), 0.0)
+                } else {
+                    let out = self
+                        .caption_loss(&view, &view.to_device(&device))
+                        .map_err(ObjectiveError::Other)?;
+                    (out.loss, out.accuracy)
+                }
+            }
+            None if set.lm => {
+                return Err(ObjectiveError::Other(
+                    "the LM objective needs the host batch".into(),
+                ));
+            }
             _ => (LossOutput::empty(&device), 0.0),
         };
         Ok(Objectives {
@@ -525,6 +735,13 @@ impl PretrainModel {
             itc,
             vqa,
             vqa_accuracy,
+            grounding,
+            grounding_accuracy,
+            grounding_region_accuracy,
+            wra,
+            mrfr,
+            lm,
+            lm_accuracy,
         })
     }
 
@@ -647,4 +864,158 @@ fn match_probabilities(logits: Tensor<2>, polarity: Polarity) -> Vec<f32> {
         softmax(logits, 1).narrow(1, index, 1).into_data(),
         "ITM match probabilities",
     )
+}
+
+/// Why the objectives of a batch could not be computed.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectiveError {
+    /// The batch does not fit the model.
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// Anything else (the LM pass).
+    #[error("{0}")]
+    Other(String),
+}
+
+/// `batch` with each mismatched row's caption replaced by an ITC-hard negative: a caption of
+/// the batch sampled with probability softmax(ITC similarity) among those that do not describe
+/// the row's image ([`HostBatch::negative_ok`]; ALBEF). Rows without a candidate keep their
+/// random negative. The similarities are detached (mining is not trained).
+fn with_hard_negatives(
+    batch: &PretrainBatch,
+    head: &ItcHead,
+    text: Tensor<2>,
+    image: Tensor<2>,
+    seed: u64,
+) -> PretrainBatch {
+    let b = batch.itm.len();
+    if b < 2 || batch.negative_ok.len() != b * b {
+        return batch.clone();
+    }
+    let device = batch.input_ids.device();
+    let similarity = head
+        .forward(image.detach(), text.detach())
+        .similarity
+        .detach();
+    let blocked: Vec<f32> = batch
+        .negative_ok
+        .iter()
+        .map(|&ok| if ok { 0.0 } else { -1e4 })
+        .collect();
+    let similarity = similarity + Tensor::<2>::from_data(TensorData::new(blocked, [b, b]), &device);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let Some(picks) = hard_negatives(similarity, &mut rng) else {
+        return batch.clone();
+    };
+    // Rows 0..b: the batch's own inputs; b..2b: the unmasked captions to swap in.
+    let index: Vec<i64> = (0..b)
+        .map(|i| {
+            let j = picks[i];
+            if batch.itm[i] == MatchLabel::Mismatch && batch.negative_ok[i * b + j] {
+                (b + j) as i64
+            } else {
+                i as i64
+            }
+        })
+        .collect();
+    let index = Tensor::<1, Int>::from_ints(index.as_slice(), &device);
+    let ids = Tensor::cat(vec![batch.input_ids.clone(), batch.caption_ids.clone()], 0);
+    let attention = Tensor::cat(
+        vec![batch.attention_mask.clone(), batch.attention_mask.clone()],
+        0,
+    );
+    PretrainBatch {
+        input_ids: ids.select(0, index.clone()),
+        attention_mask: attention.select(0, index),
+        ..batch.clone()
+    }
+}
+
+/// Grounding loss (alignment CE + smooth-L1 + 1 - GIoU, mean over phrases), box accuracy
+/// (IoU >= 0.5) and top-1 region accuracy of `batch.phrases`: a phrase is the mean of its
+/// token states, matched against its row's region states.
+fn grounding(
+    head: &GroundingHead,
+    text: Tensor<3>,
+    image: Tensor<3>,
+    batch: &PretrainBatch,
+) -> (LossOutput, f32, f32) {
+    let device = text.device();
+    let [b, t, h] = text.dims();
+    let n = batch.phrases.len();
+    let mut average = vec![0.0f32; n * b * t];
+    for (k, p) in batch.phrases.iter().enumerate() {
+        let w = 1.0 / (p.end - p.start) as f32;
+        for j in p.start..p.end {
+            average[k * b * t + p.row * t + j] = w;
+        }
+    }
+    let average = Tensor::<2>::from_data(TensorData::new(average, [n, b * t]), &device);
+    let phrases = average.matmul(text.reshape([b * t, h]));
+    let rows: Vec<i64> = batch.phrases.iter().map(|p| p.row as i64).collect();
+    let rows = Tensor::<1, Int>::from_ints(rows.as_slice(), &device);
+    let regions = image.select(0, rows.clone());
+    let pad = batch.region_mask.clone().select(0, rows).equal_elem(0);
+    let gold: Vec<i64> = batch.phrases.iter().map(|p| p.region as i64).collect();
+    let boxes: Vec<f32> = batch.phrases.iter().flat_map(|p| p.bbox).collect();
+    let gold_boxes = Tensor::<2>::from_data(TensorData::new(boxes.clone(), [n, 4]), &device);
+    // Top-1 region of the alignment (the head's scores, recomputed without the loss).
+    let q = head.phrase_proj.forward(phrases.clone().detach());
+    let k = head.region_proj.forward(regions.clone().detach());
+    let [_, v, d] = k.dims();
+    let top: Vec<i64> = tuwen_weights::host::computed(
+        k.matmul(q.reshape([n, d, 1]))
+            .reshape([n, v])
+            .mask_fill(pad.clone(), -1e9)
+            .argmax(1)
+            .into_data(),
+        "grounding alignment",
+    );
+    let out = head.forward(phrases, regions, pad, &gold, gold_boxes);
+    let predicted: Vec<f32> =
+        tuwen_weights::host::computed(out.boxes.clone().into_data(), "grounding boxes");
+    let hits = (0..n)
+        .filter(|&i| iou(&predicted[i * 4..i * 4 + 4], &boxes[i * 4..i * 4 + 4]) >= 0.5)
+        .count();
+    let aligned = top.iter().zip(&gold).filter(|(a, b)| a == b).count();
+    let loss = out.alignment.loss + out.box_l1.loss + out.box_giou.loss;
+    (
+        LossOutput {
+            loss,
+            count: n,
+            empty: false,
+        },
+        hits as f32 / n as f32,
+        aligned as f32 / n as f32,
+    )
+}
+
+/// IoU of two xyxy boxes.
+fn iou(a: &[f32], b: &[f32]) -> f32 {
+    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = iw * ih;
+    let area = |x: &[f32]| (x[2] - x[0]).max(0.0) * (x[3] - x[1]).max(0.0);
+    inter / (area(a) + area(b) - inter).max(1e-9)
+}
+
+/// UNITER's WRA: the IPOT optimal-transport distance between each pair's token and region
+/// states (padding excluded), `(sum over matched pairs - sum over mismatched pairs) / pairs`.
+fn wra_loss(text: Tensor<3>, image: Tensor<3>, batch: &PretrainBatch) -> LossOutput {
+    let device = text.device();
+    let b = batch.itm.len();
+    let text_pad = batch.attention_mask.clone().equal_elem(0);
+    let region_pad = batch.region_mask.clone().equal_elem(0);
+    let distance = ot_distance(text, image, text_pad, region_pad, &IpotConfig::default());
+    let sign: Vec<f32> = batch
+        .itm
+        .iter()
+        .map(|&l| if l == MatchLabel::Match { 1.0 } else { -1.0 })
+        .collect();
+    let sign = Tensor::<1>::from_floats(sign.as_slice(), &device);
+    LossOutput {
+        loss: (distance * sign).sum().div_scalar(b as f32).reshape([1]),
+        count: b,
+        empty: false,
+    }
 }

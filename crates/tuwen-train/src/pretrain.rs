@@ -30,7 +30,7 @@ use crate::batch::{HostBatch, SceneBatcher};
 use crate::config::{Architecture, Source, TrainConfig};
 use crate::corpus::{StoreBatcher, read_captions};
 use crate::data::Data;
-use crate::model::{Encoder, ModelShape, PretrainModel};
+use crate::model::{Encoder, ModelShape, ObjectiveSet, PretrainModel};
 use crate::retrieval::Recalls;
 use crate::run_dir::{ModelSpec, RunDir};
 use crate::trainer::{Groups, Task};
@@ -77,6 +77,12 @@ pub struct StepLosses {
     pub lm: f32,
     /// Captioning: next-token accuracy of the batch.
     pub lm_accuracy: f32,
+    /// Phrase grounding (alignment + box losses).
+    pub grounding: f32,
+    /// OT word-region alignment.
+    pub wra: f32,
+    /// Masked region feature regression.
+    pub mrfr: f32,
 }
 
 /// Summary of a finished (or stopped) run.
@@ -213,6 +219,41 @@ pub fn evaluate(
     examples: usize,
     device: &Device,
 ) -> Result<EvalMetrics, String> {
+    evaluate_with(
+        model,
+        data,
+        split,
+        examples,
+        device,
+        &ObjectiveSet::default(),
+    )
+}
+
+/// [`evaluate`] for the objectives of `set`, with each one's held-out loss (mean over its
+/// items), grounding accuracy (predicted box IoU >= 0.5; top-1 aligned region) and, when `set`
+/// mines hard negatives, ITM accuracy against them (`itm_hard_accuracy`; `itm_accuracy` stays
+/// the data's random negatives).
+pub fn evaluate_with(
+    model: &PretrainModel,
+    data: &Data,
+    split: Split,
+    examples: usize,
+    device: &Device,
+    set: &ObjectiveSet,
+) -> Result<EvalMetrics, String> {
+    let random = ObjectiveSet {
+        hard_negatives: false,
+        ..*set
+    };
+    let hard = (set.hard_negatives && set.itm && model.itc.is_some()).then_some(ObjectiveSet {
+        seed: 0xe7a1,
+        ..*set
+    });
+    // Sums of loss x items and items: mlm, itm, region, itc, grounding, wra, mrfr, lm;
+    // grounding box hits, region hits, lm hits, hard ITM hits.
+    let mut sums = [0.0f64; 8];
+    let mut counts = [0.0f64; 8];
+    let mut hits = [0.0f64; 4];
     let mut rng = StdRng::seed_from_u64(data.seed() ^ 0xe7a1);
     let words: Vec<i64> = [
         "red",
@@ -245,9 +286,38 @@ pub fn evaluate(
     for chunk in (0..examples as u64).collect::<Vec<_>>().chunks(32) {
         let host = eval_data.host_batch(split, chunk, &mut rng)?;
         model.check_batch(&host).map_err(|e| e.to_string())?;
+        let batch = host.to_device(device);
         let out = model
-            .objectives(&host.to_device(device))
+            .objectives_with(Some(&host), &batch, &random)
             .map_err(|e| e.to_string())?;
+        for (k, loss) in [
+            &out.mlm.loss,
+            &out.itm,
+            &out.region,
+            &out.itc,
+            &out.grounding,
+            &out.wra,
+            &out.mrfr,
+            &out.lm,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if !loss.empty {
+                let c = loss.count as f64;
+                sums[k] += loss.loss.clone().into_scalar::<f32>() as f64 * c;
+                counts[k] += c;
+            }
+        }
+        hits[0] += (out.grounding_accuracy * out.grounding.count as f32) as f64;
+        hits[1] += (out.grounding_region_accuracy * out.grounding.count as f32) as f64;
+        hits[2] += (out.lm_accuracy * out.lm.count as f32) as f64;
+        if let Some(hard) = &hard {
+            let out = model
+                .objectives_with(Some(&host), &batch, hard)
+                .map_err(|e| e.to_string())?;
+            hits[3] += (out.itm_accuracy * host.rows as f32) as f64;
+        }
         n[0] += out.itm_accuracy * host.rows as f32;
         n[1] += host.rows as f32;
         for (&p, &pred) in host.mlm_positions.iter().zip(&out.mlm.predictions) {
@@ -264,6 +334,7 @@ pub fn evaluate(
         n[8] += out.vqa_accuracy * out.vqa.count as f32;
         n[9] += out.vqa.count as f32;
     }
+    let mean = |k: usize| (sums[k] / counts[k].max(1.0)) as f32;
     Ok(EvalMetrics {
         itm_accuracy: n[0] / n[1].max(1.0),
         mlm_accuracy: n[2] / n[3].max(1.0),
@@ -271,6 +342,18 @@ pub fn evaluate(
         region_accuracy: n[6] / n[7].max(1.0),
         retrieval: Recalls::default(),
         vqa_accuracy: n[8] / n[9].max(1.0),
+        mlm_loss: mean(0),
+        itm_loss: mean(1),
+        region_loss: mean(2),
+        itc_loss: mean(3),
+        grounding_loss: mean(4),
+        wra_loss: mean(5),
+        mrfr_loss: mean(6),
+        lm_loss: mean(7),
+        grounding_accuracy: (hits[0] / counts[4].max(1.0)) as f32,
+        grounding_region_accuracy: (hits[1] / counts[4].max(1.0)) as f32,
+        lm_accuracy: (hits[2] / counts[7].max(1.0)) as f32,
+        itm_hard_accuracy: (hits[3] / n[1].max(1.0) as f64) as f32,
         ..EvalMetrics::default()
     })
 }
@@ -348,7 +431,8 @@ fn held_out(
     cfg: &TrainConfig,
     device: &Device,
 ) -> Result<EvalMetrics, String> {
-    let mut metrics = evaluate(model, data, split, cfg.eval.scenes, device)?;
+    let set = ObjectiveSet::from_config(&cfg.objectives);
+    let mut metrics = evaluate_with(model, data, split, cfg.eval.scenes, device, &set)?;
     metrics.retrieval = retrieval(
         model,
         data,
@@ -374,8 +458,46 @@ fn metric_values(
         ("mlm_accuracy", metrics.mlm_accuracy),
         ("mlm_color_shape_accuracy", metrics.mlm_color_shape_accuracy),
     ];
+    let o = &cfg.objectives;
+    if o.mlm.enabled {
+        values.push(("mlm", metrics.mlm_loss));
+    }
+    if o.itm.enabled {
+        values.push(("itm", metrics.itm_loss));
+    }
+    if o.itm.enabled && o.itm.negatives == crate::config::Negatives::Hard && model.itc.is_some() {
+        values.push(("itm_hard_accuracy", metrics.itm_hard_accuracy));
+    }
     if data.masks_regions() {
         values.push(("region_accuracy", metrics.region_accuracy));
+        if o.mrc.enabled && cfg.model.architecture == Architecture::Vilbert {
+            values.push(("region", metrics.region_loss));
+        }
+    }
+    if model.itc.is_some() && o.itc.enabled {
+        values.push(("itc", metrics.itc_loss));
+    }
+    if o.grounding.enabled {
+        values.extend([
+            ("grounding", metrics.grounding_loss),
+            ("grounding_accuracy", metrics.grounding_accuracy),
+            (
+                "grounding_region_accuracy",
+                metrics.grounding_region_accuracy,
+            ),
+        ]);
+    }
+    if o.wra.enabled {
+        values.push(("wra", metrics.wra_loss));
+    }
+    if o.mrfr.enabled {
+        values.push(("mrfr", metrics.mrfr_loss));
+    }
+    if o.lm.enabled {
+        values.extend([
+            ("lm", metrics.lm_loss),
+            ("lm_accuracy", metrics.lm_accuracy),
+        ]);
     }
     if model.vqa.is_some() {
         values.push(("vqa_accuracy", metrics.vqa_accuracy));
@@ -416,6 +538,68 @@ pub struct LossWeights {
     pub vqa: f64,
 }
 
+/// Which objectives a pretraining step trains and the weight of each in the total loss.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ObjectiveWeights {
+    /// The objectives computed.
+    pub set: ObjectiveSet,
+    /// MLM.
+    pub mlm: f64,
+    /// ITM.
+    pub itm: f64,
+    /// Masked region classification (`objectives.mrc.weight x data.region_loss_weight`).
+    pub region: f64,
+    /// ITC.
+    pub itc: f64,
+    /// VQA (`data.vqa_weight`).
+    pub vqa: f64,
+    /// Grounding.
+    pub grounding: f64,
+    /// WRA.
+    pub wra: f64,
+    /// MRFR.
+    pub mrfr: f64,
+    /// Unified LM.
+    pub lm: f64,
+}
+
+impl ObjectiveWeights {
+    /// The objectives and weights of `cfg` (`[objectives]` and the `[data]` weights).
+    pub fn from_config(cfg: &TrainConfig) -> Self {
+        let o = &cfg.objectives;
+        Self {
+            set: ObjectiveSet::from_config(o),
+            mlm: o.mlm.weight,
+            itm: o.itm.weight,
+            region: o.mrc.weight * cfg.data.region_loss_weight,
+            itc: o.itc.weight,
+            vqa: cfg.data.vqa_weight,
+            grounding: o.grounding.weight,
+            wra: o.wra.weight,
+            mrfr: o.mrfr.weight,
+            lm: o.lm.weight,
+        }
+    }
+}
+
+impl From<LossWeights> for ObjectiveWeights {
+    /// MLM + ITM (+ region classification, ITC, VQA where the batch and model have them).
+    fn from(w: LossWeights) -> Self {
+        Self {
+            set: ObjectiveSet::default(),
+            mlm: 1.0,
+            itm: 1.0,
+            region: w.region,
+            itc: 1.0,
+            vqa: w.vqa,
+            grounding: 0.0,
+            wra: 0.0,
+            mrfr: 0.0,
+            lm: 0.0,
+        }
+    }
+}
+
 /// Losses and gradients of one step over micro-batches spread on `devices` (autodiff devices;
 /// the first is the main device, holding `model`): `devices.len() x micro_batches` contiguous
 /// row ranges, micro-batch `i` on device `i % devices.len()`. Returns the summed gradients (on
@@ -425,9 +609,10 @@ pub fn step_gradients(
     host: &HostBatch,
     devices: &[Device],
     micro_batches: usize,
-    weights: LossWeights,
+    weights: impl Into<ObjectiveWeights>,
     seed: u64,
 ) -> Result<(GradientsParams, StepLosses), String> {
+    let weights: ObjectiveWeights = weights.into();
     model.check_batch(host).map_err(|e| e.to_string())?;
     let scalar = |t: &burn::tensor::Tensor<1>| t.clone().into_scalar::<f32>();
     let main = &devices[0];
@@ -452,6 +637,10 @@ pub fn step_gradients(
             .as_ref()
             .map_or(0, |v| v.answers.iter().filter(|a| !a.is_empty()).count())
             .max(1) as f32,
+        host.phrases.len().max(1) as f32,
+        host.rows.max(1) as f32,
+        host.region_positions.len().max(1) as f32,
+        host.lm_targets().max(1) as f32,
     ];
     let replicas: Vec<PretrainModel> = devices
         .iter()
@@ -472,8 +661,15 @@ pub fn step_gradients(
         let batch = part.to_device(&devices[d]);
         let out = {
             // Random draws inside the step (dropout) are a function of (seed, step, part).
-            let _rng = seeded(&devices[d], splitmix64(seed ^ splitmix64(i as u64)));
-            replica.objectives(&batch).map_err(|e| e.to_string())?
+            let part_seed = splitmix64(seed ^ splitmix64(i as u64));
+            let _rng = seeded(&devices[d], part_seed);
+            let set = ObjectiveSet {
+                seed: splitmix64(part_seed ^ 0x4a4d),
+                ..weights.set
+            };
+            replica
+                .objectives_with(Some(part), &batch, &set)
+                .map_err(|e| e.to_string())?
         };
         // Each micro-batch's mean weighted by its share of the step's items: the sum of the
         // weighted gradients is the gradient of the whole batch's means.
@@ -485,6 +681,10 @@ pub fn step_gradients(
             out.region.count as f32 / totals[2],
             out.itc.count as f32 / totals[3],
             out.vqa.count as f32 / totals[4],
+            out.grounding.count as f32 / totals[5],
+            out.wra.count as f32 / totals[6],
+            out.mrfr.count as f32 / totals[7],
+            out.lm.count as f32 / totals[8],
         ];
         values.mlm += scalar(&out.mlm.loss.loss) * w[0];
         values.itm += scalar(&out.itm.loss) * w[1];
@@ -492,11 +692,29 @@ pub fn step_gradients(
         values.itm_accuracy += out.itm_accuracy * w[1];
         values.itc += scalar(&out.itc.loss) * w[3];
         values.vqa += scalar(&out.vqa.loss) * w[4];
-        let loss = out.mlm.loss.loss.mul_scalar(w[0])
-            + out.itm.loss.mul_scalar(w[1])
+        let mut loss = out.mlm.loss.loss.mul_scalar(w[0] * weights.mlm as f32)
+            + out.itm.loss.mul_scalar(w[1] * weights.itm as f32)
             + out.region.loss.mul_scalar(w[2] * weights.region as f32)
-            + out.itc.loss.mul_scalar(w[3])
+            + out.itc.loss.mul_scalar(w[3] * weights.itc as f32)
             + out.vqa.loss.mul_scalar(w[4] * weights.vqa as f32);
+        // The objectives `[objectives]` adds join the sum only when they have items.
+        for (k, part_loss, weight, value) in [
+            (5, &out.grounding, weights.grounding, &mut values.grounding),
+            (6, &out.wra, weights.wra, &mut values.wra),
+            (7, &out.mrfr, weights.mrfr, &mut values.mrfr),
+            (8, &out.lm, weights.lm, &mut values.lm),
+        ] {
+            if !part_loss.empty {
+                *value += scalar(&part_loss.loss) * w[k];
+                loss = loss + part_loss.loss.clone().mul_scalar(w[k] * weight as f32);
+            }
+        }
+        values.lm_accuracy += out.lm_accuracy * w[8];
+        // A micro-batch where every objective is empty (e.g. MLM alone and no token masked)
+        // has a constant loss: it contributes no gradient.
+        if !loss.is_tracked() {
+            continue;
+        }
         let grads = GradientsParams::from_grads(loss.backward(), replica);
         accumulator.accumulate(model, grads.to_device(main, model));
     }
@@ -551,10 +769,14 @@ fn pretraining_data(
                 cfg.data.mismatch_prob,
                 region_masking,
             )?;
-            if region_masking.is_some() && batcher.classes() == 0 {
+            if region_masking.is_some()
+                && batcher.classes() == 0
+                && cfg.objectives.mrc.enabled
+                && cfg.model.architecture == Architecture::Vilbert
+            {
                 return Err(format!(
                     "{store}: the store has no class distributions to classify masked regions \
-                     against; set data.region_mask_prob = 0"
+                     against; set data.region_mask_prob = 0 or objectives.mrc.enabled = false"
                 ));
             }
             events(Event::Note(format!(
@@ -619,10 +841,7 @@ pub fn run(
         (Some(init), Architecture::VisualBert) => Some(bert_dir(init)?),
         _ => None,
     };
-    let weights = LossWeights {
-        region: cfg.data.region_loss_weight,
-        vqa: cfg.data.vqa_weight,
-    };
+    let weights = ObjectiveWeights::from_config(cfg);
     let (data, n_answers) = pretraining_data(cfg, &run_dir, device, bert.as_deref(), &mut events)?;
     let ad: Vec<Device> = devices.iter().map(|d| d.clone().autodiff()).collect();
     let shape = ModelShape {
@@ -668,7 +887,7 @@ pub fn run(
                 bert.display()
             )));
         }
-        m
+        m.with_objective_heads(&cfg.objectives, &ad[0])
     };
     run_dir.save_spec(&spec)?;
     let task = Arc::new(PretrainTask {
@@ -699,7 +918,7 @@ struct PretrainTask {
     devices: Vec<Device>,
     /// The main plain device (evaluation).
     device: Device,
-    weights: LossWeights,
+    weights: ObjectiveWeights,
     has_itc: bool,
     has_vqa: bool,
 }
@@ -728,11 +947,16 @@ impl Task for PretrainTask {
     }
 
     fn total(&self, l: &StepLosses) -> f32 {
-        l.mlm
-            + l.itm
-            + l.region * self.weights.region as f32
-            + l.itc
-            + l.vqa * self.weights.vqa as f32
+        let w = &self.weights;
+        l.mlm * w.mlm as f32
+            + l.itm * w.itm as f32
+            + l.region * w.region as f32
+            + l.itc * w.itc as f32
+            + l.vqa * w.vqa as f32
+            + l.grounding * w.grounding as f32
+            + l.wra * w.wra as f32
+            + l.mrfr * w.mrfr as f32
+            + l.lm * w.lm as f32
     }
 
     fn train_values(&self, l: &StepLosses, grad_norm: f32, lr: f64) -> Vec<(&'static str, f64)> {
@@ -751,6 +975,18 @@ impl Task for PretrainTask {
         }
         if self.has_vqa {
             values.push(("train/vqa", l.vqa as f64));
+        }
+        let set = &self.weights.set;
+        for (on, name, value) in [
+            (set.grounding, "train/grounding", l.grounding),
+            (set.wra, "train/wra", l.wra),
+            (set.mrfr, "train/mrfr", l.mrfr),
+            (set.lm, "train/lm", l.lm),
+            (set.lm, "train/lm_accuracy", l.lm_accuracy),
+        ] {
+            if on {
+                values.push((name, value as f64));
+            }
         }
         values
     }

@@ -321,7 +321,8 @@ impl PretrainModel {
             ));
         }
         let (name, step) = dir.checkpoint(which)?;
-        let fresh = PretrainModel::build(&config.model, &spec, device);
+        let fresh = PretrainModel::build(&config.model, &spec, device)
+            .with_objective_heads(&config.objectives, device);
         let model = crate::checkpoint::load_model(&dir.checkpoints(), name, fresh)
             .map_err(|e| e.to_string())?
             .ok_or_else(|| {

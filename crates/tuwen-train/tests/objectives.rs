@@ -1,0 +1,397 @@
+//! `[objectives]`: every pretraining objective can be switched on from a config, trains (its
+//! held-out loss falls in a short run of a tiny model), is split exactly over micro-batches
+//! where its loss is a mean over items, and bad combinations are refused with a clear message.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::Tensor;
+use tuwen_testkit::flex;
+use tuwen_train::batch::{REGION_CLASSES, SceneBatcher};
+use tuwen_train::config::TrainConfig;
+use tuwen_train::data::Data;
+use tuwen_train::model::{ModelShape, PretrainModel};
+use tuwen_train::pretrain::{ObjectiveWeights, StepLosses, run, step_batch, step_gradients};
+
+/// A tiny run: `steps` steps, held-out evaluation every `every` steps, with `extra` TOML
+/// appended (sections `[model]`, `[data]`, `[objectives.*]` of its own).
+fn config(steps: usize, every: usize, model: &str, data: &str, objectives: &str) -> TrainConfig {
+    config_lr(steps, every, 2e-3, model, data, objectives)
+}
+
+/// [`config`] at learning rate `lr`.
+fn config_lr(
+    steps: usize,
+    every: usize,
+    lr: f64,
+    model: &str,
+    data: &str,
+    objectives: &str,
+) -> TrainConfig {
+    TrainConfig::from_toml(
+        &format!(
+            r#"
+            [run]
+            steps = {steps}
+            batch_size = 12
+            log_every = 1
+            [optim]
+            learning_rate = {lr}
+            warmup_steps = 3
+            decay = "constant"
+            [model]
+            hidden_size = 32
+            v_hidden_size = 32
+            layers = 2
+            v_layers = 2
+            co_layers = 1
+            heads = 2
+            {model}
+            [data]
+            vocab_scenes = 200
+            {data}
+            [eval]
+            every = {every}
+            scenes = 48
+            retrieval_images = 0
+            {objectives}
+            "#
+        ),
+        "objectives test",
+    )
+    .unwrap()
+}
+
+fn lines(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The held-out values of `key` (`eval/...`) in step order.
+fn held_out(cfg: &TrainConfig, key: &str) -> Vec<f64> {
+    let dir = tempfile::tempdir().unwrap();
+    run(cfg, dir.path(), &[flex()], None, |_| {}).unwrap();
+    let values: Vec<f64> = lines(dir.path())
+        .iter()
+        .filter_map(|v| v.get(key).and_then(|x| x.as_f64()))
+        .collect();
+    assert!(values.len() >= 2, "{key} logged {} times", values.len());
+    assert!(values.iter().all(|v| v.is_finite()), "{key}: {values:?}");
+    // The test split is logged last with the same key prefix `test/`: not read here.
+    values
+}
+
+/// The first held-out values (the first evaluations, a few steps in) against the last ones:
+/// the loss must fall by `margin` (a fraction of the first value, or absolute when `absolute`).
+fn assert_falls(key: &str, values: &[f64], margin: f64, absolute: bool) {
+    // Means of the first and last two evaluations (one evaluation is noisy).
+    let n = values.len();
+    let (first, last) = (
+        (values[0] + values[1]) / 2.0,
+        (values[n - 2] + values[n - 1]) / 2.0,
+    );
+    let wanted = if absolute {
+        first - margin
+    } else {
+        first * (1.0 - margin)
+    };
+    eprintln!("{key}: {values:?}");
+    assert!(
+        last < wanted,
+        "held-out {key} did not fall: first {first}, last {last} (wanted < {wanted}); {values:?}"
+    );
+}
+
+#[test]
+fn mlm_trains() {
+    let cfg = config(40, 4, "", "", "[objectives.itm]\nenabled = false");
+    let v = held_out(&cfg, "eval/mlm");
+    assert_falls("eval/mlm", &v, 0.2, false);
+}
+
+#[test]
+fn itm_with_random_negatives_trains() {
+    let cfg = config(150, 15, "", "", "[objectives.mlm]\nenabled = false");
+    let v = held_out(&cfg, "eval/itm");
+    assert_falls("eval/itm", &v, 0.1, false);
+}
+
+#[test]
+fn itm_with_hard_negatives_trains_and_reports_hard_accuracy() {
+    let cfg = config(
+        250,
+        25,
+        "itc_dim = 16",
+        "",
+        "[objectives.mlm]\nenabled = false\n[objectives.itm]\nnegatives = \"hard\"",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    run(&cfg, dir.path(), &[flex()], None, |_| {}).unwrap();
+    let logged = lines(dir.path());
+    let itm: Vec<f64> = logged
+        .iter()
+        .filter_map(|v| v.get("eval/itm").and_then(|x| x.as_f64()))
+        .collect();
+    assert_falls("eval/itm (hard negatives)", &itm, 0.1, false);
+    let hard: Vec<f64> = logged
+        .iter()
+        .filter_map(|v| v.get("eval/itm_hard_accuracy").and_then(|x| x.as_f64()))
+        .collect();
+    assert!(!hard.is_empty() && hard.iter().all(|a| (0.0..=1.0).contains(a)));
+}
+
+#[test]
+fn grounding_trains() {
+    let cfg = config(
+        60,
+        6,
+        "",
+        "",
+        "[objectives.grounding]\nenabled = true\n[objectives.itm]\nenabled = false",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    run(&cfg, dir.path(), &[flex()], None, |_| {}).unwrap();
+    let logged = lines(dir.path());
+    let series = |key: &str| -> Vec<f64> {
+        logged
+            .iter()
+            .filter_map(|v| v.get(key).and_then(|x| x.as_f64()))
+            .collect()
+    };
+    assert_falls("eval/grounding", &series("eval/grounding"), 0.1, false);
+    for key in [
+        "eval/grounding_accuracy",
+        "eval/grounding_region_accuracy",
+        "test/grounding_accuracy",
+    ] {
+        let v = series(key);
+        eprintln!("{key}: {v:?}");
+        assert!(
+            !v.is_empty() && v.iter().all(|a| (0.0..=1.0).contains(a)),
+            "{key}: {v:?}"
+        );
+    }
+    assert!(!series("train/grounding").is_empty());
+}
+
+#[test]
+fn wra_trains() {
+    let cfg = config(
+        60,
+        6,
+        "",
+        "",
+        "[objectives.wra]\nenabled = true\nweight = 1.0\n[objectives.mlm]\nenabled = false",
+    );
+    let v = held_out(&cfg, "eval/wra");
+    assert_falls("eval/wra", &v, 0.02, true);
+}
+
+#[test]
+fn mrfr_trains() {
+    let cfg = config(
+        30,
+        1,
+        "",
+        "region_mask_prob = 0.3",
+        "[objectives.mrfr]\nenabled = true\n[objectives.itm]\nenabled = false",
+    );
+    let v = held_out(&cfg, "eval/mrfr");
+    assert_falls("eval/mrfr", &v, 0.05, false);
+}
+
+/// Region classification learns slowly on the scenes (90% of the masked regions are zeroed: their
+/// class must come from the caption and the whole-image region), hence 1,000 steps.
+#[test]
+fn mrc_trains() {
+    let cfg = config(
+        1000,
+        100,
+        "architecture = \"vilbert\"",
+        "region_mask_prob = 0.5",
+        "",
+    );
+    let v = held_out(&cfg, "eval/region");
+    assert_falls("eval/region", &v, 0.03, false);
+}
+
+/// ITC from scratch sits on a plateau while the unimodal pooled vectors barely depend on the
+/// input (at initialisation they differ by ~0.1%), then falls: 1,000 steps, with MLM + ITM as
+/// the default run trains it.
+#[test]
+fn itc_trains() {
+    let cfg = config(1000, 100, "itc_dim = 16", "", "");
+    let v = held_out(&cfg, "eval/itc");
+    assert_falls("eval/itc", &v, 0.1, false);
+}
+
+#[test]
+fn unified_lm_trains() {
+    let cfg = config(
+        40,
+        4,
+        "",
+        "",
+        "[objectives.lm]\nenabled = true\n[objectives.itm]\nenabled = false",
+    );
+    let v = held_out(&cfg, "eval/lm");
+    assert_falls("eval/lm", &v, 0.2, false);
+}
+
+/// Collects every gradient of `model` in visiting order.
+struct Grads<'a>(&'a GradientsParams, Vec<Vec<f32>>);
+
+impl ModuleVisitor for Grads<'_> {
+    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+        if let Some(g) = self.0.get::<D>(p.id) {
+            self.1.push(
+                g.into_data()
+                    .convert::<f32>()
+                    .try_into_vec::<f32>()
+                    .unwrap(),
+            );
+        }
+    }
+}
+
+/// Grounding, WRA, MRFR and LM are means over items (phrases, pairs, masked regions, caption
+/// tokens): a step split into micro-batches gives the whole batch's gradient and losses.
+#[test]
+fn the_new_objectives_split_exactly_over_micro_batches() {
+    let cfg = config(
+        1,
+        1,
+        "",
+        "region_mask_prob = 0.3",
+        "[objectives.grounding]\nenabled = true\n[objectives.wra]\nenabled = true\n\
+         [objectives.mrfr]\nenabled = true\n[objectives.lm]\nenabled = true",
+    );
+    let scenes = tuwen_data::scene::SceneConfig::default();
+    let batcher = SceneBatcher {
+        tokenizer: SceneBatcher::train_tokenizer(&scenes, 1, 200, 24).unwrap(),
+        scenes,
+        seed: 1,
+        pool: 4,
+        masking: Default::default(),
+        mismatch_prob: 0.5,
+        region_masking: Some(tuwen_objectives::mrm::RegionMaskingConfig {
+            mask_prob: 0.3,
+            ..tuwen_objectives::mrm::RegionMaskingConfig::VILBERT
+        }),
+        scenes_per_split: 0,
+        region_features: None,
+        answers: None,
+    };
+    let shape = ModelShape {
+        vocab: batcher.tokenizer.vocab_size(),
+        feature_dim: batcher.feature_dim(),
+        max_text_len: 24,
+        answers: 0,
+        region_classes: REGION_CLASSES,
+    };
+    let data = Data::Scenes(Arc::new(batcher));
+    // The first step whose batch has phrases and masked regions.
+    let host = (0..20)
+        .map(|step| step_batch(&data, &cfg, step).unwrap())
+        .find(|h| !h.phrases.is_empty() && !h.region_positions.is_empty())
+        .expect("a batch with phrases and masked regions");
+    let device = flex().autodiff();
+    let model = PretrainModel::init(&cfg.model, &shape, &device)
+        .with_objective_heads(&cfg.objectives, &device);
+    let weights = ObjectiveWeights::from_config(&cfg);
+    let grads = |parts: usize| -> (Vec<Vec<f32>>, StepLosses) {
+        let (g, l) = step_gradients(
+            &model,
+            &host,
+            std::slice::from_ref(&device),
+            parts,
+            weights,
+            5,
+        )
+        .unwrap();
+        let mut v = Grads(&g, Vec::new());
+        model.visit(&mut v);
+        (v.1, l)
+    };
+    let (whole, a) = grads(1);
+    let (split, b) = grads(3);
+    assert!(
+        a.grounding > 0.0 && a.mrfr > 0.0 && a.lm > 0.0 && a.wra != 0.0,
+        "{a:?}"
+    );
+    let scale = whole.iter().flatten().fold(0.0f32, |m, x| m.max(x.abs()));
+    let d = whole
+        .iter()
+        .zip(&split)
+        .map(|(x, y)| tuwen_testkit::max_abs_diff_slices(x, y))
+        .fold(0.0, f32::max);
+    assert!(
+        d <= 1e-5 * scale.max(1.0),
+        "3 micro-batches vs 1: {d} (scale {scale})"
+    );
+    for (x, y) in [
+        (a.grounding, b.grounding),
+        (a.wra, b.wra),
+        (a.mrfr, b.mrfr),
+        (a.lm, b.lm),
+        (a.mlm, b.mlm),
+        (a.itm, b.itm),
+    ] {
+        assert!((x - y).abs() <= 1e-4 * x.abs().max(1.0), "{a:?} vs {b:?}");
+    }
+}
+
+#[test]
+fn bad_objective_configurations_are_refused_with_clear_messages() {
+    let err = |text: &str| match TrainConfig::from_toml(text, "bad.toml") {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(e) => e.to_string(),
+    };
+    let e = err("[objectives.itm]\nnegatives = \"hard\"");
+    assert!(e.contains("model.itc_dim"), "{e}");
+    let e = err("[objectives.mrfr]\nenabled = true");
+    assert!(e.contains("data.region_mask_prob"), "{e}");
+    let e = err("[model]\narchitecture = \"vilbert\"\n[objectives.lm]\nenabled = true");
+    assert!(e.contains("visual_bert"), "{e}");
+    let e = err("[objectives.wra]\nweight = -1.0");
+    assert!(e.contains("objectives.wra.weight"), "{e}");
+    let e = err(
+        "[objectives.mlm]\nenabled = false\n[objectives.itm]\nenabled = false\n\
+                 [objectives.mrc]\nenabled = false\n[objectives.itc]\nenabled = false",
+    );
+    assert!(e.contains("nothing would train"), "{e}");
+    let e = err(
+        "[objectives.grounding]\nenabled = true\n[data]\nsource = \"store\"\n\
+                 captions = \"c.json\"\nstore = \"s\"",
+    );
+    assert!(e.contains("phrase"), "{e}");
+    let e = err("[objectives.mlm]\nenable = true");
+    assert!(e.contains("enable"), "{e}");
+    let e = err("[objectives]\nmrm = { enabled = true }");
+    assert!(e.contains("mrm"), "{e}");
+    let e = err(
+        "[model]\narchitecture = \"vilbert\"\nv_hidden_size = 64\n[objectives.wra]\nenabled = true",
+    );
+    assert!(e.contains("v_hidden_size"), "{e}");
+    // MRFR makes region masking usable without ViLBERT's region head.
+    TrainConfig::from_toml(
+        "[data]\nregion_mask_prob = 0.15\n[objectives.mrfr]\nenabled = true",
+        "ok.toml",
+    )
+    .unwrap();
+    // The section round-trips through the resolved config.
+    let cfg = TrainConfig::from_toml(
+        "[model]\nitc_dim = 8\n[objectives.itm]\nnegatives = \"hard\"\nweight = 0.5",
+        "ok.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        TrainConfig::from_toml(&cfg.to_toml(), "resolved").unwrap(),
+        cfg
+    );
+}
