@@ -123,6 +123,9 @@ pub struct FinetuneConfig {
     pub captioner: Captioner,
     /// Captioning with `captioner = "decoder"`: layers of the new caption decoder.
     pub decoder_layers: usize,
+    /// Retrieval: where ITM's mismatched captions come from (`"hard"`: ITC-hard negatives mined
+    /// in the batch, ALBEF).
+    pub negatives: Negatives,
     /// Captioning: longest generated caption in tokens, `[CLS]` (the start token) included
     /// (HF `max_length`) — held-out evaluation decodes greedily up to it.
     pub max_caption_len: usize,
@@ -150,6 +153,7 @@ impl Default for FinetuneConfig {
             captioner: Captioner::Unified,
             decoder_layers: 2,
             max_caption_len: 20,
+            negatives: Negatives::Random,
         }
     }
 }

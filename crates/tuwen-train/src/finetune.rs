@@ -746,6 +746,7 @@ pub fn run(
                 train_device: ad,
                 freeze_layers: f.freeze_layers,
                 encoder_lr_ratio: f.encoder_lr_ratio,
+                hard_negatives: f.negatives == crate::config::Negatives::Hard,
             });
             crate::trainer::train(task, model, cfg, &run_dir, 1, stop_after, &mut events)?
         }

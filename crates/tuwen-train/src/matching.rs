@@ -2,6 +2,8 @@
 //! loss (ITC) over the batch's matched pairs and the binary match (ITM) on matched and randomly
 //! mismatched pairs, no masking — and keeps the checkpoint with the best held-out Recall@1
 //! (ITC ranking, the top `eval.retrieval_top_k` re-ranked by ITM, as ALBEF / BLIP evaluate).
+//! With `finetune.negatives = "hard"` the mismatched captions are ITC-hard ones mined in the
+//! batch (ALBEF) instead of random captions of other scenes.
 //! A run without an ITC head gets a fresh one (`model.itc_dim`).
 
 use burn::optim::GradientsParams;
@@ -12,7 +14,7 @@ use crate::batch::HostBatch;
 use crate::data::Data;
 use crate::event::EvalMetrics;
 use crate::finetune::{frozen, is_core, param_paths};
-use crate::model::PretrainModel;
+use crate::model::{ObjectiveSet, PretrainModel};
 use crate::pretrain::{StepLosses, seeded};
 use crate::trainer::{Groups, Task};
 
@@ -41,6 +43,8 @@ pub(crate) struct RetrievalTask {
     pub train_device: Device,
     pub freeze_layers: usize,
     pub encoder_lr_ratio: f64,
+    /// ITM on ITC-hard negatives mined in the batch instead of random ones.
+    pub hard_negatives: bool,
 }
 
 impl Task for RetrievalTask {
@@ -62,8 +66,17 @@ impl Task for RetrievalTask {
         model.check_batch(batch).map_err(|e| e.to_string())?;
         let device = &self.train_device;
         let _rng = seeded(device, seed);
+        let set = ObjectiveSet {
+            mlm: false,
+            itm: true,
+            hard_negatives: self.hard_negatives,
+            mrc: false,
+            itc: true,
+            seed,
+            ..ObjectiveSet::default()
+        };
         let out = model
-            .objectives(&batch.to_device(device))
+            .objectives_with(Some(batch), &batch.to_device(device), &set)
             .map_err(|e| e.to_string())?;
         let losses = StepLosses {
             itm: out.itm.loss.clone().into_scalar::<f32>(),
