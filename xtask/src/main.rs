@@ -10,7 +10,11 @@
 //!   tuwen model with reference outputs (see `tuwen parity`).
 //! * `cargo xtask tuwen ARGS` — any `tuwen` command (`tokenize`, `classify`, `extract-regions`,
 //!   ...), built by the same build as the tests: no second Burn build.
-//! * `cargo xtask bench`  — criterion benchmarks.
+//! * `cargo xtask bench [--torch PYTHON] [--threads N]` — tuwen's training and inference work
+//!   (`crates/tuwen-train/tests/bench_compare.rs`), then with `--torch` the same work in
+//!   PyTorch + HF transformers (`xtask/bench/torch_bench.py`) with as many threads, and one
+//!   table of both and the ratio (without `--torch`: the PyTorch figures last recorded in
+//!   `docs/benchmarks.md`). `--criterion` runs the criterion micro-benchmarks instead.
 //! * `cargo xtask fuzz [--cases N]` — the parser fuzz test (`crates/tuwen-fuzz/tests/fuzz.rs`)
 //!   with N cases per parser (default 100000; `cargo xtask test` runs it with 1000), and a table
 //!   of cases, rejections, panics, hangs and the slowest case per parser.
@@ -20,6 +24,8 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+
+mod bench;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "tuwen project automation")]
@@ -86,9 +92,32 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run the criterion benchmarks and print comparable numbers.
+    /// Measure tuwen's training and inference work side by side with PyTorch.
     Bench {
-        /// Extra arguments for criterion (e.g. a benchmark name filter).
+        /// A Python with torch and transformers: run the PyTorch reference
+        /// (xtask/bench/torch_bench.py) right after tuwen's side, on the same batches.
+        #[arg(long, value_name = "PYTHON")]
+        torch: Option<PathBuf>,
+        /// With --torch: also each step of the reference under bf16 autocast (f32 weights),
+        /// against tuwen's f32 figure. Needs a CPU with bf16 kernels (AVX512-BF16 / AMX).
+        #[arg(long, requires = "torch")]
+        torch_bf16: bool,
+        /// Threads on each side: RAYON_NUM_THREADS for tuwen, torch.set_num_threads for
+        /// PyTorch (default: the machine's cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Timed iterations of every work (default: each work's own, 5 to 40).
+        #[arg(long)]
+        iters: Option<usize>,
+        /// Warm-up iterations of every work (default: each work's own).
+        #[arg(long)]
+        warmup: Option<usize>,
+        /// Run the criterion micro-benchmarks instead (`cargo test --workspace --benches --
+        /// --bench ARGS`).
+        #[arg(long)]
+        criterion: bool,
+        /// Works to run (test-name filters: default_step, visualbert_minilm_step,
+        /// visualbert_minilm_forward); with --criterion, criterion's arguments.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -125,11 +154,31 @@ fn run(task: Task) -> Result<()> {
         // Benches are built in the test profile (dependencies at opt-level 3, see Cargo.toml), so
         // they reuse the test build instead of a second 20-minute release build of Burn;
         // `--bench` makes criterion measure instead of smoke-running each routine once.
-        Task::Bench { args } => {
+        Task::Bench {
+            criterion: true,
+            args,
+            ..
+        } => {
             let mut extra = vec!["--".to_string(), "--bench".to_string()];
             extra.extend(args);
             cargo(&["test", "--workspace", "--benches"], &extra, &[])
         }
+        Task::Bench {
+            torch,
+            torch_bf16,
+            threads,
+            iters,
+            warmup,
+            args,
+            ..
+        } => bench::run(&bench::Options {
+            torch,
+            torch_bf16,
+            threads,
+            iters,
+            warmup,
+            filters: args,
+        }),
     }
 }
 

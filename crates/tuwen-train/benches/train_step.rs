@@ -1,60 +1,20 @@
 //! The pretraining step on the built-in scenes, Flex (CPU), batch 32: building a batch on the host
 //! (what a loader thread does ahead of the step) against the step itself (forward + backward of
 //! every objective and the gradient sum), for the default run and the ViLBERT-style run.
-//! The loader keeps up when building a batch is much cheaper than a step.
+//! The loader keeps up when building a batch is much cheaper than a step. (The whole optimiser
+//! step, side by side with PyTorch: `cargo xtask bench`, `tests/bench_compare.rs`.)
 
-use std::sync::Arc;
+mod workloads;
 
 use burn::tensor::Device;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tuwen_data::scene::SceneConfig;
-use tuwen_objectives::mlm::MaskingConfig;
-use tuwen_objectives::mrm::RegionMaskingConfig;
-use tuwen_train::batch::{REGION_CLASSES, SceneBatcher};
-use tuwen_train::config::TrainConfig;
-use tuwen_train::data::Data;
-use tuwen_train::model::{ModelShape, PretrainModel};
+use tuwen_train::model::PretrainModel;
 use tuwen_train::pretrain::{LossWeights, step_batch, step_gradients};
-
-fn config(path: &str) -> TrainConfig {
-    let dir = tuwen_testkit::package_path("../../configs");
-    TrainConfig::load(&dir.join(path)).expect("shipped config")
-}
-
-fn batcher(cfg: &TrainConfig) -> SceneBatcher {
-    let scenes = SceneConfig::default();
-    let answers = (cfg.data.vqa_weight > 0.0)
-        .then(|| Arc::new(SceneBatcher::answer_vocabulary(&scenes, 1, 500)));
-    SceneBatcher {
-        tokenizer: SceneBatcher::train_tokenizer(&scenes, 1, 500, cfg.data.max_text_len)
-            .expect("scene vocabulary"),
-        scenes,
-        seed: 1,
-        pool: cfg.data.pool,
-        masking: MaskingConfig::default(),
-        mismatch_prob: cfg.data.mismatch_prob,
-        region_masking: (cfg.data.region_mask_prob > 0.0).then_some(RegionMaskingConfig {
-            mask_prob: cfg.data.region_mask_prob,
-            ..RegionMaskingConfig::VILBERT
-        }),
-        scenes_per_split: 0,
-        region_features: None,
-        answers,
-    }
-}
 
 fn bench(c: &mut Criterion) {
     for (name, file) in [("default", "default.toml"), ("vilbert", "vilbert.toml")] {
-        let cfg = config(file);
-        let batcher = batcher(&cfg);
-        let shape = ModelShape {
-            vocab: batcher.tokenizer.vocab_size(),
-            feature_dim: batcher.feature_dim(),
-            max_text_len: cfg.data.max_text_len,
-            answers: batcher.answers.as_ref().map_or(0, |a| a.len()),
-            region_classes: REGION_CLASSES,
-        };
-        let data = Data::Scenes(Arc::new(batcher));
+        let cfg = workloads::config(file);
+        let (data, shape) = workloads::scene_data(&cfg);
         let mut group = c.benchmark_group(format!("pretrain_step_{name}_b32"));
         group.sample_size(10);
         group.throughput(Throughput::Elements(cfg.run.batch_size as u64));

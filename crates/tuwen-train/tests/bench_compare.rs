@@ -1,0 +1,208 @@
+//! tuwen's side of `cargo xtask bench`: the work the PyTorch reference
+//! (`xtask/bench/torch_bench.py`) repeats, measured on Flex in the test profile (the test
+//! suite's build: no second Burn build). Each test measures one work — median milliseconds per
+//! iteration after a warm-up — prints it as one JSON line (`{"side":"tuwen","work":...}`) and
+//! exports its batch and configuration for the reference to `$TUWEN_BENCH_DIR/<work>/`
+//! (`meta.json`, `features.f32`, `locations.f32`). Ignored by default (minutes of CPU):
+//!
+//! ```sh
+//! RAYON_NUM_THREADS=2 cargo test --workspace --test bench_compare -- --ignored --nocapture --test-threads=1
+//! ```
+//!
+//! `TUWEN_BENCH_ITERS` / `TUWEN_BENCH_WARMUP` override each work's counts (the reference reads
+//! the counts tuwen used from `meta.json`).
+
+#[path = "../benches/workloads/mod.rs"]
+mod workloads;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::tensor::Device;
+use tuwen_train::batch::View;
+use tuwen_train::model::Encoder;
+use workloads::TrainStep;
+
+/// Where the batches for the reference go.
+fn bench_dir(work: &str) -> PathBuf {
+    std::env::var_os("TUWEN_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench"))
+        .join(work)
+}
+
+/// `(warm-up, timed)` iterations: the work's defaults unless the environment sets them.
+fn counts(warmup: usize, iters: usize) -> (usize, usize) {
+    let var = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    (
+        var("TUWEN_BENCH_WARMUP", warmup),
+        var("TUWEN_BENCH_ITERS", iters).max(1),
+    )
+}
+
+/// Threads of the rayon pool Flex computes on.
+fn threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Runs `f` `warmup` times, then `iters` timed times, and prints the work's JSON line (with
+/// the first call's value as `first_loss` when `f` returns the step's loss).
+fn measure(
+    work: &str,
+    loss: bool,
+    what: &str,
+    params: usize,
+    (warmup, iters): (usize, usize),
+    mut f: impl FnMut() -> f32,
+) {
+    let first = f();
+    for _ in 1..warmup {
+        f();
+    }
+    let mut ms: Vec<f64> = (0..iters)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    let n = ms.len();
+    let median = if n % 2 == 1 {
+        ms[n / 2]
+    } else {
+        (ms[n / 2 - 1] + ms[n / 2]) / 2.0
+    };
+    let mut line = serde_json::json!({
+            "side": "tuwen",
+            "work": work,
+            "what": what,
+            "ms": median,
+            "min_ms": ms[0],
+            "max_ms": ms[n - 1],
+            "warmup": warmup.max(1),
+            "iters": iters,
+            "threads": threads(),
+            "params": params,
+            "backend": "flex",
+    });
+    if loss {
+        line["first_loss"] = first.into();
+    }
+    // On a line of its own: libtest prints `test NAME ... ` before a test's output.
+    println!("\n{line}");
+}
+
+/// The default run's whole optimiser step (`configs/default.toml`: VisualBERT 128 x 4, 4 heads,
+/// MLM + ITM, AdamW, global-norm clipping) on a batch of 32 scenes.
+#[test]
+#[ignore = "a benchmark: run by `cargo xtask bench`"]
+fn default_step() {
+    let work = "default-step";
+    let ad = Device::flex().autodiff();
+    let (cfg, model, host, shape) = workloads::default_run(&ad);
+    let encoder = workloads::encoder_config(&cfg, &shape, None);
+    let what = format!(
+        "default run's whole step: {}x{}, {} heads, B{} x (T{} + R{} x {}-d), MLM + ITM, AdamW, clip",
+        cfg.model.hidden_size,
+        cfg.model.layers,
+        cfg.model.heads,
+        host.rows,
+        host.text_len,
+        host.regions,
+        host.feature_dim,
+    );
+    let params = workloads::params(&model);
+    let counts = counts(5, 40);
+    workloads::export(
+        &bench_dir(work),
+        work,
+        &what,
+        "step",
+        &encoder,
+        &cfg,
+        &host,
+        params,
+        counts.0.max(1),
+        counts.1,
+    );
+    let mut step = TrainStep::new(&cfg, model, ad);
+    measure(work, true, &what, params, counts, || step.run(&host).1);
+}
+
+/// `visualbert-minilm`'s whole optimiser step: MiniLM-L6-H384 VisualBERT (12 heads, dropout
+/// 0.1), 32 x (32 tokens + 36 regions of 2048-d), MLM 15% + ITM, AdamW, global-norm clipping.
+/// (`cargo xtask bench --torch-bf16` also measures the reference under bf16 autocast.)
+#[test]
+#[ignore = "a benchmark: run by `cargo xtask bench`"]
+fn visualbert_minilm_step() {
+    let work = "visualbert-minilm-step";
+    let ad = Device::flex().autodiff();
+    let (cfg, model, host, spec) = workloads::minilm_run(&ad);
+    let encoder = workloads::encoder_config(&cfg, &spec.shape, spec.bert.clone());
+    let what = "visualbert-minilm whole step: 384x6, 12 heads, B32 x (T32 + R36 x 2048-d), \
+                MLM 15% + ITM, AdamW, clip, dropout 0.1";
+    let params = workloads::params(&model);
+    let counts = counts(2, 5);
+    workloads::export(
+        &bench_dir(work),
+        work,
+        what,
+        "step",
+        &encoder,
+        &cfg,
+        &host,
+        params,
+        counts.0.max(1),
+        counts.1,
+    );
+    let mut step = TrainStep::new(&cfg, model, ad);
+    measure(work, true, what, params, counts, || step.run(&host).1);
+}
+
+/// The `visualbert-minilm` encoder's forward pass for inference (plain Flex device: no
+/// autodiff, no dropout) on the same batch: text + regions in, hidden states and pooled vector
+/// out, the hidden states read back to the host.
+#[test]
+#[ignore = "a benchmark: run by `cargo xtask bench`"]
+fn visualbert_minilm_forward() {
+    let work = "visualbert-minilm-forward";
+    let device = Device::flex();
+    let (cfg, model, host, spec) = workloads::minilm_run(&device);
+    let encoder = workloads::encoder_config(&cfg, &spec.shape, spec.bert.clone());
+    let Encoder::VisualBert(model) = model.encoder else {
+        panic!("visualbert-minilm is a VisualBERT");
+    };
+    let model = model.visual_bert;
+    let what = "encoder forward (inference): visualbert-minilm, B32 x (T32 + R36 x 2048-d)";
+    let params = workloads::params(&model);
+    let counts = counts(2, 10);
+    workloads::export(
+        &bench_dir(work),
+        work,
+        what,
+        "forward",
+        &encoder,
+        &cfg,
+        &host,
+        params,
+        counts.0.max(1),
+        counts.1,
+    );
+    let input = host.to_device(&device).visual_bert_input(View::Joint);
+    measure(work, false, what, params, counts, || {
+        let out = model.forward(input.clone());
+        let hidden = out.last_hidden_state.into_data();
+        let _pooled = out.pooler_output.into_data();
+        hidden.as_slice::<f32>().map_or(0.0, |v| v[0])
+    });
+}
