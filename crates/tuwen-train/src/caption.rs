@@ -32,7 +32,7 @@ use tuwen_tokenizer::BertTokenizer;
 
 use crate::batch::{HostBatch, ImageRegions, PretrainBatch, TextSide, View, assemble};
 use crate::event::EvalMetrics;
-use crate::finetune::{frozen, is_core, param_paths};
+use crate::finetune::{TaskParams, is_core, task_groups};
 use crate::images::ImagePipeline;
 use crate::model::{Encoder, PretrainModel};
 use crate::pretrain::{StepLosses, seeded};
@@ -521,22 +521,15 @@ impl Task for CaptionTask {
     }
 
     fn groups(&self, model: &PretrainModel) -> Groups {
-        let paths = param_paths(model);
-        Groups {
-            // Frozen: the first layers, and the heads captioning does not use (ITM, regions).
-            frozen: paths
-                .iter()
-                .filter(|(p, _)| frozen(p, self.freeze_layers) || !trains(p))
-                .map(|(_, id)| *id)
-                .collect(),
-            // The pretrained weights learn slower than the new decoder.
-            slow: paths
-                .iter()
-                .filter(|(p, _)| !p.starts_with("decoder."))
-                .map(|(_, id)| *id)
-                .collect(),
-            slow_ratio: self.encoder_lr_ratio,
-        }
+        task_groups(
+            model,
+            TaskParams {
+                freeze_layers: self.freeze_layers,
+                trains,
+                head: "decoder.",
+                encoder_lr_ratio: self.encoder_lr_ratio,
+            },
+        )
     }
 
     fn test_note(&self, step: usize, metrics: &EvalMetrics) -> String {

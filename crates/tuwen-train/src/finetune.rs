@@ -165,6 +165,36 @@ pub fn param_paths<M: Module>(module: &M) -> Vec<(String, ParamId)> {
         .collect()
 }
 
+/// Which parameters a fine-tuning task trains, and how fast.
+pub(crate) struct TaskParams {
+    /// Encoder layers (and the embeddings) kept frozen.
+    pub freeze_layers: usize,
+    /// Whether the task trains the parameter at a path (the rest is frozen).
+    pub trains: fn(&str) -> bool,
+    /// Path prefix of the task's new head, which learns at the full rate.
+    pub head: &'static str,
+    /// Learning rate of everything else relative to the head's.
+    pub encoder_lr_ratio: f64,
+}
+
+/// The parameter groups of a fine-tuning task: frozen are the first layers and what the task
+/// does not train; everything but the new head learns at `encoder_lr_ratio`.
+pub(crate) fn task_groups(model: &PretrainModel, task: TaskParams) -> Groups {
+    let paths = param_paths(model);
+    let ids = |keep: &dyn Fn(&str) -> bool| {
+        paths
+            .iter()
+            .filter(|(p, _)| keep(p))
+            .map(|(_, id)| *id)
+            .collect()
+    };
+    Groups {
+        frozen: ids(&|p| frozen(p, task.freeze_layers) || !(task.trains)(p)),
+        slow: ids(&|p| !p.starts_with(task.head)),
+        slow_ratio: task.encoder_lr_ratio,
+    }
+}
+
 /// Whether the parameter at `path` belongs to the encoder proper (embeddings, layers, poolers),
 /// not to a pretraining head.
 pub fn is_core(path: &str) -> bool {
@@ -850,23 +880,15 @@ impl crate::trainer::Task for VqaTask {
     }
 
     fn groups(&self, model: &PretrainModel) -> Groups {
-        let paths = param_paths(model);
-        Groups {
-            // Frozen: the first layers, and the pretraining heads VQA does not use.
-            frozen: paths
-                .iter()
-                .filter(|(p, _)| {
-                    frozen(p, self.freeze_layers) || !(is_core(p) || p.starts_with("vqa."))
-                })
-                .map(|(_, id)| *id)
-                .collect(),
-            slow: paths
-                .iter()
-                .filter(|(p, _)| !p.starts_with("vqa."))
-                .map(|(_, id)| *id)
-                .collect(),
-            slow_ratio: self.encoder_lr_ratio,
-        }
+        task_groups(
+            model,
+            TaskParams {
+                freeze_layers: self.freeze_layers,
+                trains: |p| is_core(p) || p.starts_with("vqa."),
+                head: "vqa.",
+                encoder_lr_ratio: self.encoder_lr_ratio,
+            },
+        )
     }
 
     fn has_test(&self) -> bool {

@@ -13,7 +13,7 @@ use tuwen_data::scene::Split;
 use crate::batch::HostBatch;
 use crate::data::Data;
 use crate::event::EvalMetrics;
-use crate::finetune::{frozen, is_core, param_paths};
+use crate::finetune::{TaskParams, is_core, task_groups};
 use crate::model::{ObjectiveSet, PretrainModel};
 use crate::pretrain::{StepLosses, seeded};
 use crate::trainer::{Groups, Task};
@@ -133,21 +133,15 @@ impl Task for RetrievalTask {
     }
 
     fn groups(&self, model: &PretrainModel) -> Groups {
-        let paths = param_paths(model);
-        Groups {
-            // Frozen: the first layers, and the heads matching does not use (MLM, regions).
-            frozen: paths
-                .iter()
-                .filter(|(p, _)| frozen(p, self.freeze_layers) || !trains(p))
-                .map(|(_, id)| *id)
-                .collect(),
-            slow: paths
-                .iter()
-                .filter(|(p, _)| !p.starts_with("itc."))
-                .map(|(_, id)| *id)
-                .collect(),
-            slow_ratio: self.encoder_lr_ratio,
-        }
+        task_groups(
+            model,
+            TaskParams {
+                freeze_layers: self.freeze_layers,
+                trains,
+                head: "itc.",
+                encoder_lr_ratio: self.encoder_lr_ratio,
+            },
+        )
     }
 
     fn test_note(&self, step: usize, metrics: &EvalMetrics) -> String {
