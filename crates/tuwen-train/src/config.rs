@@ -640,12 +640,28 @@ impl TrainConfig {
             return Err("[objectives] switches every objective off: nothing would train".into());
         }
         let m = &self.model;
-        if o.itm.enabled && o.itm.negatives == Negatives::Hard && m.itc_dim == 0 {
+        if o.itm.negatives == Negatives::Hard && !(o.itm.enabled && o.itc.enabled && m.itc_dim > 0)
+        {
             return Err(
-                "objectives.itm.negatives = \"hard\" mines negatives from ITC similarities: \
-                 set model.itc_dim > 0"
+                "objectives.itm.negatives = \"hard\" mines ITM's negatives from the ITC head it \
+                 trains alongside (ALBEF): it needs objectives.itm and objectives.itc on and \
+                 model.itc_dim > 0"
                     .into(),
             );
+        }
+        // A pretraining run selects its checkpoint on a metric an objective that is off would
+        // leave at 0 (fine-tuning runs select on their task's metric).
+        let selects_on_off = match self.eval.best {
+            BestMetric::ItmAccuracy => (!o.itm.enabled).then_some("itm"),
+            BestMetric::MlmColorShapeAccuracy => (!o.mlm.enabled).then_some("mlm"),
+            _ => None,
+        };
+        if let (Some(name), None) = (selects_on_off, &self.finetune) {
+            return Err(format!(
+                "eval.best = {:?} is measured by objectives.{name}, which is off: choose another \
+                 eval.best",
+                self.eval.best
+            ));
         }
         if o.mrfr.enabled && self.data.region_mask_prob <= 0.0 {
             return Err(

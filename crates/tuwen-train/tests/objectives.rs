@@ -30,6 +30,12 @@ fn config_lr(
     data: &str,
     objectives: &str,
 ) -> TrainConfig {
+    // Selected on a metric of an objective that trains (a switched-off one is refused).
+    let best = if objectives.contains("[objectives.itm]\nenabled = false") {
+        "mlm_color_shape_accuracy"
+    } else {
+        "itm_accuracy"
+    };
     TrainConfig::from_toml(
         &format!(
             r#"
@@ -56,6 +62,7 @@ fn config_lr(
             every = {every}
             scenes = 48
             retrieval_images = 0
+            best = "{best}"
             {objectives}
             "#
         ),
@@ -354,6 +361,14 @@ fn bad_objective_configurations_are_refused_with_clear_messages() {
     };
     let e = err("[objectives.itm]\nnegatives = \"hard\"");
     assert!(e.contains("model.itc_dim"), "{e}");
+    // Mined from an ITC head nothing trains: refused.
+    let e = err(
+        "[model]\nitc_dim = 8\n[objectives.itm]\nnegatives = \"hard\"\n[objectives.itc]\nenabled = false",
+    );
+    assert!(e.contains("objectives.itc"), "{e}");
+    // Selected on the accuracy of an objective that is off: refused.
+    let e = err("[objectives.itm]\nenabled = false");
+    assert!(e.contains("eval.best"), "{e}");
     let e = err("[objectives.mrfr]\nenabled = true");
     assert!(e.contains("data.region_mask_prob"), "{e}");
     let e = err("[model]\narchitecture = \"vilbert\"\n[objectives.lm]\nenabled = true");
