@@ -836,6 +836,26 @@ pub(crate) fn pair_captions(
     (captions, itm)
 }
 
+/// `texts` paired row by row with `images` as matches, unmasked: VQA questions, captions to
+/// score or teacher-force, retrieval candidates. (`rng` only feeds the zero-probability masking
+/// draws, as in every unmasked batch.)
+pub(crate) fn matched_pairs(
+    tokenizer: &BertTokenizer,
+    feature_dim: usize,
+    images: Vec<ImageRegions>,
+    texts: Vec<String>,
+    rng: &mut impl Rng,
+) -> Result<HostBatch, BatchError> {
+    let text = TextSide {
+        tokenizer,
+        masking: MaskingConfig::default(),
+        region_masking: None,
+        feature_dim,
+    };
+    let itm = vec![MatchLabel::Match; texts.len()];
+    assemble(&text, images, texts, itm, false, rng)
+}
+
 /// Tokenises, masks and pads `captions` against `images` into a [`HostBatch`] (`mask`: MLM and
 /// region masking as configured; otherwise none).
 pub(crate) fn assemble(

@@ -26,13 +26,12 @@ use tuwen_fusion::mask::{HF_MASK_VALUE, UnifiedMode};
 use tuwen_fusion::visual_bert::CaptionRegions;
 use tuwen_fusion::{AttentionMask, InputError};
 use tuwen_objectives::LossOutput;
-use tuwen_objectives::itm::MatchLabel;
 use tuwen_objectives::lm::{lm_loss, seq2seq_loss};
 use tuwen_tokenizer::BertTokenizer;
 
-use crate::batch::{HostBatch, ImageRegions, PretrainBatch, TextSide, View, assemble};
+use crate::batch::{HostBatch, ImageRegions, PretrainBatch, View, matched_pairs};
 use crate::event::EvalMetrics;
-use crate::finetune::{TaskParams, is_core, task_groups};
+use crate::finetune::{TaskRun, is_core};
 use crate::images::ImagePipeline;
 use crate::model::{Encoder, PretrainModel};
 use crate::pretrain::{StepLosses, seeded};
@@ -155,16 +154,15 @@ fn caption_batch(
     images: Vec<ImageRegions>,
     captions: Vec<String>,
 ) -> Result<HostBatch, String> {
-    let text = TextSide {
-        tokenizer,
-        masking: tuwen_objectives::mlm::MaskingConfig::default(),
-        region_masking: None,
-        feature_dim: pipeline.feature_dim(),
-    };
-    let itm = vec![MatchLabel::Match; images.len()];
-    // No masking: `rng` is never drawn from.
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
-    assemble(&text, images, captions, itm, false, &mut rng).map_err(|e| e.to_string())
+    matched_pairs(
+        tokenizer,
+        pipeline.feature_dim(),
+        images,
+        captions,
+        &mut rng,
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// The states a caption decoder attends to.
@@ -415,16 +413,9 @@ impl Captioning<'_> {
 /// Captioning fine-tuning as a [`Task`] of the shared loop.
 pub(crate) struct CaptionTask {
     pub data: SceneCaptions,
-    pub seed: u64,
-    pub batch_size: usize,
+    pub run: TaskRun,
     pub eval_images: usize,
     pub max_caption_len: usize,
-    /// The plain device (evaluation).
-    pub device: Device,
-    /// Its autodiff view (training).
-    pub train_device: Device,
-    pub freeze_layers: usize,
-    pub encoder_lr_ratio: f64,
     /// `test_captions.json` in the run directory.
     pub results: PathBuf,
 }
@@ -445,7 +436,7 @@ impl Task for CaptionTask {
     type Batch = CaptionBatch;
 
     fn batch(&self, step: usize) -> Result<CaptionBatch, String> {
-        let (mut rng, indices) = crate::trainer::step_examples(self.seed, step, self.batch_size);
+        let (mut rng, indices) = self.run.examples(step);
         self.data
             .batch(Split::Train, &indices, &mut rng)
             .map_err(|e| format!("step {step}: {e}"))
@@ -458,7 +449,7 @@ impl Task for CaptionTask {
         seed: u64,
     ) -> Result<(GradientsParams, StepLosses), String> {
         model.check_batch(&batch.host).map_err(|e| e.to_string())?;
-        let device = &self.train_device;
+        let device = &self.run.train_device;
         let _rng = seeded(device, seed);
         let out = model.caption_loss(&batch.host, &batch.host.to_device(device))?;
         let losses = StepLosses {
@@ -492,7 +483,7 @@ impl Task for CaptionTask {
             split,
             self.eval_images,
             &self.generation(),
-            &self.device,
+            &self.run.device,
         )?;
         if split == Split::Test {
             let text = serde_json::to_string(&eval.results).map_err(|e| e.to_string())?;
@@ -521,15 +512,7 @@ impl Task for CaptionTask {
     }
 
     fn groups(&self, model: &PretrainModel) -> Groups {
-        task_groups(
-            model,
-            TaskParams {
-                freeze_layers: self.freeze_layers,
-                trains,
-                head: "decoder.",
-                encoder_lr_ratio: self.encoder_lr_ratio,
-            },
-        )
+        self.run.groups(model, trains, "decoder.")
     }
 
     fn test_note(&self, step: usize, metrics: &EvalMetrics) -> String {

@@ -165,33 +165,46 @@ pub fn param_paths<M: Module>(module: &M) -> Vec<(String, ParamId)> {
         .collect()
 }
 
-/// Which parameters a fine-tuning task trains, and how fast.
-pub(crate) struct TaskParams {
+/// What every fine-tuning task shares: the run's seed and batch size, the devices, and how the
+/// pretrained weights train.
+pub(crate) struct TaskRun {
+    /// Seed of the data and of every step's draws.
+    pub seed: u64,
+    /// Examples per step.
+    pub batch_size: usize,
+    /// The plain device (evaluation).
+    pub device: Device,
+    /// Its autodiff view (training).
+    pub train_device: Device,
     /// Encoder layers (and the embeddings) kept frozen.
     pub freeze_layers: usize,
-    /// Whether the task trains the parameter at a path (the rest is frozen).
-    pub trains: fn(&str) -> bool,
-    /// Path prefix of the task's new head, which learns at the full rate.
-    pub head: &'static str,
-    /// Learning rate of everything else relative to the head's.
+    /// Learning rate of the pretrained weights relative to the new head's.
     pub encoder_lr_ratio: f64,
 }
 
-/// The parameter groups of a fine-tuning task: frozen are the first layers and what the task
-/// does not train; everything but the new head learns at `encoder_lr_ratio`.
-pub(crate) fn task_groups(model: &PretrainModel, task: TaskParams) -> Groups {
-    let paths = param_paths(model);
-    let ids = |keep: &dyn Fn(&str) -> bool| {
-        paths
-            .iter()
-            .filter(|(p, _)| keep(p))
-            .map(|(_, id)| *id)
-            .collect()
-    };
-    Groups {
-        frozen: ids(&|p| frozen(p, task.freeze_layers) || !(task.trains)(p)),
-        slow: ids(&|p| !p.starts_with(task.head)),
-        slow_ratio: task.encoder_lr_ratio,
+impl TaskRun {
+    /// The examples and the generator of training step `step`.
+    pub fn examples(&self, step: usize) -> (rand::rngs::StdRng, Vec<u64>) {
+        crate::trainer::step_examples(self.seed, step, self.batch_size)
+    }
+
+    /// The parameter groups of a task that trains what `trains` accepts, with a new head under
+    /// path prefix `head`: frozen are the first layers and everything the task does not train;
+    /// all but the head learn at `encoder_lr_ratio`.
+    pub fn groups(&self, model: &PretrainModel, trains: fn(&str) -> bool, head: &str) -> Groups {
+        let paths = param_paths(model);
+        let ids = |keep: &dyn Fn(&str) -> bool| {
+            paths
+                .iter()
+                .filter(|(p, _)| keep(p))
+                .map(|(_, id)| *id)
+                .collect()
+        };
+        Groups {
+            frozen: ids(&|p| frozen(p, self.freeze_layers) || !trains(p)),
+            slow: ids(&|p| !p.starts_with(head)),
+            slow_ratio: self.encoder_lr_ratio,
+        }
     }
 }
 
@@ -735,17 +748,20 @@ pub fn run(
         )));
     }
     let results = |name: &str| run_dir.path().join(name);
+    let task_run = TaskRun {
+        seed: cfg.run.seed,
+        batch_size: cfg.run.batch_size,
+        device: device.clone(),
+        train_device: ad,
+        freeze_layers: f.freeze_layers,
+        encoder_lr_ratio: f.encoder_lr_ratio,
+    };
     let summary = match data {
         TaskData::Vqa(data) => {
             let task = Arc::new(VqaTask {
                 data,
-                seed: cfg.run.seed,
-                batch_size: cfg.run.batch_size,
+                run: task_run,
                 eval_questions: cfg.eval.scenes,
-                device: device.clone(),
-                train_device: ad,
-                freeze_layers: f.freeze_layers,
-                encoder_lr_ratio: f.encoder_lr_ratio,
                 results: results("test_results.json"),
             });
             crate::trainer::train(task, model, cfg, &run_dir, 1, stop_after, &mut events)?
@@ -753,14 +769,9 @@ pub fn run(
         TaskData::Caption(data) => {
             let task = Arc::new(crate::caption::CaptionTask {
                 data: *data,
-                seed: cfg.run.seed,
-                batch_size: cfg.run.batch_size,
+                run: task_run,
                 eval_images: cfg.eval.scenes,
                 max_caption_len: f.max_caption_len,
-                device: device.clone(),
-                train_device: ad,
-                freeze_layers: f.freeze_layers,
-                encoder_lr_ratio: f.encoder_lr_ratio,
                 results: results("test_captions.json"),
             });
             crate::trainer::train(task, model, cfg, &run_dir, 1, stop_after, &mut events)?
@@ -768,14 +779,9 @@ pub fn run(
         TaskData::Retrieval(data) => {
             let task = Arc::new(crate::matching::RetrievalTask {
                 data,
-                seed: cfg.run.seed,
-                batch_size: cfg.run.batch_size,
+                run: task_run,
                 images: cfg.eval.retrieval_images,
                 top_k: cfg.eval.retrieval_top_k,
-                device: device.clone(),
-                train_device: ad,
-                freeze_layers: f.freeze_layers,
-                encoder_lr_ratio: f.encoder_lr_ratio,
                 hard_negatives: f.negatives == crate::config::Negatives::Hard,
             });
             crate::trainer::train(task, model, cfg, &run_dir, 1, stop_after, &mut events)?
@@ -787,15 +793,8 @@ pub fn run(
 /// VQA fine-tuning as a [`Task`] of the shared loop.
 struct VqaTask {
     data: VqaData,
-    seed: u64,
-    batch_size: usize,
+    run: TaskRun,
     eval_questions: usize,
-    /// The plain device (evaluation).
-    device: Device,
-    /// Its autodiff view (training).
-    train_device: Device,
-    freeze_layers: usize,
-    encoder_lr_ratio: f64,
     /// `test_results.json` in the run directory.
     results: PathBuf,
 }
@@ -804,7 +803,7 @@ impl crate::trainer::Task for VqaTask {
     type Batch = QuestionBatch;
 
     fn batch(&self, step: usize) -> Result<QuestionBatch, String> {
-        let (mut rng, indices) = crate::trainer::step_examples(self.seed, step, self.batch_size);
+        let (mut rng, indices) = self.run.examples(step);
         self.data
             .batch(Split::Train, &indices, &mut rng)
             .map_err(|e| format!("step {step}: {e}"))
@@ -817,7 +816,7 @@ impl crate::trainer::Task for VqaTask {
         seed: u64,
     ) -> Result<(GradientsParams, StepLosses), String> {
         model.check_batch(&batch.host).map_err(|e| e.to_string())?;
-        let device = &self.train_device;
+        let device = &self.run.train_device;
         let _rng = seeded(device, seed);
         let head = model.vqa.as_ref().ok_or("the model has no VQA head")?;
         let (out, accuracy) = model
@@ -853,8 +852,14 @@ impl crate::trainer::Task for VqaTask {
             (VqaData::Files(_), Split::Test) => usize::MAX,
             _ => self.eval_questions,
         };
-        let eval =
-            crate::vqa::evaluate(model, &self.data, split, questions, self.seed, &self.device)?;
+        let eval = crate::vqa::evaluate(
+            model,
+            &self.data,
+            split,
+            questions,
+            self.run.seed,
+            &self.run.device,
+        )?;
         if split == Split::Test && matches!(self.data, VqaData::Files(_)) {
             // Every test question's answer, in the official results format (`tuwen score vqa`).
             let text = serde_json::to_string(&eval.predictions).map_err(|e| e.to_string())?;
@@ -880,15 +885,8 @@ impl crate::trainer::Task for VqaTask {
     }
 
     fn groups(&self, model: &PretrainModel) -> Groups {
-        task_groups(
-            model,
-            TaskParams {
-                freeze_layers: self.freeze_layers,
-                trains: |p| is_core(p) || p.starts_with("vqa."),
-                head: "vqa.",
-                encoder_lr_ratio: self.encoder_lr_ratio,
-            },
-        )
+        self.run
+            .groups(model, |p| is_core(p) || p.starts_with("vqa."), "vqa.")
     }
 
     fn has_test(&self) -> bool {

@@ -7,13 +7,12 @@
 //! A run without an ITC head gets a fresh one (`model.itc_dim`).
 
 use burn::optim::GradientsParams;
-use burn::tensor::Device;
 use tuwen_data::scene::Split;
 
 use crate::batch::HostBatch;
 use crate::data::Data;
 use crate::event::EvalMetrics;
-use crate::finetune::{TaskParams, is_core, task_groups};
+use crate::finetune::{TaskRun, is_core};
 use crate::model::{ObjectiveSet, PretrainModel};
 use crate::pretrain::{StepLosses, seeded};
 use crate::trainer::{Groups, Task};
@@ -31,18 +30,11 @@ pub fn trains(path: &str) -> bool {
 pub(crate) struct RetrievalTask {
     /// The scenes, unmasked, with mismatched captions at `data.mismatch_prob`.
     pub data: Data,
-    pub seed: u64,
-    pub batch_size: usize,
+    pub run: TaskRun,
     /// Held-out images of the retrieval evaluation.
     pub images: usize,
     /// Candidates re-ranked by ITM.
     pub top_k: usize,
-    /// The plain device (evaluation).
-    pub device: Device,
-    /// Its autodiff view (training).
-    pub train_device: Device,
-    pub freeze_layers: usize,
-    pub encoder_lr_ratio: f64,
     /// ITM on ITC-hard negatives mined in the batch instead of random ones.
     pub hard_negatives: bool,
 }
@@ -51,7 +43,7 @@ impl Task for RetrievalTask {
     type Batch = HostBatch;
 
     fn batch(&self, step: usize) -> Result<HostBatch, String> {
-        let (mut rng, indices) = crate::trainer::step_examples(self.seed, step, self.batch_size);
+        let (mut rng, indices) = self.run.examples(step);
         self.data
             .host_batch(Split::Train, &indices, &mut rng)
             .map_err(|e| format!("step {step}: {e}"))
@@ -64,7 +56,7 @@ impl Task for RetrievalTask {
         seed: u64,
     ) -> Result<(GradientsParams, StepLosses), String> {
         model.check_batch(batch).map_err(|e| e.to_string())?;
-        let device = &self.train_device;
+        let device = &self.run.train_device;
         let _rng = seeded(device, seed);
         let set = ObjectiveSet {
             mlm: false,
@@ -109,7 +101,7 @@ impl Task for RetrievalTask {
             split,
             self.images,
             self.top_k,
-            &self.device,
+            &self.run.device,
         )?;
         Ok(EvalMetrics {
             retrieval,
@@ -133,15 +125,7 @@ impl Task for RetrievalTask {
     }
 
     fn groups(&self, model: &PretrainModel) -> Groups {
-        task_groups(
-            model,
-            TaskParams {
-                freeze_layers: self.freeze_layers,
-                trains,
-                head: "itc.",
-                encoder_lr_ratio: self.encoder_lr_ratio,
-            },
-        )
+        self.run.groups(model, trains, "itc.")
     }
 
     fn test_note(&self, step: usize, metrics: &EvalMetrics) -> String {

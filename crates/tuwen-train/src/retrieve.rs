@@ -32,12 +32,9 @@ use tuwen_data::scene::SceneConfig;
 pub use tuwen_data::scene::Split;
 use tuwen_io::PathContext;
 use tuwen_objectives::itc::{ItcHead, l2_normalize};
-use tuwen_objectives::itm::MatchLabel;
 use tuwen_objectives::mlm::{IGNORE, MaskingConfig};
 
-use crate::batch::{
-    HostBatch, ImageRegions, PretrainBatch, SceneBatcher, TextSide, View, assemble,
-};
+use crate::batch::{HostBatch, ImageRegions, PretrainBatch, SceneBatcher, View, matched_pairs};
 use crate::config::Source;
 use crate::data::Data;
 use crate::model::{Encoder, PretrainModel};
@@ -312,19 +309,11 @@ impl Retriever {
 
     /// An unmasked batch of `texts` against `images` (row by row), checked against the model.
     fn host(&self, images: Vec<ImageRegions>, texts: Vec<String>) -> Result<HostBatch, String> {
-        let side = TextSide {
-            tokenizer: &self.run.tokenizer,
-            masking: MaskingConfig::default(),
-            region_masking: None,
-            feature_dim: self.run.model.feature_width(),
-        };
-        let rows = texts.len();
-        let host = assemble(
-            &side,
+        let host = matched_pairs(
+            &self.run.tokenizer,
+            self.run.model.feature_width(),
             images,
             texts,
-            vec![MatchLabel::Match; rows],
-            false,
             &mut StdRng::seed_from_u64(0),
         )
         .map_err(|e| e.to_string())?;

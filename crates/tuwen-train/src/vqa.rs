@@ -16,10 +16,9 @@ use rand::Rng;
 use tuwen_data::formats::{self, VqaRecord};
 use tuwen_data::scene::Split;
 use tuwen_io::PathContext;
-use tuwen_objectives::itm::MatchLabel;
 use tuwen_tokenizer::BertTokenizer;
 
-use crate::batch::{AnswerTargets, HostBatch, ImageRegions, SceneBatcher, TextSide, assemble};
+use crate::batch::{AnswerTargets, HostBatch, ImageRegions, SceneBatcher, matched_pairs};
 use crate::config::{FinetuneConfig, VqaDataset};
 use crate::corpus::epoch_order;
 use crate::images::ImagePipeline;
@@ -389,7 +388,8 @@ impl VqaData {
                     .map(|e| set.regions[e.image].as_ref().clone())
                     .collect();
                 let questions = picked.iter().map(|e| e.question.clone()).collect();
-                let mut host = questions_host(tokenizer, *feature_dim, images, questions, rng)?;
+                let mut host = matched_pairs(tokenizer, *feature_dim, images, questions, rng)
+                    .map_err(|e| e.to_string())?;
                 host.answers = picked
                     .iter()
                     .map(|e| targets(&e.answers, &vocabulary))
@@ -404,32 +404,6 @@ impl VqaData {
             }
         }
     }
-}
-
-/// Questions about images as an unmasked batch of matched pairs (no targets yet).
-fn questions_host(
-    tokenizer: &BertTokenizer,
-    feature_dim: usize,
-    images: Vec<ImageRegions>,
-    questions: Vec<String>,
-    rng: &mut impl Rng,
-) -> Result<HostBatch, String> {
-    let text = TextSide {
-        tokenizer,
-        masking: Default::default(),
-        region_masking: None,
-        feature_dim,
-    };
-    let rows = questions.len();
-    assemble(
-        &text,
-        images,
-        questions,
-        vec![MatchLabel::Match; rows],
-        false,
-        rng,
-    )
-    .map_err(|e| e.to_string())
 }
 
 /// The answer index with the highest score in each row of `scores` (`[rows, answers]`).
@@ -548,13 +522,14 @@ impl Vqa {
     ) -> Result<Vec<ScoredAnswer>, String> {
         let regions = self.run.images.regions(image)?;
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
-        let host = questions_host(
+        let host = matched_pairs(
             &self.run.tokenizer,
             self.run.images.feature_dim(),
             vec![regions],
             vec![question.to_string()],
             &mut rng,
-        )?;
+        )
+        .map_err(|e| e.to_string())?;
         self.run
             .model
             .check_batch(&host)
