@@ -1,35 +1,9 @@
 //! Pretrain -> fine-tune a captioner -> caption image files and score held-out scenes, end to end
 //! through the `tuwen` binary.
 
-use std::process::{Command, Output};
+mod common;
 
-fn tuwen() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tuwen"))
-}
-
-fn ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-const PRETRAIN: &str = r#"
-[run]
-steps = 10
-batch_size = 6
-[model]
-hidden_size = 32
-layers = 2
-heads = 2
-[data]
-vocab_scenes = 200
-[eval]
-every = 10
-scenes = 16
-"#;
+use common::{TINY_PRETRAIN, ok, tuwen};
 
 const FINETUNE: &str = r#"
 [run]
@@ -57,7 +31,7 @@ fn a_pretrained_run_is_fine_tuned_to_caption_and_its_captions_are_scored() {
         std::fs::write(&p, text).unwrap();
         p
     };
-    let (pre_cfg, ft_cfg) = (write("pre.toml", PRETRAIN), write("ft.toml", FINETUNE));
+    let (pre_cfg, ft_cfg) = (write("pre.toml", TINY_PRETRAIN), write("ft.toml", FINETUNE));
     let (pre, ft, eval) = (
         tmp.path().join("pre"),
         tmp.path().join("ft"),

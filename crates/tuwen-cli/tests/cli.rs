@@ -1,10 +1,8 @@
 //! The `tuwen` binary end to end.
 
-use std::process::Command;
+mod common;
 
-fn tuwen() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tuwen"))
-}
+use common::tuwen;
 
 #[test]
 fn tokenize_prints_one_json_array_per_text() {

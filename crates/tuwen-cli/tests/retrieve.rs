@@ -2,24 +2,14 @@
 //! pretrained run with an ITC head ranks scene images for a caption and captions for an image,
 //! reuses its embedding index, evaluates Recall@1/5/10, and refuses bad inputs clearly.
 
+mod common;
+
+use common::{ok, tuwen};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use tuwen_data::scene::{SceneConfig, Split};
-
-fn tuwen() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tuwen"))
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The error message of a failed command.
 fn fails(out: &Output) -> String {

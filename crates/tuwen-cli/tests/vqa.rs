@@ -1,36 +1,11 @@
 //! Pretrain -> fine-tune -> ask, end to end through the `tuwen` binary, and the official VQA
 //! scorer and the COCO caption scorer (`tuwen score`) on their committed fixtures.
 
+mod common;
+
+use common::{TINY_PRETRAIN, ok, tuwen};
+
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn tuwen() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tuwen"))
-}
-
-fn ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-const PRETRAIN: &str = r#"
-[run]
-steps = 10
-batch_size = 6
-[model]
-hidden_size = 32
-layers = 2
-heads = 2
-[data]
-vocab_scenes = 200
-[eval]
-every = 10
-scenes = 16
-"#;
 
 const FINETUNE: &str = r#"
 [run]
@@ -66,7 +41,7 @@ fn a_pretrained_run_is_fine_tuned_for_vqa_and_answers_questions_about_image_file
         std::fs::write(&p, text).unwrap();
         p
     };
-    let (pre_cfg, ft_cfg) = (write("pre.toml", PRETRAIN), write("ft.toml", FINETUNE));
+    let (pre_cfg, ft_cfg) = (write("pre.toml", TINY_PRETRAIN), write("ft.toml", FINETUNE));
     let (pre, ft) = (tmp.path().join("pre"), tmp.path().join("ft"));
     ok(&tuwen()
         .args(["train", "--config"])

@@ -1,0 +1,37 @@
+//! What the `tuwen` binary's end-to-end tests share.
+
+#![allow(dead_code)] // each test file uses a part
+
+use std::process::{Command, Output};
+
+/// The `tuwen` binary of this build.
+pub fn tuwen() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tuwen"))
+}
+
+/// Asserts that the command succeeded (showing its output if not) and returns its stdout.
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A pretraining run of a few seconds on the scenes.
+pub const TINY_PRETRAIN: &str = r#"
+[run]
+steps = 10
+batch_size = 6
+[model]
+hidden_size = 32
+layers = 2
+heads = 2
+[data]
+vocab_scenes = 200
+[eval]
+every = 10
+scenes = 16
+"#;
