@@ -7,5 +7,6 @@ pub mod extract;
 pub mod parity;
 pub mod retrieve;
 pub mod score;
+pub mod serve;
 pub mod train;
 pub mod vqa;

@@ -3,25 +3,7 @@
 
 mod common;
 
-use common::{TINY_PRETRAIN, ok, tuwen};
-
-const FINETUNE: &str = r#"
-[run]
-steps = 20
-batch_size = 16
-[optim]
-learning_rate = 2e-3
-warmup_steps = 2
-[eval]
-every = 10
-scenes = 8
-[finetune]
-task = "caption"
-captioner = "decoder"
-decoder_layers = 1
-grid = 2
-max_caption_len = 12
-"#;
+use common::{TINY_CAPTION as FINETUNE, TINY_PRETRAIN, ok, tuwen};
 
 #[test]
 fn a_pretrained_run_is_fine_tuned_to_caption_and_its_captions_are_scored() {

@@ -3,26 +3,9 @@
 
 mod common;
 
-use common::{TINY_PRETRAIN, ok, tuwen};
+use common::{TINY_PRETRAIN, TINY_VQA as FINETUNE, ok, tuwen};
 
 use std::path::Path;
-
-const FINETUNE: &str = r#"
-[run]
-steps = 20
-batch_size = 16
-[optim]
-learning_rate = 1e-3
-warmup_steps = 2
-[eval]
-every = 10
-scenes = 64
-[finetune]
-task = "vqa"
-dataset = "easy_vqa"
-validation_images = 20
-answers = 13
-"#;
 
 #[test]
 fn a_pretrained_run_is_fine_tuned_for_vqa_and_answers_questions_about_image_files() {

@@ -541,7 +541,51 @@ impl Retriever {
         }
         let (image_emb, image_stats) = self.image_embeddings(images)?;
         let (text_emb, text_stats) = self.text_embeddings(&[query.to_string()])?;
-        let sim = similarities(&text_emb, &image_emb);
+        let hits = self.rank_images(query, &text_emb, images, &image_emb, k)?;
+        Ok(Ranking {
+            hits,
+            candidates: images.len(),
+            images: image_stats,
+            texts: text_stats,
+        })
+    }
+
+    /// [`Retriever::search_images`] over images whose ITC embeddings the caller holds (from
+    /// [`Retriever::image_embeddings`], kept in memory by a server); the query is embedded
+    /// without touching the index.
+    pub fn search_embedded(
+        &self,
+        query: &str,
+        images: &[PathBuf],
+        image_embeddings: &[Vec<f32>],
+        k: usize,
+    ) -> Result<Vec<Hit>, String> {
+        check_search(k, images.len(), "images")?;
+        if image_embeddings.len() != images.len() {
+            return Err(format!(
+                "{} image embeddings for {} images",
+                image_embeddings.len(),
+                images.len()
+            ));
+        }
+        let query = query.trim();
+        if query.is_empty() {
+            return Err("the query is empty".into());
+        }
+        let text_emb = self.embed_texts(&[query.to_string()])?;
+        self.rank_images(query, &text_emb, images, image_embeddings, k)
+    }
+
+    /// ITC top `k` of `images` for the one query embedding in `text_emb`, re-ranked by ITM.
+    fn rank_images(
+        &self,
+        query: &str,
+        text_emb: &[Vec<f32>],
+        images: &[PathBuf],
+        image_emb: &[Vec<f32>],
+        k: usize,
+    ) -> Result<Vec<Hit>, String> {
+        let sim = similarities(text_emb, image_emb);
         let candidates = top_k(&sim, 1, images.len(), k).remove(0);
         let mut itm = Vec::with_capacity(candidates.len());
         for chunk in candidates.chunks(CHUNK) {
@@ -557,13 +601,9 @@ impl Retriever {
                     .map_err(|e| e.to_string())?,
             );
         }
-        let hits = ranked(&candidates, &itm, &sim, |i| images[i].display().to_string());
-        Ok(Ranking {
-            hits,
-            candidates: images.len(),
-            images: image_stats,
-            texts: text_stats,
-        })
+        Ok(ranked(&candidates, &itm, &sim, |i| {
+            images[i].display().to_string()
+        }))
     }
 
     /// The `k` texts of `texts` that best describe the image file `image`: the top `k` by ITC

@@ -485,6 +485,15 @@ pub struct ScoredAnswer {
     pub score: f32,
 }
 
+/// One question about one image, for [`Vqa::answer_batch`].
+#[derive(Clone, Copy, Debug)]
+pub struct Question<'a> {
+    /// The image.
+    pub image: &'a image::RgbImage,
+    /// The question about it.
+    pub question: &'a str,
+}
+
 /// A fine-tuned VQA run, ready to answer questions about image files.
 #[derive(Debug)]
 pub struct Vqa {
@@ -520,13 +529,31 @@ impl Vqa {
         question: &str,
         k: usize,
     ) -> Result<Vec<ScoredAnswer>, String> {
-        let regions = self.run.images.regions(image)?;
+        let mut answers = self.answer_batch(&[Question { image, question }], k)?;
+        Ok(answers.pop().unwrap_or_default())
+    }
+
+    /// The `k` best answers to each question, best first, in one forward pass (the questions'
+    /// padding is masked, so each item's scores are those it gets alone).
+    pub fn answer_batch(
+        &self,
+        questions: &[Question<'_>],
+        k: usize,
+    ) -> Result<Vec<Vec<ScoredAnswer>>, String> {
+        if questions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let regions = questions
+            .iter()
+            .map(|q| self.run.images.regions(q.image))
+            .collect::<Result<Vec<_>, _>>()?;
+        let texts = questions.iter().map(|q| q.question.to_string()).collect();
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
         let host = matched_pairs(
             &self.run.tokenizer,
             self.run.images.feature_dim(),
-            vec![regions],
-            vec![question.to_string()],
+            regions,
+            texts,
             &mut rng,
         )
         .map_err(|e| e.to_string())?;
@@ -538,6 +565,13 @@ impl Vqa {
             .run
             .model
             .answer_scores(&host.to_device(&self.device))?;
+        Ok(scores
+            .chunks(self.run.answers.len())
+            .map(|row| self.top_answers(row, k))
+            .collect())
+    }
+
+    fn top_answers(&self, scores: &[f32], k: usize) -> Vec<ScoredAnswer> {
         let mut ranked: Vec<ScoredAnswer> = scores
             .iter()
             .zip(&self.run.answers)
@@ -548,7 +582,7 @@ impl Vqa {
             .collect();
         ranked.sort_by(|a, b| b.score.total_cmp(&a.score));
         ranked.truncate(k);
-        Ok(ranked)
+        ranked
     }
 
     /// The best answer to `question` about `image`.

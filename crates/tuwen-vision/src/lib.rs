@@ -21,7 +21,8 @@ use std::path::Path;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
 pub use preprocess::{
-    ImageError, MAX_DECODE_BYTES, MAX_IMAGE_SIDE, Normalization, Preprocess, load_rgb,
+    ImageError, MAX_DECODE_BYTES, MAX_IMAGE_SIDE, Normalization, Preprocess, decode_rgb,
+    image_dimensions, load_rgb,
 };
 pub use tuwen_weights::LoadError;
 

@@ -114,11 +114,17 @@ impl Default for Preprocess {
 pub fn load_rgb(path: impl AsRef<Path>) -> Result<RgbImage, ImageError> {
     let path = path.as_ref();
     let bytes = tuwen_io::read(path)?;
+    decode_rgb(&bytes, path)
+}
+
+/// Decodes an image held in memory (an upload, an archive member) exactly as [`load_rgb`]
+/// decodes a file, within the same limits; `name` names the image in errors.
+pub fn decode_rgb(bytes: &[u8], name: &Path) -> Result<RgbImage, ImageError> {
     let decode = |e: image::ImageError| ImageError::Decode {
-        path: path.to_path_buf(),
+        path: name.to_path_buf(),
         reason: e.to_string(),
     };
-    let mut reader = ImageReader::new(Cursor::new(&bytes))
+    let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| decode(e.into()))?;
     // While reading the header, only the allocation budget (the PNG decoder's own buffers):
@@ -131,7 +137,7 @@ pub fn load_rgb(path: impl AsRef<Path>) -> Result<RgbImage, ImageError> {
     let decoded = decoder.total_bytes();
     if width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE || decoded > MAX_DECODE_BYTES {
         return Err(ImageError::TooLarge {
-            path: path.to_path_buf(),
+            path: name.to_path_buf(),
             width,
             height,
             bytes: decoded,
@@ -148,6 +154,20 @@ pub fn load_rgb(path: impl AsRef<Path>) -> Result<RgbImage, ImageError> {
     let mut image = DynamicImage::ImageRgb8(image.into_rgb8());
     image.apply_orientation(orientation);
     Ok(image.into_rgb8())
+}
+
+/// The width and height an in-memory JPEG/PNG declares, read from its header without decoding
+/// any pixel (for a caller's own size limit before [`decode_rgb`]); `name` names it in errors.
+pub fn image_dimensions(bytes: &[u8], name: &Path) -> Result<(u32, u32), ImageError> {
+    let decode = |e: image::ImageError| ImageError::Decode {
+        path: name.to_path_buf(),
+        reason: e.to_string(),
+    };
+    ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| decode(e.into()))?
+        .into_dimensions()
+        .map_err(decode)
 }
 
 impl Preprocess {

@@ -35,3 +35,40 @@ vocab_scenes = 200
 every = 10
 scenes = 16
 "#;
+
+/// A VQA fine-tuning of a few seconds on easy-VQA (13 answers).
+pub const TINY_VQA: &str = r#"
+[run]
+steps = 20
+batch_size = 16
+[optim]
+learning_rate = 1e-3
+warmup_steps = 2
+[eval]
+every = 10
+scenes = 64
+[finetune]
+task = "vqa"
+dataset = "easy_vqa"
+validation_images = 20
+answers = 13
+"#;
+
+/// A captioning fine-tuning of a few seconds (a 1-layer decoder).
+pub const TINY_CAPTION: &str = r#"
+[run]
+steps = 20
+batch_size = 16
+[optim]
+learning_rate = 2e-3
+warmup_steps = 2
+[eval]
+every = 10
+scenes = 8
+[finetune]
+task = "caption"
+captioner = "decoder"
+decoder_layers = 1
+grid = 2
+max_caption_len = 12
+"#;
