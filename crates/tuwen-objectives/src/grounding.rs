@@ -1,25 +1,52 @@
 //! Supervised region-phrase grounding, for data with phrase -> box links: an alignment
 //! distribution of each phrase over its image's regions (cross-entropy to the gold region) and a
-//! box regressed from the phrase representation (smooth-L1 + generalised IoU to the gold box).
-//! This is the "regression of the correspondence between image regions and text fragments".
+//! box: the aligned region's box refined by offsets regressed from the phrase (smooth-L1 +
+//! generalised IoU to the gold box). This is the "regression of the correspondence between image
+//! regions and text fragments".
+//!
+//! As in ViLBERT's referring-expression task, the prediction is a region of the image (the
+//! alignment's top-1) and its box; the regressed offsets move each side by at most half the
+//! region's width or height, so a box never turns inside out. In training the box is anchored on
+//! the alignment-weighted mean of the region boxes, so the box losses also train the alignment.
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
-use burn::tensor::activation::sigmoid;
-use burn::tensor::{Bool, Device, Tensor};
+use burn::tensor::activation::{softmax, tanh};
+use burn::tensor::{Bool, Device, Int, Tensor};
 
 use crate::LossOutput;
 use crate::cross_entropy;
 
-/// Scores regions for phrases and regresses boxes from phrases.
+/// How far the regressed offsets move a side of the anchor box, as a fraction of its size.
+const REFINE: f32 = 0.5;
+
+/// Scores regions for phrases and refines the aligned region's box.
 #[derive(Module, Debug)]
 pub struct GroundingHead {
     /// Phrase -> query space.
     pub phrase_proj: Linear,
     /// Region -> key space.
     pub region_proj: Linear,
-    /// Phrase -> `(cx, cy, w, h)` logits of the box (normalised coordinates).
+    /// Phrase -> offsets of the `(x1, y1, x2, y2)` sides of the aligned region's box (`tanh`,
+    /// times [`REFINE`] x its width / height).
     pub box_head: Linear,
+}
+
+/// What [`GroundingHead::forward`] grounds: `N` phrases, each with the regions of its image.
+#[derive(Clone, Debug)]
+pub struct GroundingInput<'a> {
+    /// Phrase vectors `[N, H]`.
+    pub phrases: Tensor<2>,
+    /// Region states `[N, V, R]`.
+    pub regions: Tensor<3>,
+    /// Region boxes `[N, V, 4]`, normalised xyxy.
+    pub region_boxes: Tensor<3>,
+    /// `[N, V]`, true at padding regions.
+    pub region_pad: Tensor<2, Bool>,
+    /// The gold region of each phrase.
+    pub gold_region: &'a [i64],
+    /// The gold boxes `[N, 4]`, normalised xyxy.
+    pub gold_boxes: Tensor<2>,
 }
 
 /// Outputs of [`GroundingHead::forward`].
@@ -27,12 +54,16 @@ pub struct GroundingHead {
 pub struct GroundingOutput {
     /// Alignment cross-entropy to the gold region.
     pub alignment: LossOutput,
-    /// Smooth-L1 between predicted and gold boxes (mean over coordinates).
+    /// Smooth-L1 between the trained boxes and the gold boxes (mean over coordinates).
     pub box_l1: LossOutput,
-    /// `1 - GIoU`, averaged.
+    /// `1 - GIoU` of the trained boxes, averaged.
     pub box_giou: LossOutput,
-    /// Predicted boxes `[N, 4]`, normalised xyxy.
+    /// Trained boxes `[N, 4]`, normalised xyxy: anchored on the alignment-weighted region box.
     pub boxes: Tensor<2>,
+    /// Predicted boxes `[N, 4]` (no gradient): the top-1 region's box, refined.
+    pub predicted: Tensor<2>,
+    /// The top-1 region of each phrase `[N]`.
+    pub top_region: Tensor<1, Int>,
 }
 
 impl GroundingHead {
@@ -46,19 +77,46 @@ impl GroundingHead {
         }
     }
 
-    /// `phrases` `[N, H]`, each with the regions of its image `[N, V, R]` (`region_pad` `[N, V]`
-    /// true at padding), the gold region index `[N]` and gold box `[N, 4]` (normalised xyxy).
-    pub fn forward(
+    /// Alignment scores `[N, V]` of each phrase over its regions (padding at -1e9).
+    pub fn scores(
         &self,
         phrases: Tensor<2>,
         regions: Tensor<3>,
         region_pad: Tensor<2, Bool>,
-        gold_region: &[i64],
-        gold_boxes: Tensor<2>,
-    ) -> GroundingOutput {
+    ) -> Tensor<2> {
+        let [n, _] = phrases.dims();
+        let q = self.phrase_proj.forward(phrases);
+        let k = self.region_proj.forward(regions);
+        let [_, v, d] = k.dims();
+        k.matmul(q.reshape([n, d, 1]))
+            .reshape([n, v])
+            .div_scalar((d as f32).sqrt())
+            .mask_fill(region_pad, -1e9)
+    }
+
+    /// The alignment and box losses of `input`, with the predicted boxes and regions.
+    pub fn forward(&self, input: GroundingInput<'_>) -> GroundingOutput {
+        let GroundingInput {
+            phrases,
+            regions,
+            region_boxes,
+            region_pad,
+            gold_region,
+            gold_boxes,
+        } = input;
         let device = phrases.device();
         let [n, _] = phrases.dims();
-        let boxes = cxcywh_to_xyxy(sigmoid(self.box_head.forward(phrases.clone())));
+        let [_, v, _] = region_boxes.dims();
+        let offsets = tanh(self.box_head.forward(phrases.clone()));
+        let scores = self.scores(phrases, regions, region_pad);
+        let top_region = scores.clone().argmax(1).reshape([n]);
+        let one_hot = top_region.clone().one_hot::<2>(v).float();
+        let predicted = refine(
+            anchor(one_hot, region_boxes.clone()),
+            offsets.clone().detach(),
+        )
+        .detach();
+        let boxes = refine(anchor(softmax(scores.clone(), 1), region_boxes), offsets);
         if n == 0 {
             let empty = LossOutput::empty(&device);
             return GroundingOutput {
@@ -66,16 +124,10 @@ impl GroundingHead {
                 box_l1: empty.clone(),
                 box_giou: empty,
                 boxes,
+                predicted,
+                top_region,
             };
         }
-        let q = self.phrase_proj.forward(phrases);
-        let k = self.region_proj.forward(regions);
-        let [_, v, d] = k.dims();
-        let scores = k
-            .matmul(q.reshape([n, d, 1]))
-            .reshape([n, v])
-            .div_scalar((d as f32).sqrt())
-            .mask_fill(region_pad, -1e9);
         let (alignment, _, _) = cross_entropy(scores, gold_region.to_vec(), None);
         let item = |loss: Tensor<1>| LossOutput {
             loss,
@@ -97,8 +149,27 @@ impl GroundingHead {
                     .reshape([1]),
             ),
             boxes,
+            predicted,
+            top_region,
         }
     }
+}
+
+/// The region boxes `[N, V, 4]` averaged with `weights` `[N, V]` (rows summing to 1) -> `[N, 4]`.
+fn anchor(weights: Tensor<2>, region_boxes: Tensor<3>) -> Tensor<2> {
+    let [n, v] = weights.dims();
+    weights
+        .reshape([n, 1, v])
+        .matmul(region_boxes)
+        .reshape([n, 4])
+}
+
+/// `anchor` xyxy `[N, 4]` with each side moved by `offsets` in [-1, 1] x [`REFINE`] x the
+/// anchor's width (x sides) or height (y sides).
+fn refine(anchor: Tensor<2>, offsets: Tensor<2>) -> Tensor<2> {
+    let size = anchor.clone().narrow(1, 2, 2) - anchor.clone().narrow(1, 0, 2);
+    let scale = Tensor::cat(vec![size.clone(), size], 1).mul_scalar(REFINE);
+    anchor + offsets * scale
 }
 
 /// `(cx, cy, w, h)` -> `(x1, y1, x2, y2)`, `[N, 4]`.

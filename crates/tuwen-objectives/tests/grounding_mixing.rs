@@ -4,7 +4,7 @@ use burn::tensor::{Bool, Tensor, TensorData};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tuwen_objectives::LossOutput;
-use tuwen_objectives::grounding::{GroundingHead, generalized_iou, smooth_l1};
+use tuwen_objectives::grounding::{GroundingHead, GroundingInput, generalized_iou, smooth_l1};
 use tuwen_objectives::mixing::{Weighted, sample_task, weighted_sum};
 use tuwen_testkit::flex;
 
@@ -101,24 +101,36 @@ fn box_losses_have_correct_gradients() {
     }
 }
 
+/// Two phrases, three regions each (the third of the first padded), with region boxes.
+fn grounding_input<'a>(
+    device: &burn::tensor::Device,
+    gold_region: &'a [i64],
+) -> GroundingInput<'a> {
+    let region_boxes = vec![
+        0.0f32, 0.0, 1.0, 1.0, 0.1, 0.1, 0.4, 0.5, 0.6, 0.6, 0.9, 0.9, //
+        0.0, 0.0, 1.0, 1.0, 0.2, 0.6, 0.5, 0.9, 0.5, 0.2, 0.9, 0.6,
+    ];
+    GroundingInput {
+        phrases: Tensor::random([2, 6], burn::tensor::Distribution::Default, device),
+        regions: Tensor::random([2, 3, 5], burn::tensor::Distribution::Default, device),
+        region_boxes: Tensor::from_data(TensorData::new(region_boxes, [2, 3, 4]), device),
+        region_pad: Tensor::<2, Bool>::from_data(
+            TensorData::new(vec![false, false, true, false, false, false], [2, 3]),
+            device,
+        ),
+        gold_region,
+        gold_boxes: Tensor::from_data(
+            boxes(vec![0.1, 0.1, 0.4, 0.5, 0.5, 0.2, 0.9, 0.6]).into_data(),
+            device,
+        ),
+    }
+}
+
 #[test]
 fn grounding_head_ignores_padded_regions_and_trains_every_part() {
     let device = flex().autodiff();
     let head = GroundingHead::new(6, 5, 4, &device);
-    let phrases = Tensor::<2>::random([2, 6], burn::tensor::Distribution::Default, &device);
-    let regions = Tensor::<3>::random([2, 3, 5], burn::tensor::Distribution::Default, &device);
-    let pad = Tensor::<2, Bool>::from_data(
-        TensorData::new(vec![false, false, true, false, false, false], [2, 3]),
-        &device,
-    );
-    let gold = boxes(vec![0.1, 0.1, 0.4, 0.5, 0.5, 0.2, 0.9, 0.6]);
-    let out = head.forward(
-        phrases,
-        regions,
-        pad,
-        &[1, 2],
-        Tensor::from_data(gold.into_data(), &device),
-    );
+    let out = head.forward(grounding_input(&device, &[1, 2]));
     let total = out.alignment.loss + out.box_l1.loss + out.box_giou.loss;
     assert!(total.clone().into_scalar::<f32>().is_finite());
     let grads = total.backward();
@@ -129,11 +141,42 @@ fn grounding_head_ignores_padded_regions_and_trains_every_part() {
     ] {
         assert!(w.val().grad(&grads).is_some());
     }
-    let b: Vec<f32> = out.boxes.into_data().try_into_vec_as().unwrap();
-    assert!(
-        b.chunks_exact(4).all(|x| x[0] <= x[2] && x[1] <= x[3]),
-        "{b:?}"
-    );
+    for boxes in [out.boxes, out.predicted] {
+        let b: Vec<f32> = boxes.into_data().try_into_vec_as().unwrap();
+        assert!(
+            b.chunks_exact(4).all(|x| x[0] <= x[2] && x[1] <= x[3]),
+            "{b:?}"
+        );
+    }
+    let top: Vec<i64> = out.top_region.into_data().try_into_vec_as().unwrap();
+    assert_ne!(top[0], 2, "a padded region is never the top one");
+}
+
+#[test]
+fn without_offsets_the_predicted_box_is_the_top_regions_box() {
+    let device = flex();
+    let mut head = GroundingHead::new(6, 5, 4, &device);
+    head.box_head.weight = head.box_head.weight.map(|w| w.zeros_like());
+    if let Some(bias) = head.box_head.bias.as_mut() {
+        *bias = bias.clone().map(|b| b.zeros_like());
+    }
+    let input = grounding_input(&device, &[1, 2]);
+    let region_boxes: Vec<f32> = input
+        .region_boxes
+        .clone()
+        .into_data()
+        .try_into_vec_as()
+        .unwrap();
+    let out = head.forward(input);
+    let top: Vec<i64> = out.top_region.into_data().try_into_vec_as().unwrap();
+    let predicted: Vec<f32> = out.predicted.into_data().try_into_vec_as().unwrap();
+    for (i, &r) in top.iter().enumerate() {
+        let start = (i * 3 + r as usize) * 4;
+        assert_eq!(
+            &predicted[i * 4..i * 4 + 4],
+            &region_boxes[start..start + 4]
+        );
+    }
 }
 
 #[test]

@@ -18,7 +18,7 @@ use tuwen_fusion::{
     VisualBertForPreTraining,
 };
 use tuwen_objectives::LossOutput;
-use tuwen_objectives::grounding::GroundingHead;
+use tuwen_objectives::grounding::{GroundingHead, GroundingInput};
 use tuwen_objectives::itc::{ItcConfig, ItcHead};
 use tuwen_objectives::itm::{MatchLabel, Polarity, hard_negatives, itm_loss};
 use tuwen_objectives::mlm::{MlmOutput, mlm_loss};
@@ -954,26 +954,24 @@ fn grounding(
     let phrases = average.matmul(text.reshape([b * t, h]));
     let rows: Vec<i64> = batch.phrases.iter().map(|p| p.row as i64).collect();
     let rows = Tensor::<1, Int>::from_ints(rows.as_slice(), &device);
-    let regions = image.select(0, rows.clone());
-    let pad = batch.region_mask.clone().select(0, rows).equal_elem(0);
     let gold: Vec<i64> = batch.phrases.iter().map(|p| p.region as i64).collect();
     let boxes: Vec<f32> = batch.phrases.iter().flat_map(|p| p.bbox).collect();
-    let gold_boxes = Tensor::<2>::from_data(TensorData::new(boxes.clone(), [n, 4]), &device);
-    // Top-1 region of the alignment (the head's scores, recomputed without the loss).
-    let q = head.phrase_proj.forward(phrases.clone().detach());
-    let k = head.region_proj.forward(regions.clone().detach());
-    let [_, v, d] = k.dims();
-    let top: Vec<i64> = tuwen_weights::host::computed(
-        k.matmul(q.reshape([n, d, 1]))
-            .reshape([n, v])
-            .mask_fill(pad.clone(), -1e9)
-            .argmax(1)
-            .into_data(),
-        "grounding alignment",
-    );
-    let out = head.forward(phrases, regions, pad, &gold, gold_boxes);
+    let out = head.forward(GroundingInput {
+        phrases,
+        regions: image.select(0, rows.clone()),
+        region_boxes: batch
+            .locations
+            .clone()
+            .select(0, rows.clone())
+            .narrow(2, 0, 4),
+        region_pad: batch.region_mask.clone().select(0, rows).equal_elem(0),
+        gold_region: &gold,
+        gold_boxes: Tensor::<2>::from_data(TensorData::new(boxes.clone(), [n, 4]), &device),
+    });
     let predicted: Vec<f32> =
-        tuwen_weights::host::computed(out.boxes.clone().into_data(), "grounding boxes");
+        tuwen_weights::host::computed(out.predicted.clone().into_data(), "grounding boxes");
+    let top: Vec<i64> =
+        tuwen_weights::host::computed(out.top_region.clone().into_data(), "grounding alignment");
     let hits = (0..n)
         .filter(|&i| iou(&predicted[i * 4..i * 4 + 4], &boxes[i * 4..i * 4 + 4]) >= 0.5)
         .count();
