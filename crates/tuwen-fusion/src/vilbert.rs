@@ -713,7 +713,8 @@ pub struct RegionHead {
 }
 
 impl RegionHead {
-    fn new(hidden: usize, classes: usize, device: &Device) -> Self {
+    /// A head over `hidden`-wide region states predicting `classes` classes.
+    pub fn new(hidden: usize, classes: usize, device: &Device) -> Self {
         Self {
             dense: LinearConfig::new(hidden, hidden).init(device),
             activation: Gelu::new(),

@@ -475,8 +475,9 @@ pub struct ObjectivesConfig {
     /// Masked region feature regression (MSE to the unmasked feature at masked regions, the
     /// head tied to the region input projection; needs `data.region_mask_prob > 0`).
     pub mrfr: Objective,
-    /// Masked region classification (ViLBERT's region head, scene classes or the store's
-    /// class distributions; active when `data.region_mask_prob > 0`). `data.region_loss_weight`
+    /// Masked region classification (ViLBERT's region head, or for VisualBERT a region head
+    /// over the joint pass's region states; scene classes or the store's class distributions;
+    /// active when `data.region_mask_prob > 0`). `data.region_loss_weight`
     /// multiplies its weight.
     pub mrc: Objective,
     /// Image-text contrastive learning (active when `model.itc_dim > 0`).
@@ -749,10 +750,13 @@ impl TrainConfig {
                     m.co_layers, m.layers, m.v_layers
                 ));
             }
-        } else if self.data.region_mask_prob > 0.0 && !self.objectives.mrfr.enabled {
+        } else if self.data.region_mask_prob > 0.0
+            && !self.objectives.mrfr.enabled
+            && !self.objectives.mrc.enabled
+        {
             return Err(
-                "data.region_mask_prob > 0 needs a region objective: architecture = \"vilbert\" \
-                 (region classification) or objectives.mrfr"
+                "data.region_mask_prob > 0 needs a region objective: objectives.mrc (region \
+                 classification) or objectives.mrfr"
                     .into(),
             );
         }

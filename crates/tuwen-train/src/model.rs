@@ -11,7 +11,7 @@ use rand::SeedableRng;
 use tuwen_fusion::decoder::{CaptionDecoder, DecoderConfig};
 use tuwen_fusion::init::{BertInit, bert_init};
 use tuwen_fusion::lxmert::AnswerHead;
-use tuwen_fusion::vilbert::PooledFusion;
+use tuwen_fusion::vilbert::{PooledFusion, RegionHead};
 use tuwen_fusion::visual_bert::LocationEncoding;
 use tuwen_fusion::{
     BertConfig, InputError, ViLBertConfig, ViLBertForPreTraining, VisualBertConfig,
@@ -27,7 +27,7 @@ use tuwen_objectives::ot::{IpotConfig, ot_distance};
 use tuwen_objectives::vqa::{vqa_accuracy, vqa_loss};
 
 use crate::batch::{HostBatch, PretrainBatch, View};
-use crate::config::{Architecture, ModelConfig, Negatives, ObjectivesConfig};
+use crate::config::{Architecture, ModelConfig, Negatives, ObjectivesConfig, TrainConfig};
 
 /// An encoder of either family with its pretraining heads. (Held once per run, so the size
 /// difference between the variants does not matter; boxing would complicate the derived record.)
@@ -58,6 +58,9 @@ pub struct PretrainModel {
     pub mrfr: Option<MrfrHead>,
     /// Phrase -> region / box head (`objectives.grounding`).
     pub grounding: Option<GroundingHead>,
+    /// Masked region classification head over a single-stream encoder's region states
+    /// (`objectives.mrc` on VisualBERT; ViLBERT's is part of its encoder).
+    pub region_head: Option<RegionHead>,
 }
 
 /// Which objectives a forward pass computes (the heads they need must exist). The default is
@@ -334,14 +337,22 @@ impl PretrainModel {
             decoder: None,
             mrfr: None,
             grounding: None,
+            region_head: None,
         }
         .materialize()
     }
 
-    /// This model with the heads the switched-on objectives of `objectives` need (MRFR,
-    /// grounding), freshly initialised (HF BERT initialisation; draws from `device`'s
-    /// generator). Nothing is drawn when no such objective is on.
-    pub fn with_objective_heads(mut self, objectives: &ObjectivesConfig, device: &Device) -> Self {
+    /// This model with the heads the switched-on objectives of `cfg.objectives` need (MRFR,
+    /// grounding, and region classification over `region_classes` classes for a single-stream
+    /// encoder with masked regions), freshly initialised (HF BERT initialisation; draws from
+    /// `device`'s generator). Nothing is drawn when no such objective is on.
+    pub fn with_objective_heads(
+        mut self,
+        cfg: &TrainConfig,
+        region_classes: usize,
+        device: &Device,
+    ) -> Self {
+        let objectives = &cfg.objectives;
         let (text, image) = self.hidden_widths();
         if objectives.mrfr.enabled && self.mrfr.is_none() {
             let head = MrfrHead::new(image, self.feature_width(), device);
@@ -350,6 +361,12 @@ impl PretrainModel {
         if objectives.grounding.enabled && self.grounding.is_none() {
             let head = GroundingHead::new(text, image, text, device);
             self.grounding = Some(bert_init(head, BertInit::default()));
+        }
+        let single_stream = matches!(self.encoder, Encoder::VisualBert(_));
+        let masked_regions = cfg.data.region_mask_prob > 0.0 && region_classes > 0;
+        if single_stream && objectives.mrc.enabled && masked_regions && self.region_head.is_none() {
+            let head = RegionHead::new(image, region_classes, device);
+            self.region_head = Some(bert_init(head, BertInit::default()));
         }
         self.materialize()
     }
@@ -647,10 +664,14 @@ impl PretrainModel {
                 accuracy: 0.0,
             }
         };
-        let region = match (&self.encoder, &image) {
-            (Encoder::ViLBert(m), Some(image)) if set.mrc && !batch.region_positions.is_empty() => {
+        let region_head = match &self.encoder {
+            Encoder::ViLBert(m) => Some(&m.region_head),
+            Encoder::VisualBert(_) => self.region_head.as_ref(),
+        };
+        let region = match (region_head, &image) {
+            (Some(head), Some(image)) if set.mrc && !batch.region_positions.is_empty() => {
                 Some(mrc_label_loss(
-                    m.region_head.forward(image.clone()),
+                    head.forward(image.clone()),
                     &batch.region_labels,
                     &batch.region_positions,
                 ))

@@ -470,7 +470,7 @@ fn metric_values(
     }
     if data.masks_regions() {
         values.push(("region_accuracy", metrics.region_accuracy));
-        if o.mrc.enabled && cfg.model.architecture == Architecture::Vilbert {
+        if o.mrc.enabled {
             values.push(("region", metrics.region_loss));
         }
     }
@@ -769,11 +769,7 @@ fn pretraining_data(
                 cfg.data.mismatch_prob,
                 region_masking,
             )?;
-            if region_masking.is_some()
-                && batcher.classes() == 0
-                && cfg.objectives.mrc.enabled
-                && cfg.model.architecture == Architecture::Vilbert
-            {
+            if region_masking.is_some() && batcher.classes() == 0 && cfg.objectives.mrc.enabled {
                 return Err(format!(
                     "{store}: the store has no class distributions to classify masked regions \
                      against; set data.region_mask_prob = 0 or objectives.mrc.enabled = false"
@@ -887,7 +883,7 @@ pub fn run(
                 bert.display()
             )));
         }
-        m.with_objective_heads(&cfg.objectives, &ad[0])
+        m.with_objective_heads(cfg, spec.shape.region_classes, &ad[0])
     };
     run_dir.save_spec(&spec)?;
     let task = Arc::new(PretrainTask {

@@ -321,8 +321,11 @@ impl PretrainModel {
             ));
         }
         let (name, step) = dir.checkpoint(which)?;
-        let fresh = PretrainModel::build(&config.model, &spec, device)
-            .with_objective_heads(&config.objectives, device);
+        let fresh = PretrainModel::build(&config.model, &spec, device).with_objective_heads(
+            &config,
+            spec.shape.region_classes,
+            device,
+        );
         let model = crate::checkpoint::load_model(&dir.checkpoints(), name, fresh)
             .map_err(|e| e.to_string())?
             .ok_or_else(|| {

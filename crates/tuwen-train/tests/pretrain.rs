@@ -594,8 +594,12 @@ fn config_errors_name_the_file_and_the_key() {
     );
     let err = TrainConfig::from_toml("[data]\nmask_prob = 1.5\n", "my.toml").unwrap_err();
     assert!(err.to_string().contains("data.mask_prob"), "{err}");
-    let err = TrainConfig::from_toml("[data]\nregion_mask_prob = 0.15\n", "my.toml").unwrap_err();
-    assert!(err.to_string().contains("vilbert"), "{err}");
+    let err = TrainConfig::from_toml(
+        "[data]\nregion_mask_prob = 0.15\n[objectives.mrc]\nenabled = false\n",
+        "my.toml",
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("objectives.mrc"), "{err}");
     let err = TrainConfig::from_toml(
         "[model]\narchitecture = \"vilbert\"\nco_layers = 0\n",
         "my.toml",

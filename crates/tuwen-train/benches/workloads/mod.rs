@@ -280,7 +280,7 @@ pub fn default_run(device: &Device) -> (TrainConfig, PretrainModel, HostBatch, M
     let host = step_batch(&data, &cfg, 0).expect("a batch");
     device.seed(cfg.run.seed);
     let model = PretrainModel::init(&cfg.model, &shape, device)
-        .with_objective_heads(&cfg.objectives, device);
+        .with_objective_heads(&cfg, shape.region_classes, device);
     (cfg, model, host, shape)
 }
 
@@ -292,7 +292,7 @@ pub fn minilm_run(device: &Device) -> (TrainConfig, PretrainModel, HostBatch, Mo
     let host = minilm_batch(base, cfg.run.seed);
     device.seed(cfg.run.seed);
     let model = PretrainModel::build(&cfg.model, &spec, device)
-        .with_objective_heads(&cfg.objectives, device);
+        .with_objective_heads(&cfg, spec.shape.region_classes, device);
     (cfg, model, host, spec)
 }
 
