@@ -319,54 +319,7 @@ enum Command {
     ///
     /// Prints `listening on http://ADDR` once the models are loaded; stops on Ctrl-C or SIGTERM
     /// after the requests in progress. Requests of concurrent clients are batched.
-    Serve {
-        /// The main run: answers VQA / captions when it is such a run, and searches --images
-        /// with its ITC head.
-        #[arg(long)]
-        run: PathBuf,
-        /// A fine-tuned VQA run (default: --run, when it has a VQA head).
-        #[arg(long)]
-        vqa: Option<PathBuf>,
-        /// A fine-tuned captioning run (default: --run, when it is one).
-        #[arg(long)]
-        caption: Option<PathBuf>,
-        /// A folder of JPEG/PNG files searched by text (--run needs an ITC head).
-        #[arg(long)]
-        images: Option<PathBuf>,
-        /// Where the search's embedding index lives (default: RUN/retrieval-index).
-        #[arg(long)]
-        index: Option<PathBuf>,
-        /// Address to listen on (loopback by default; port 0: any free port).
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        addr: std::net::SocketAddr,
-        /// Model workers, each with its own copy of the models.
-        #[arg(long, default_value_t = 1)]
-        threads: usize,
-        /// Checkpoint of every run: best, last or a step number.
-        #[arg(long, default_value = "best")]
-        checkpoint: String,
-        /// Largest request body in bytes.
-        #[arg(long, default_value_t = tuwen_serve::Limits::default().max_upload_bytes)]
-        max_upload_bytes: usize,
-        /// Most pixels (width x height) of an uploaded image.
-        #[arg(long, default_value_t = tuwen_serve::Limits::default().max_pixels)]
-        max_pixels: u64,
-        /// Longest question or search text, in characters.
-        #[arg(long, default_value_t = tuwen_serve::Limits::default().max_question_chars)]
-        max_question_chars: usize,
-        /// Model requests in progress at once (more get HTTP 429).
-        #[arg(long, default_value_t = tuwen_serve::Limits::default().max_concurrent)]
-        max_concurrent: usize,
-        /// Most requests batched into one model call.
-        #[arg(long, default_value_t = tuwen_serve::Batching::default().max_batch)]
-        max_batch: usize,
-        /// Longest a batch waits for more requests, in milliseconds.
-        #[arg(long, default_value_t = 5)]
-        max_wait_ms: u64,
-        /// Backend (those compiled in).
-        #[arg(long, value_enum, default_value_t = DeviceName::Flex)]
-        device: DeviceName,
-    },
+    Serve(serve::ServeArgs),
     /// Compare a model with reference outputs stored in a fixture directory
     /// (config.json, model.safetensors, inputs.safetensors, expected.safetensors).
     Parity {
@@ -782,51 +735,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", score::captions(&references, &results)?);
             Ok(())
         }
-        Command::Serve {
-            run,
-            vqa,
-            caption,
-            images,
-            index,
-            addr,
-            threads,
-            checkpoint,
-            max_upload_bytes,
-            max_pixels,
-            max_question_chars,
-            max_concurrent,
-            max_batch,
-            max_wait_ms,
-            device,
-        } => {
-            let backend = format!("{device:?}").to_lowercase();
-            let limits = tuwen_serve::Limits {
-                max_upload_bytes,
-                max_pixels,
-                max_question_chars,
-                max_concurrent,
-                ..tuwen_serve::Limits::default()
-            };
-            serve::serve(tuwen_serve::ServeConfig {
-                runs: tuwen_serve::Runs {
-                    run,
-                    vqa,
-                    caption,
-                    images,
-                    index,
-                    which: checkpoint.parse().map_err(anyhow::Error::msg)?,
-                },
-                addr,
-                threads,
-                limits,
-                batching: tuwen_serve::Batching {
-                    max_batch,
-                    max_wait: std::time::Duration::from_millis(max_wait_ms),
-                },
-                device: device.open()?,
-                backend,
-            })
-        }
+        Command::Serve(args) => serve::serve(args),
         Command::Parity { dir, device, tol } => {
             let device = device.open()?;
             let report = parity::run(&dir, &device, tol)

@@ -120,25 +120,36 @@ struct Server {
     child: Child,
     addr: SocketAddr,
     log: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
     _index: tempfile::TempDir,
 }
 
 impl Server {
+    /// Serves the pretrained run's search, the VQA run and the captioning run.
     fn start(runs: &Runs, extra: &[&str]) -> Self {
+        let mut args = vec![
+            "--run",
+            runs.pre.to_str().unwrap(),
+            "--vqa",
+            runs.vqa.to_str().unwrap(),
+            "--caption",
+            runs.caption.to_str().unwrap(),
+            "--images",
+            runs.images.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        Self::with(&args)
+    }
+
+    /// `tuwen serve ARGS` on a free port with its own index directory.
+    fn with(args: &[&str]) -> Self {
         let index = tempfile::tempdir().unwrap();
         let mut child = tuwen()
-            .args(["serve", "--run"])
-            .arg(&runs.pre)
-            .arg("--vqa")
-            .arg(&runs.vqa)
-            .arg("--caption")
-            .arg(&runs.caption)
-            .arg("--images")
-            .arg(&runs.images)
+            .arg("serve")
+            .args(args)
             .arg("--index")
             .arg(index.path())
             .args(["--addr", "127.0.0.1:0"])
-            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -146,7 +157,7 @@ impl Server {
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let mut log = sink.lock().unwrap();
                 log.push_str(&line);
@@ -166,6 +177,7 @@ impl Server {
             addr: addr.parse().unwrap(),
             child,
             log,
+            reader: Some(reader),
             _index: index,
         }
     }
@@ -192,7 +204,10 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(50));
         };
-        std::thread::sleep(Duration::from_millis(200));
+        // The log is complete once the reader has seen the end of stderr.
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
         (status, self.log())
     }
 }
@@ -415,7 +430,8 @@ fn every_endpoint_answers_as_the_cli_commands_do() {
     assert_eq!(info["models"]["caption"]["architecture"], "visualbert");
     assert_eq!(info["models"]["search"]["images"], 5);
     assert_eq!(info["backend"], "flex");
-    assert_eq!(info["limits"]["max_concurrent"], 64);
+    assert_eq!(info["limits"]["max_concurrent"], 32);
+    assert_eq!(info["in_flight"], 0);
 
     // The page: HTML, every control the browser test uses, nothing fetched from elsewhere.
     let page = get(addr, "/");
@@ -739,7 +755,7 @@ fn requests_over_the_concurrency_limit_get_429_and_none_is_lost() {
             stream
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(500));
+    wait_for_in_flight(addr, 2);
     let clients = 6;
     let barrier = Arc::new(Barrier::new(clients));
     let refused: Vec<Reply> = (0..clients)
@@ -768,7 +784,86 @@ fn requests_over_the_concurrency_limit_get_429_and_none_is_lost() {
             String::from_utf8_lossy(&reply.body)
         );
     }
+    wait_for_in_flight(addr, 0);
     assert_eq!(ask(addr, photo, question).status, 200);
+    // A client that hangs up mid-upload gives its slot back.
+    let mut gone = begin(addr, "POST", "/v1/vqa", Some(&ct), body.len());
+    gone.write_all(&body[..half]).unwrap();
+    wait_for_in_flight(addr, 1);
+    drop(gone);
+    wait_for_in_flight(addr, 0);
+}
+
+/// Waits (up to 30 s) until `n` model requests are in progress.
+fn wait_for_in_flight(addr: SocketAddr, n: u64) {
+    let start = Instant::now();
+    loop {
+        let info = get(addr, "/v1/info").json();
+        if info["in_flight"] == n {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "in flight: {} (waiting for {n})",
+            info["in_flight"]
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_model_that_is_not_served_is_404_and_a_stalled_upload_is_408() {
+    let Some(runs) = runs("a_model_that_is_not_served_is_404_and_a_stalled_upload_is_408") else {
+        return;
+    };
+    let server = Server::with(&[
+        "--run",
+        runs.vqa.to_str().unwrap(),
+        "--read-timeout-secs",
+        "1",
+    ]);
+    let addr = server.addr;
+    let info = get(addr, "/v1/info").json();
+    assert!(info["models"]["caption"].is_null() && info["models"]["search"].is_null());
+    let (photo, question) = &runs.photos[0];
+    let e = post(addr, "/v1/caption", &[], Some(photo)).error(404);
+    assert!(e.contains("--caption RUN"), "{e}");
+    let e = get(addr, "/v1/search?q=red").error(404);
+    assert!(e.contains("--images DIR"), "{e}");
+    assert_eq!(ask(addr, photo, question).status, 200);
+    // Half a body, then nothing: 408 after the read timeout, the slot released.
+    let name = photo.file_name().unwrap().to_str().unwrap();
+    let bytes = std::fs::read(photo).unwrap();
+    let body = multipart(&[("question", question)], Some((name, bytes.as_slice())));
+    let ct = format!("multipart/form-data; boundary={BOUNDARY}");
+    let mut stream = begin(addr, "POST", "/v1/vqa", Some(&ct), body.len());
+    stream.write_all(&body[..body.len() / 2]).unwrap();
+    let e = finish(stream, &[]).error(408);
+    assert!(e.contains("within 1 s"), "{e}");
+    wait_for_in_flight(addr, 0);
+    // Refused before any model loads: nothing to serve, a bad batch wait.
+    let out = tuwen()
+        .args(["serve", "--run"])
+        .arg(&runs.pre)
+        .args(["--addr", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("nothing to serve"),
+        "{stderr}"
+    );
+    let out = tuwen()
+        .args(["serve", "--run"])
+        .arg(&runs.vqa)
+        .args(["--addr", "127.0.0.1:0", "--max-wait-ms", "600000"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("batch wait"),
+        "{stderr}"
+    );
 }
 
 /// A free loopback port.
@@ -804,12 +899,14 @@ fn the_page_answers_captions_and_searches_in_headless_chromium() {
     let caption = post(server.addr, "/v1/caption", &[("beams", "3")], Some(photo)).json();
 
     let port = free_port();
-    let mut driver = std::process::Command::new(driver)
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let _driver = Killed(
+        std::process::Command::new(driver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let start = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
@@ -834,8 +931,6 @@ fn the_page_answers_captions_and_searches_in_headless_chromium() {
             search: &runs.captions[0],
             screenshot: &shot,
         }));
-    let _ = driver.kill();
-    let _ = driver.wait();
     let seen = result.unwrap();
     assert_eq!(seen.top_answer, want[0].0, "{seen:?}");
     assert_eq!(seen.answers, want.len());
@@ -845,6 +940,16 @@ fn the_page_answers_captions_and_searches_in_headless_chromium() {
     let png = std::fs::read(&shot).unwrap();
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000);
     eprintln!("screenshot: {}", shot.display());
+}
+
+/// A child process killed when dropped (also when the test panics).
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 struct Page<'a> {
@@ -912,11 +1017,15 @@ async fn drive(page: Page<'_>) -> Result<Seen, fantoccini::error::CmdError> {
         .await?
         .click()
         .await?;
+    let asked = Instant::now();
     let caption = loop {
         let text = client.find(Locator::Id("caption")).await?.text().await?;
         if !text.is_empty() {
             break text;
         }
+        let error = client.find(Locator::Id("error")).await?.text().await?;
+        assert!(error.is_empty(), "the page shows an error: {error}");
+        assert!(asked.elapsed() < Duration::from_secs(120), "no caption");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     client

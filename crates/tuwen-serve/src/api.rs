@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use crate::AppState;
-use crate::models::{CaptionJob, Job, SearchJob, VqaJob};
+use crate::models::{CaptionJob, Job, JobKind, SearchJob, VqaJob};
 use crate::queue::Announced;
 
 /// The demo page: one file, inline CSS and JavaScript, no external resource.
@@ -33,7 +33,7 @@ pub const DEFAULT_TOP: usize = 5;
 pub const DEFAULT_K: usize = 5;
 
 /// The routes over `state`.
-pub fn router(state: Arc<AppState>) -> Router {
+pub(crate) fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.limits.max_upload_bytes;
     Router::new()
         .route("/", get(page))
@@ -114,6 +114,7 @@ async fn info(State(state): State<Arc<AppState>>) -> axum::Json<Value> {
             "max_wait_ms": state.batching.max_wait.as_secs_f64() * 1e3,
         },
         "batches": state.queue.stats(),
+        "in_flight": state.limits.max_concurrent - state.permits.available_permits(),
     }))
 }
 
@@ -197,15 +198,41 @@ impl AppState {
         Ok(())
     }
 
-    /// The uploaded image decoded (off the async threads), within the pixel limit.
-    async fn image(&self, form: Form) -> Result<RgbImage, ApiError> {
-        let (name, bytes) = form
-            .image
-            .ok_or_else(|| ApiError::bad_request("missing file field 'image'"))?;
+    /// The uploaded image decoded off the async threads, one decode per CPU at a time, within
+    /// the pixel limit.
+    async fn image(&self, upload: Upload) -> Result<RgbImage, ApiError> {
         let max_pixels = self.limits.max_pixels;
-        tokio::task::spawn_blocking(move || decode_upload(&name, &bytes, max_pixels))
+        let decoding = Arc::clone(&self.decodes)
+            .acquire_owned()
             .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        tokio::task::spawn_blocking(move || {
+            let _decoding = decoding;
+            decode_upload(&upload.name, &upload.bytes, max_pixels)
+        })
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    }
+
+    /// The multipart form of a request, read within the body timeout.
+    async fn form(
+        &self,
+        headers: &HeaderMap,
+        multipart: Result<Multipart, MultipartRejection>,
+        allowed: &[&str],
+    ) -> Result<Form, ApiError> {
+        let seconds = self.limits.read_timeout_secs;
+        tokio::time::timeout(
+            std::time::Duration::from_secs(seconds),
+            read_form(headers, multipart, allowed),
+        )
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request body did not arrive within {seconds} s"),
+            )
+        })?
     }
 }
 
@@ -229,13 +256,26 @@ fn decode_upload(name: &str, bytes: &[u8], max_pixels: u64) -> Result<RgbImage, 
     tuwen_vision::decode_rgb(bytes, &label).map_err(error)
 }
 
+/// An uploaded file: its name (for errors) and bytes.
+struct Upload {
+    name: String,
+    bytes: Bytes,
+}
+
 /// A parsed multipart form: the image file and the text fields.
 struct Form {
-    image: Option<(String, Bytes)>,
+    image: Option<Upload>,
     fields: BTreeMap<String, String>,
 }
 
 impl Form {
+    /// The image file (400 when missing).
+    fn upload(&mut self) -> Result<Upload, ApiError> {
+        self.image
+            .take()
+            .ok_or_else(|| ApiError::bad_request("missing file field 'image'"))
+    }
+
     /// The field `name` as a number in `1..=max`, `default` when absent.
     fn number(&self, name: &str, default: usize, max: usize) -> Result<usize, ApiError> {
         parse_count(
@@ -258,9 +298,13 @@ fn parse_count(
     };
     match value.trim().parse::<usize>() {
         Ok(n) if (1..=max).contains(&n) => Ok(n),
-        _ => Err(ApiError::bad_request(format!(
-            "'{name}' must be a whole number from 1 to {max}; got '{value}'"
-        ))),
+        _ => {
+            let shown: String = value.chars().take(32).collect();
+            let more = if shown.len() < value.len() { "..." } else { "" };
+            Err(ApiError::bad_request(format!(
+                "'{name}' must be a whole number from 1 to {max}; got '{shown}{more}'"
+            )))
+        }
     }
 }
 
@@ -306,9 +350,9 @@ async fn read_form(
     while let Some(field) = multipart.next_field().await.map_err(malformed)? {
         let name = field.name().unwrap_or_default().to_string();
         if name == "image" {
-            let file = field.file_name().unwrap_or("image").to_string();
+            let name = field.file_name().unwrap_or("image").to_string();
             let bytes = field.bytes().await.map_err(malformed)?;
-            if form.image.replace((file, bytes)).is_some() {
+            if form.image.replace(Upload { name, bytes }).is_some() {
                 return Err(ApiError::bad_request("more than one 'image' field"));
             }
         } else if allowed.contains(&name.as_str()) {
@@ -334,18 +378,21 @@ async fn vqa(
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult {
-    let _permit = state.permit()?;
-    let coming = state.queue.announce();
+    let slot = state.permit()?;
     let Some(served) = &state.served.vqa else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "this server has no VQA model (start it with --vqa RUN)",
         ));
     };
-    let form = read_form(&headers, multipart, &["question", "top"]).await?;
+    let mut form = state
+        .form(&headers, multipart, &["question", "top"])
+        .await?;
     let question = state.text(&form, "question")?.to_string();
     let top = form.number("top", DEFAULT_TOP.min(served.answers), served.answers)?;
-    let image = state.image(form).await?;
+    let upload = form.upload()?;
+    let coming = state.queue.announce(JobKind::Vqa);
+    let image = state.image(upload).await?;
     let answers = state
         .submit(coming, |reply| {
             Job::Vqa(VqaJob {
@@ -353,6 +400,7 @@ async fn vqa(
                 question: question.clone(),
                 top,
                 reply,
+                slot,
             })
         })
         .await?;
@@ -367,23 +415,25 @@ async fn caption(
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult {
-    let _permit = state.permit()?;
-    let coming = state.queue.announce();
+    let slot = state.permit()?;
     if state.served.caption.is_none() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "this server has no captioning model (start it with --caption RUN)",
         ));
     }
-    let form = read_form(&headers, multipart, &["beams"]).await?;
+    let mut form = state.form(&headers, multipart, &["beams"]).await?;
     let beams = form.number("beams", 1, state.limits.max_beams)?;
-    let image = state.image(form).await?;
+    let upload = form.upload()?;
+    let coming = state.queue.announce(JobKind::Caption(beams));
+    let image = state.image(upload).await?;
     let caption = state
         .submit(coming, |reply| {
             Job::Caption(CaptionJob {
                 image,
                 beams,
                 reply,
+                slot,
             })
         })
         .await?;
@@ -402,8 +452,7 @@ async fn search(
     State(state): State<Arc<AppState>>,
     query: Result<Query<SearchQuery>, QueryRejection>,
 ) -> ApiResult {
-    let _permit = state.permit()?;
-    let coming = state.queue.announce();
+    let slot = state.permit()?;
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     if state.served.search.is_none() {
         return Err(ApiError::new(
@@ -414,20 +463,24 @@ async fn search(
     let text = query.q.as_deref().map(str::trim).unwrap_or("").to_string();
     state.check_text(&text, "q")?;
     let k = parse_count(query.k.as_deref(), "k", DEFAULT_K, state.limits.max_k)?;
+    let coming = state.queue.announce(JobKind::Search);
     let hits = state
         .submit(coming, |reply| {
             Job::Search(SearchJob {
                 query: text.clone(),
                 k,
                 reply,
+                slot,
             })
         })
         .await?;
     let results: Vec<Value> = hits
         .iter()
         .map(|h| {
-            let name = state.images[h.index]
-                .file_name()
+            let name = state
+                .images
+                .get(h.index)
+                .and_then(|p| p.file_name())
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
             json!({

@@ -30,7 +30,8 @@
 //! });
 //! let server = Server::bind(config).await?;
 //! println!("listening on http://{}", server.local_addr());
-//! server.run(tuwen_serve::shutdown_signal()).await
+//! let shutdown = tuwen_serve::shutdown_signal().map_err(|e| e.to_string())?;
+//! server.run(shutdown).await
 //! # }
 //! ```
 
@@ -71,19 +72,25 @@ pub struct Limits {
     pub max_beams: usize,
     /// Most search results a request may ask for.
     pub max_k: usize,
+    /// Longest a request may take to send its body, in seconds (then 408).
+    pub read_timeout_secs: u64,
 }
 
 impl Default for Limits {
-    /// 10 MiB uploads, 40 megapixels, 200-character questions, 64 requests at once, 8 beams,
-    /// 50 results.
+    /// 10 MiB uploads, 24 megapixels (a 6000 x 4000 camera image), 200-character questions,
+    /// 32 requests at once, 8 beams, 50 results, 30 s to send a body.
+    ///
+    /// Memory is bounded by these: at most `max_concurrent` decoded images exist at once
+    /// (32 x 24 MP x 3 bytes = 2.3 GB at worst), and at most one decode per CPU runs at a time.
     fn default() -> Self {
         Self {
             max_upload_bytes: 10 << 20,
-            max_pixels: 40_000_000,
+            max_pixels: 24_000_000,
             max_question_chars: 200,
-            max_concurrent: 64,
+            max_concurrent: 32,
             max_beams: 8,
             max_k: 50,
+            read_timeout_secs: 30,
         }
     }
 }
@@ -123,14 +130,23 @@ impl ServeConfig {
     }
 }
 
+/// How long a shutdown waits for the requests in progress.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// The longest `Batching::max_wait` a server accepts.
+pub const MAX_BATCH_WAIT: Duration = Duration::from_secs(10);
+
 /// What the handlers share.
-pub struct AppState {
+pub(crate) struct AppState {
     queue: Arc<JobQueue<Job>>,
     served: Served,
     images: Vec<PathBuf>,
     limits: Limits,
     batching: Batching,
+    /// Slots of `max_concurrent` model requests.
     permits: Arc<Semaphore>,
+    /// Slots of image decodes running at once (one per CPU).
+    decodes: Arc<Semaphore>,
     backend: String,
     threads: usize,
 }
@@ -143,15 +159,17 @@ pub struct Server {
 }
 
 impl Server {
-    /// Loads the models (one copy per worker, one worker after the other) and binds the
-    /// address. Errors name the run or the address at fault.
+    /// Binds the address, then loads the models (one copy per worker, one worker after the
+    /// other). Errors name the address or the run at fault.
     pub async fn bind(config: ServeConfig) -> Result<Self, String> {
-        if config.threads == 0 {
-            return Err("threads must be at least 1".into());
-        }
-        if config.limits.max_concurrent == 0 {
-            return Err("max_concurrent must be at least 1".into());
-        }
+        check(&config)?;
+        let listener = TcpListener::bind(config.addr)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
+        let images = match &config.runs.images {
+            Some(folder) => models::search_files(folder)?,
+            None => Vec::new(),
+        };
         let queue = Arc::new(JobQueue::new(config.batching));
         let started = {
             let (queue, runs, device) = (
@@ -159,25 +177,22 @@ impl Server {
                 config.runs.clone(),
                 config.device.clone(),
             );
-            let threads = config.threads;
-            tokio::task::spawn_blocking(move || start_workers(&queue, &runs, &device, threads))
-                .await
-                .map_err(|e| format!("loading the models: {e}"))??
+            let (threads, images) = (config.threads, images.clone());
+            tokio::task::spawn_blocking(move || {
+                start_workers(&queue, &runs, &images, &device, threads)
+            })
+            .await
+            .map_err(|e| format!("loading the models: {e}"))??
         };
-        let listener = match TcpListener::bind(config.addr).await {
-            Ok(l) => l,
-            Err(e) => {
-                stop_workers(&queue, started.workers).await;
-                return Err(format!("cannot listen on {}: {e}", config.addr));
-            }
-        };
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let state = AppState {
             queue,
             served: started.served,
-            images: started.images,
+            images,
             limits: config.limits,
             batching: config.batching,
             permits: Arc::new(Semaphore::new(config.limits.max_concurrent)),
+            decodes: Arc::new(Semaphore::new(cpus)),
             backend: config.backend,
             threads: config.threads,
         };
@@ -200,46 +215,89 @@ impl Server {
         &self.state.served
     }
 
-    /// Answers requests until `shutdown` completes, then finishes the requests in progress and
-    /// stops the model workers.
+    /// Answers requests until `shutdown` completes, then finishes the requests in progress
+    /// (for at most [`SHUTDOWN_GRACE`]) and stops the model workers.
     pub async fn run(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), String> {
+        use std::future::IntoFuture;
         let router = api::router(Arc::clone(&self.state));
-        let served = axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+        let signal = async move {
+            shutdown.await;
+            let _ = stopping.send(());
+        };
+        let serving = axum::serve(self.listener, router)
+            .with_graceful_shutdown(signal)
+            .into_future();
+        let grace = async {
+            if stopped.await.is_ok() {
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        let served = tokio::select! {
+            served = serving => served.map_err(|e| format!("serving: {e}")),
+            () = grace => {
+                eprintln!(
+                    "requests still in progress {} s after the shutdown signal: stopping anyway",
+                    SHUTDOWN_GRACE.as_secs()
+                );
+                Ok(())
+            }
+        };
         stop_workers(&self.state.queue, self.workers).await;
-        served.map_err(|e| format!("serving: {e}"))
+        served
     }
 }
 
-/// Completes on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
-    let interrupt = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// The checks of a configuration that need no model.
+fn check(config: &ServeConfig) -> Result<(), String> {
+    if config.threads == 0 {
+        return Err("threads must be at least 1".into());
+    }
+    if config.limits.max_concurrent == 0 {
+        return Err("max_concurrent must be at least 1".into());
+    }
+    if config.batching.max_wait > MAX_BATCH_WAIT {
+        return Err(format!(
+            "the batch wait {:?} is over the limit of {:?}",
+            config.batching.max_wait, MAX_BATCH_WAIT
+        ));
+    }
+    Ok(())
+}
+
+/// A future that completes on SIGINT (Ctrl-C) or SIGTERM, with both handlers registered before
+/// it returns (so a signal sent as soon as the server says it listens is not lost). Call it
+/// inside a tokio runtime.
+pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
             }
-            Err(_) => std::future::pending().await,
-        }
-    };
+        })
+    }
     #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => {}
-        () = terminate => {}
+    {
+        Ok(async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        })
     }
 }
 
 struct Started {
     served: Served,
-    images: Vec<PathBuf>,
     workers: Vec<JoinHandle<()>>,
 }
 
@@ -248,6 +306,7 @@ struct Started {
 fn start_workers(
     queue: &Arc<JobQueue<Job>>,
     runs: &models::Runs,
+    images: &[PathBuf],
     device: &Device,
     threads: usize,
 ) -> Result<Started, String> {
@@ -256,11 +315,12 @@ fn start_workers(
     for i in 0..threads {
         let (ready, loaded) = std::sync::mpsc::channel();
         let (worker_queue, runs, device) = (Arc::clone(queue), runs.clone(), device.clone());
+        let images = images.to_vec();
         let spawned = std::thread::Builder::new()
             .name(format!("tuwen-model-{i}"))
-            .spawn(move || match Models::load(&runs, &device) {
+            .spawn(move || match Models::load(&runs, &images, &device) {
                 Ok(models) => {
-                    let _ = ready.send(Ok((models.served(), models.search_images())));
+                    let _ = ready.send(Ok(models.served()));
                     work(i, &worker_queue, &models);
                 }
                 Err(e) => {
@@ -285,12 +345,8 @@ fn start_workers(
             }
         }
     }
-    let (served, images) = first.expect("at least one worker");
-    Ok(Started {
-        served,
-        images,
-        workers,
-    })
+    let served = first.expect("at least one worker");
+    Ok(Started { served, workers })
 }
 
 /// A model worker: batches until the queue closes. A batch that panics answers its requests

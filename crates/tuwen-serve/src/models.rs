@@ -2,12 +2,13 @@
 //! `tuwen vqa`, `tuwen caption` and `tuwen retrieve` (`tuwen_train::vqa::Vqa`,
 //! `tuwen_train::caption::Captioner`, `tuwen_train::retrieve::Retriever`), and the jobs they run.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 use image::RgbImage;
 use serde::Serialize;
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tuwen_train::caption::Captioner;
 use tuwen_train::retrieve::{self, Hit, Retriever};
 use tuwen_train::run_dir::{LoadedRun, Which};
@@ -105,30 +106,36 @@ struct Search {
     embeddings: Vec<Vec<f32>>,
 }
 
-/// `explicit` when given (its error is the caller's), else `fallback`'s model when it is one.
+/// `explicit` when given (its error is the caller's), else `fallback`'s model when it is one
+/// (why it is not goes to stderr, so a damaged run is not mistaken for another kind).
 fn load_or_fallback<M>(
     explicit: Option<&Path>,
     fallback: &Path,
+    what: &str,
     load: impl Fn(&Path) -> Result<M, String>,
 ) -> Result<Option<M>, String> {
     match explicit {
         Some(dir) => load(dir).map(Some),
-        None => Ok(load(fallback).ok()),
+        None => Ok(load(fallback)
+            .map_err(|e| eprintln!("no {what} from --run: {e}"))
+            .ok()),
     }
 }
 
 impl Models {
-    /// Loads every model `runs` names on `device`; the search images' ITC embeddings are
-    /// computed (or read from the index) now. An error when nothing would be served.
-    pub fn load(runs: &Runs, device: &Device) -> Result<Self, String> {
-        let vqa = load_or_fallback(runs.vqa.as_deref(), &runs.run, |dir| {
+    /// Loads every model `runs` names on `device`; the ITC embeddings of `search_images` (the
+    /// files of `runs.images`, listed once by the caller so every worker searches the same list)
+    /// are computed (or read from the index) now. An error when nothing would be served.
+    pub fn load(runs: &Runs, search_images: &[PathBuf], device: &Device) -> Result<Self, String> {
+        let vqa = load_or_fallback(runs.vqa.as_deref(), &runs.run, "VQA", |dir| {
             Vqa::load_on(dir, runs.which, device)
         })?;
-        let captioner = load_or_fallback(runs.caption.as_deref(), &runs.run, |dir| {
-            Captioner::load_on(dir, runs.which, device)
-        })?;
+        let captioner =
+            load_or_fallback(runs.caption.as_deref(), &runs.run, "captioning", |dir| {
+                Captioner::load_on(dir, runs.which, device)
+            })?;
         let search = match &runs.images {
-            Some(folder) => Some(Search::load(runs, folder, device)?),
+            Some(_) => Some(Search::load(runs, search_images, device)?),
             None => None,
         };
         if vqa.is_none() && captioner.is_none() && search.is_none() {
@@ -167,90 +174,67 @@ impl Models {
         }
     }
 
-    /// The image files searched, in index order.
-    pub fn search_images(&self) -> Vec<PathBuf> {
-        self.search
-            .as_ref()
-            .map(|s| s.images.clone())
-            .unwrap_or_default()
-    }
-
-    /// Runs one batch of jobs of one kind, answering each.
+    /// Runs one batch of jobs of one kind, answering each; jobs whose client has gone are
+    /// dropped unrun.
     pub fn run_batch(&self, batch: Vec<Job>) {
-        let Some(first) = batch.first() else { return };
-        match first.key() {
-            JobKind::Vqa => self.vqa_batch(batch),
-            JobKind::Caption(beams) => self.caption_batch(batch, beams),
-            JobKind::Search => {
-                for job in batch {
-                    if let Job::Search(job) = job {
-                        let result = self.search(&job.query, job.k);
-                        let _ = job.reply.send(result);
-                    }
+        let mut vqa = Vec::new();
+        let mut captions = Vec::new();
+        for job in batch {
+            match job {
+                Job::Vqa(j) if !j.reply.is_closed() => vqa.push(j),
+                Job::Caption(j) if !j.reply.is_closed() => captions.push(j),
+                Job::Search(j) if !j.reply.is_closed() => {
+                    let result = guarded(|| self.search(&j.query, j.k));
+                    let _ = j.reply.send(result);
                 }
+                _ => {}
             }
+        }
+        self.vqa_batch(vqa);
+        self.caption_batch(captions);
+    }
+
+    fn vqa_batch(&self, jobs: Vec<VqaJob>) {
+        let Some(vqa) = &self.vqa else {
+            return fail_all(jobs.into_iter().map(|j| j.reply), "no VQA model is served");
+        };
+        let questions: Vec<Question<'_>> = jobs
+            .iter()
+            .map(|j| Question {
+                image: &j.image,
+                question: &j.question,
+            })
+            .collect();
+        let top = jobs.iter().map(|j| j.top).max().unwrap_or(1);
+        let results = isolate(jobs.len(), |r| vqa.answer_batch(&questions[r], top));
+        drop(questions);
+        for (job, mut answers) in jobs.into_iter().zip(results) {
+            if let Ok(a) = &mut answers {
+                a.truncate(job.top);
+            }
+            // The job's slot is released when it is dropped, after the answer is sent.
+            let _ = job.reply.send(answers);
         }
     }
 
-    fn vqa_batch(&self, batch: Vec<Job>) {
-        let jobs: Vec<VqaJob> = batch
-            .into_iter()
-            .filter_map(|j| match j {
-                Job::Vqa(j) => Some(j),
-                _ => None,
-            })
-            .collect();
-        let result = match &self.vqa {
-            Some(vqa) => {
-                let questions: Vec<Question<'_>> = jobs
-                    .iter()
-                    .map(|j| Question {
-                        image: &j.image,
-                        question: &j.question,
-                    })
-                    .collect();
-                let top = jobs.iter().map(|j| j.top).max().unwrap_or(1);
-                vqa.answer_batch(&questions, top)
-            }
-            None => Err("no VQA model is served".to_string()),
+    fn caption_batch(&self, jobs: Vec<CaptionJob>) {
+        let Some(beams) = jobs.first().map(|j| j.beams) else {
+            return;
         };
-        match result {
-            Ok(answers) => {
-                for (job, mut answers) in jobs.into_iter().zip(answers) {
-                    answers.truncate(job.top);
-                    let _ = job.reply.send(Ok(answers));
-                }
-            }
-            Err(e) => jobs.into_iter().for_each(|j| {
-                let _ = j.reply.send(Err(e.clone()));
-            }),
-        }
-    }
-
-    fn caption_batch(&self, batch: Vec<Job>, beams: usize) {
-        let jobs: Vec<CaptionJob> = batch
-            .into_iter()
-            .filter_map(|j| match j {
-                Job::Caption(j) => Some(j),
-                _ => None,
-            })
-            .collect();
-        let result = match &self.captioner {
-            Some(captioner) => {
-                let images: Vec<RgbImage> = jobs.iter().map(|j| j.image.clone()).collect();
-                captioner.caption(&images, &captioner.generation(beams))
-            }
-            None => Err("no captioning model is served".to_string()),
+        let Some(captioner) = &self.captioner else {
+            return fail_all(
+                jobs.into_iter().map(|j| j.reply),
+                "no captioning model is served",
+            );
         };
-        match result {
-            Ok(captions) => {
-                for (job, caption) in jobs.into_iter().zip(captions) {
-                    let _ = job.reply.send(Ok(caption));
-                }
-            }
-            Err(e) => jobs.into_iter().for_each(|j| {
-                let _ = j.reply.send(Err(e.clone()));
-            }),
+        let (images, replies): (Vec<RgbImage>, Vec<_>) = jobs
+            .into_iter()
+            .map(|j| (j.image, (j.reply, j.slot)))
+            .unzip();
+        let generation = captioner.generation(beams);
+        let results = isolate(images.len(), |r| captioner.caption(&images[r], &generation));
+        for ((reply, _slot), result) in replies.into_iter().zip(results) {
+            let _ = reply.send(result);
         }
     }
 
@@ -262,23 +246,56 @@ impl Models {
     }
 }
 
+/// `f`, with a panic turned into an error (the panic message goes to stderr via the hook).
+fn guarded<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        Err("the model failed on this request (see the server log)".to_string())
+    })
+}
+
+/// `run` over all `n` items at once; when that fails, over each item alone, so a bad item fails
+/// only its own request.
+fn isolate<T>(
+    n: usize,
+    run: impl Fn(Range<usize>) -> Result<Vec<T>, String>,
+) -> Vec<Result<T, String>> {
+    let one = |i: usize| {
+        guarded(|| run(i..i + 1)).and_then(|mut v| {
+            v.pop()
+                .ok_or_else(|| "the model gave no answer".to_string())
+        })
+    };
+    match guarded(|| run(0..n)) {
+        Ok(all) if all.len() == n => all.into_iter().map(Ok).collect(),
+        Err(e) if n == 1 => vec![Err(e)],
+        _ => (0..n).map(one).collect(),
+    }
+}
+
+fn fail_all<T>(replies: impl Iterator<Item = oneshot::Sender<Result<T, String>>>, error: &str) {
+    for reply in replies {
+        let _ = reply.send(Err(error.to_string()));
+    }
+}
+
 impl Search {
-    fn load(runs: &Runs, folder: &Path, device: &Device) -> Result<Self, String> {
+    fn load(runs: &Runs, images: &[PathBuf], device: &Device) -> Result<Self, String> {
         let mut retriever = Retriever::load(&runs.run, runs.which, device)?;
         if let Some(index) = &runs.index {
             retriever = retriever.with_index_dir(index);
         }
-        let images = retrieve::image_files(folder)?;
-        if images.is_empty() {
-            return Err(format!("{}: no JPEG/PNG files to search", folder.display()));
-        }
-        let (embeddings, _) = retriever.image_embeddings(&images)?;
+        let (embeddings, _) = retriever.image_embeddings(images)?;
         Ok(Self {
             retriever,
-            images,
+            images: images.to_vec(),
             embeddings,
         })
     }
+}
+
+/// The image files of `folder` searched by a server (an error when there are none).
+pub fn search_files(folder: &Path) -> Result<Vec<PathBuf>, String> {
+    retrieve::image_files(folder)
 }
 
 /// The kind of a job: jobs of one kind share a batch.
@@ -302,6 +319,8 @@ pub struct VqaJob {
     pub top: usize,
     /// Where the answers go.
     pub reply: oneshot::Sender<Result<Vec<ScoredAnswer>, String>>,
+    /// The request's slot among `max_concurrent`, held until the job is answered.
+    pub slot: OwnedSemaphorePermit,
 }
 
 /// A captioning request.
@@ -312,6 +331,8 @@ pub struct CaptionJob {
     pub beams: usize,
     /// Where the caption goes.
     pub reply: oneshot::Sender<Result<String, String>>,
+    /// The request's slot among `max_concurrent`, held until the job is answered.
+    pub slot: OwnedSemaphorePermit,
 }
 
 /// A search request.
@@ -322,6 +343,8 @@ pub struct SearchJob {
     pub k: usize,
     /// Where the ranking goes.
     pub reply: oneshot::Sender<Result<Vec<Hit>, String>>,
+    /// The request's slot among `max_concurrent`, held until the job is answered.
+    pub slot: OwnedSemaphorePermit,
 }
 
 /// Work for a model worker.

@@ -1,11 +1,11 @@
 //! The batching queue between the HTTP handlers and the model workers.
 //!
-//! Handlers announce a job when a request arrives ([`JobQueue::announce`]) and push it once its
-//! input is read and decoded; a free worker takes the oldest job and every queued job of the same
-//! kind ([`Batchable::key`]) up to `max_batch`, waiting at most `max_wait` for the batch to fill
-//! (the dynamic batching of TorchServe's `max_batch_delay` and Triton's `max_queue_delay`), but
-//! only while announced jobs are still on their way: a lone request never waits, and under load
-//! batches fill while the workers are busy.
+//! Handlers announce a job of a kind once a request's form is read ([`JobQueue::announce`]) and
+//! push it once its image is decoded; a free worker takes the oldest job and every queued job of
+//! the same kind ([`Batchable::key`]) up to `max_batch`, waiting at most `max_wait` for the batch
+//! to fill (the dynamic batching of TorchServe's `max_batch_delay` and Triton's
+//! `max_queue_delay`), but only while announced jobs of that kind are still on their way: a lone
+//! request never waits, and under load batches fill while the workers are busy.
 //!
 //! Written by hand: the batching is by key over a multi-consumer queue, which neither
 //! `std::sync::mpsc` (one consumer) nor tokio's channels (no grouping) offer.
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 /// A job that can share a batch with the other jobs of the same key.
 pub trait Batchable {
     /// Jobs with equal keys run in one batch.
-    type Key: PartialEq;
+    type Key: PartialEq + Clone;
     /// This job's key.
     fn key(&self) -> Self::Key;
 }
@@ -41,10 +41,10 @@ impl Default for Batching {
     }
 }
 
-struct State<J> {
+struct State<J, K> {
     jobs: VecDeque<J>,
-    /// Announced jobs not yet pushed (or dropped).
-    announced: usize,
+    /// The kinds of the announced jobs not yet pushed (or dropped), one entry per job.
+    announced: Vec<K>,
     closed: bool,
     stats: BatchStats,
 }
@@ -61,8 +61,8 @@ pub struct BatchStats {
 }
 
 /// A multi-producer, multi-consumer job queue that hands out batches.
-pub struct JobQueue<J> {
-    state: Mutex<State<J>>,
+pub struct JobQueue<J: Batchable> {
+    state: Mutex<State<J, J::Key>>,
     changed: Condvar,
     batching: Batching,
 }
@@ -73,7 +73,7 @@ impl<J: Batchable> JobQueue<J> {
         Self {
             state: Mutex::new(State {
                 jobs: VecDeque::new(),
-                announced: 0,
+                announced: Vec::new(),
                 closed: false,
                 stats: BatchStats::default(),
             }),
@@ -85,30 +85,38 @@ impl<J: Batchable> JobQueue<J> {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State<J>> {
+    fn lock(&self) -> MutexGuard<'_, State<J, J::Key>> {
         // A worker that panicked while holding the lock left the queue itself consistent.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Says a job is on its way: batches being formed wait for it (up to `max_wait`) until it
-    /// is pushed through the returned handle or the handle is dropped.
-    pub fn announce(&self) -> Announced<'_, J> {
-        self.lock().announced += 1;
+    /// Says a job of kind `key` is on its way: batches of that kind being formed wait for it (up
+    /// to `max_wait`) until it is pushed through the returned handle or the handle is dropped.
+    pub fn announce(&self, key: J::Key) -> Announced<'_, J> {
+        self.lock().announced.push(key.clone());
         Announced {
             queue: self,
+            key,
             live: true,
+        }
+    }
+
+    /// Forgets one announcement of `key`.
+    fn unannounce(state: &mut State<J, J::Key>, key: &J::Key) {
+        if let Some(i) = state.announced.iter().position(|k| k == key) {
+            state.announced.swap_remove(i);
         }
     }
 
     /// Queues `job`; `Err(job)` when the queue is closed.
     pub fn push(&self, job: J) -> Result<(), J> {
-        self.push_with(job, false)
+        self.push_with(job, None)
     }
 
-    fn push_with(&self, job: J, announced: bool) -> Result<(), J> {
+    fn push_with(&self, job: J, announced: Option<&J::Key>) -> Result<(), J> {
         let mut state = self.lock();
-        if announced {
-            state.announced -= 1;
+        if let Some(key) = announced {
+            Self::unannounce(&mut state, key);
         }
         if state.closed {
             return Err(job);
@@ -157,7 +165,8 @@ impl<J: Batchable> JobQueue<J> {
                 let ready = state.jobs.iter().filter(|j| j.key() == key).count();
                 let now = Instant::now();
                 let full = ready >= self.batching.max_batch;
-                if full || state.announced == 0 || state.closed || now >= deadline {
+                let coming = state.announced.contains(&key);
+                if full || !coming || state.closed || now >= deadline {
                     break;
                 }
                 state = self
@@ -182,7 +191,7 @@ impl<J: Batchable> JobQueue<J> {
     }
 
     /// Removes up to `max_batch` jobs with `key`, oldest first, keeping the others in order.
-    fn drain_key(&self, state: &mut State<J>, key: &J::Key) -> Vec<J> {
+    fn drain_key(&self, state: &mut State<J, J::Key>, key: &J::Key) -> Vec<J> {
         let mut batch = Vec::new();
         let mut rest = VecDeque::with_capacity(state.jobs.len());
         for job in state.jobs.drain(..) {
@@ -200,6 +209,7 @@ impl<J: Batchable> JobQueue<J> {
 /// A job on its way to the queue (see [`JobQueue::announce`]).
 pub struct Announced<'q, J: Batchable> {
     queue: &'q JobQueue<J>,
+    key: J::Key,
     live: bool,
 }
 
@@ -207,14 +217,14 @@ impl<J: Batchable> Announced<'_, J> {
     /// Queues the announced job; `Err(job)` when the queue is closed.
     pub fn push(mut self, job: J) -> Result<(), J> {
         self.live = false;
-        self.queue.push_with(job, true)
+        self.queue.push_with(job, Some(&self.key))
     }
 }
 
 impl<J: Batchable> Drop for Announced<'_, J> {
     fn drop(&mut self) {
         if self.live {
-            self.queue.lock().announced -= 1;
+            JobQueue::unannounce(&mut self.queue.lock(), &self.key);
             // A worker may be waiting for this job.
             self.queue.changed.notify_all();
         }
@@ -271,7 +281,7 @@ mod tests {
         let pusher = {
             let q = Arc::clone(&q);
             std::thread::spawn(move || {
-                let (one, two) = (q.announce(), q.announce());
+                let (one, two) = (q.announce('a'), q.announce('a'));
                 announced.send(()).unwrap();
                 std::thread::sleep(Duration::from_millis(50));
                 one.push(Job('a', 1)).unwrap();
@@ -289,7 +299,8 @@ mod tests {
 
         // An announced job that never comes: the batch waits `max_wait`, no longer.
         let q = queue(3, 30);
-        let _coming = q.announce();
+        let _coming = q.announce('a');
+        let _other_kind = q.announce('b');
         q.push(Job('a', 0)).unwrap();
         let start = Instant::now();
         assert_eq!(q.take_batch().unwrap().len(), 1);
@@ -312,7 +323,8 @@ mod tests {
         );
 
         std::thread::scope(|s| {
-            let coming = q.announce();
+            let coming = q.announce('a');
+            let _other_kind = q.announce('b');
             q.push(Job('a', 1)).unwrap();
             s.spawn(move || {
                 std::thread::sleep(Duration::from_millis(50));
