@@ -279,8 +279,11 @@ pub fn default_run(device: &Device) -> (TrainConfig, PretrainModel, HostBatch, M
     let (data, shape) = scene_data(&cfg);
     let host = step_batch(&data, &cfg, 0).expect("a batch");
     device.seed(cfg.run.seed);
-    let model = PretrainModel::init(&cfg.model, &shape, device)
-        .with_objective_heads(&cfg, shape.region_classes, device);
+    let model = PretrainModel::init(&cfg.model, &shape, device).with_objective_heads(
+        &cfg,
+        shape.region_classes,
+        device,
+    );
     (cfg, model, host, shape)
 }
 
@@ -291,8 +294,11 @@ pub fn minilm_run(device: &Device) -> (TrainConfig, PretrainModel, HostBatch, Mo
     let base = step_batch(&data, &cfg, 0).expect("a batch");
     let host = minilm_batch(base, cfg.run.seed);
     device.seed(cfg.run.seed);
-    let model = PretrainModel::build(&cfg.model, &spec, device)
-        .with_objective_heads(&cfg, spec.shape.region_classes, device);
+    let model = PretrainModel::build(&cfg.model, &spec, device).with_objective_heads(
+        &cfg,
+        spec.shape.region_classes,
+        device,
+    );
     (cfg, model, host, spec)
 }
 
