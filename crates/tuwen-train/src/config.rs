@@ -485,6 +485,26 @@ pub struct ObjectivesConfig {
     /// Next-token prediction of the matched captions by the same single-stream encoder under
     /// the unified seq2seq mask (VLP; VisualBERT only).
     pub lm: Objective,
+    /// VQA on the scenes' questions (an answer head on the fused pooled vector); the same switch
+    /// as `data.vqa_weight`, which it sets (give one of the two).
+    pub vqa: Objective,
+    /// How the objectives combine: `sum` (their weighted sum every step) or `sample` (one
+    /// objective per step, drawn with probability proportional to its weight: UNITER's task
+    /// mix).
+    pub mixing: Mixing,
+}
+
+/// How the objectives of a step combine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mixing {
+    /// The weighted sum of every objective, every step.
+    #[default]
+    Sum,
+    /// One objective per step, drawn by weight from those the run can train; it trains alone,
+    /// unweighted. The draw is a function of (seed, step), so every micro-batch and device of
+    /// a step, and a resumed run, draw the same.
+    Sample,
 }
 
 impl Default for ObjectivesConfig {
@@ -502,13 +522,15 @@ impl Default for ObjectivesConfig {
             mrc: Objective::on(1.0),
             itc: Objective::on(1.0),
             lm: Objective::off(1.0),
+            vqa: Objective::off(1.0),
+            mixing: Mixing::Sum,
         }
     }
 }
 
 impl ObjectivesConfig {
     /// Each objective's name, whether it is switched on and its weight.
-    pub fn all(&self) -> [(&'static str, bool, f64); 8] {
+    pub fn all(&self) -> [(&'static str, bool, f64); 9] {
         [
             ("mlm", self.mlm.enabled, self.mlm.weight),
             ("itm", self.itm.enabled, self.itm.weight),
@@ -518,6 +540,7 @@ impl ObjectivesConfig {
             ("mrc", self.mrc.enabled, self.mrc.weight),
             ("itc", self.itc.enabled, self.itc.weight),
             ("lm", self.lm.enabled, self.lm.weight),
+            ("vqa", self.vqa.enabled, self.vqa.weight),
         ]
     }
 }
@@ -600,7 +623,7 @@ impl TrainConfig {
         let de = toml::Deserializer::parse(text).map_err(|e| parse(e.to_string()))?;
         // serde_path_to_error names the key of a value of the wrong type or range (toml alone
         // says only "invalid value: integer `-5`, expected usize").
-        let config: Self = serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut config: Self = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner().to_string();
             parse(if key == "." {
@@ -609,11 +632,40 @@ impl TrainConfig {
                 format!("key `{key}`: {inner}")
             })
         })?;
-        config.validate().map_err(|reason| ConfigError::Invalid {
-            path: source.to_string(),
-            reason,
-        })?;
+        config
+            .resolve_vqa()
+            .and_then(|()| config.validate())
+            .map_err(|reason| ConfigError::Invalid {
+                path: source.to_string(),
+                reason,
+            })?;
         Ok(config)
+    }
+
+    /// Switches VQA on with `weight` (0: off), in both `data.vqa_weight` and `objectives.vqa`.
+    pub fn set_vqa_weight(&mut self, weight: f64) {
+        self.data.vqa_weight = weight;
+        self.objectives.vqa = Objective {
+            enabled: weight > 0.0,
+            weight: if weight > 0.0 { weight } else { 1.0 },
+        };
+    }
+
+    /// `objectives.vqa` and `data.vqa_weight` are one switch: either sets the other.
+    fn resolve_vqa(&mut self) -> Result<(), String> {
+        let (objective, weight) = (&mut self.objectives.vqa, &mut self.data.vqa_weight);
+        if objective.enabled {
+            if *weight > 0.0 && *weight != objective.weight {
+                return Err(format!(
+                    "objectives.vqa (weight {}) and data.vqa_weight ({weight}) disagree; give one",
+                    objective.weight
+                ));
+            }
+            *weight = objective.weight;
+        } else if *weight > 0.0 {
+            *objective = Objective::on(*weight);
+        }
+        Ok(())
     }
 
     /// Reads a TOML file.

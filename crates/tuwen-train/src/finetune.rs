@@ -139,18 +139,18 @@ fn effective(cfg: &TrainConfig, start: &Start) -> Result<TrainConfig, String> {
                 );
             }
             // Matching only: no masked tokens, selected on Recall@1.
-            out.data.vqa_weight = 0.0;
+            out.set_vqa_weight(0.0);
             out.data.mask_prob = 0.0;
             out.eval.best = crate::config::BestMetric::RetrievalR1;
         }
         Some(Task::Caption) => {
             // The run trains on captions and selects on CIDEr-D.
-            out.data.vqa_weight = 0.0;
+            out.set_vqa_weight(0.0);
             out.eval.best = crate::config::BestMetric::Cider;
         }
         _ => {
             // The run trains and selects on VQA only.
-            out.data.vqa_weight = 1.0;
+            out.set_vqa_weight(1.0);
             out.eval.best = crate::config::BestMetric::VqaAccuracy;
         }
     }

@@ -21,13 +21,14 @@ use serde::{Deserialize, Serialize};
 use tuwen_data::formats::CaptionRecord;
 use tuwen_data::scene::{SceneConfig, Split};
 use tuwen_fusion::BertConfig;
+use tuwen_objectives::mixing::{Weighted, sample_task};
 use tuwen_objectives::mlm::MaskingConfig;
 use tuwen_objectives::mrm::RegionMaskingConfig;
 use tuwen_regions::StoreReader;
 use tuwen_tokenizer::{BertTokenizer, TokenizerOptions};
 
 use crate::batch::{HostBatch, SceneBatcher};
-use crate::config::{Architecture, Source, TrainConfig};
+use crate::config::{Architecture, Mixing, Source, TrainConfig};
 use crate::corpus::{StoreBatcher, read_captions};
 use crate::data::Data;
 use crate::model::{Encoder, ModelShape, ObjectiveSet, PretrainModel};
@@ -551,7 +552,7 @@ pub struct ObjectiveWeights {
     pub region: f64,
     /// ITC.
     pub itc: f64,
-    /// VQA (`data.vqa_weight`).
+    /// VQA (`data.vqa_weight`, `objectives.vqa`).
     pub vqa: f64,
     /// Grounding.
     pub grounding: f64,
@@ -561,6 +562,8 @@ pub struct ObjectiveWeights {
     pub mrfr: f64,
     /// Unified LM.
     pub lm: f64,
+    /// How they combine.
+    pub mixing: Mixing,
 }
 
 impl ObjectiveWeights {
@@ -578,7 +581,86 @@ impl ObjectiveWeights {
             wra: o.wra.weight,
             mrfr: o.mrfr.weight,
             lm: o.lm.weight,
+            mixing: o.mixing,
         }
+    }
+
+    /// The objectives a run can draw from under [`Mixing::Sample`], each with its weight as the
+    /// drawing ratio: those switched on with a positive weight that the run has (ITC needs its
+    /// head, VQA its head and questions, region classification masked regions).
+    pub fn candidates(&self, has_itc: bool, has_vqa: bool, masks_regions: bool) -> Vec<Weighted> {
+        let s = &self.set;
+        [
+            ("mlm", s.mlm, self.mlm),
+            ("itm", s.itm, self.itm),
+            ("mrc", s.mrc && masks_regions, self.region),
+            ("itc", s.itc && has_itc, self.itc),
+            ("vqa", has_vqa, self.vqa),
+            ("grounding", s.grounding, self.grounding),
+            ("wra", s.wra, self.wra),
+            ("mrfr", s.mrfr, self.mrfr),
+            ("lm", s.lm, self.lm),
+        ]
+        .into_iter()
+        .filter(|&(_, on, weight)| on && weight > 0.0)
+        .map(|(name, _, weight)| Weighted {
+            name: name.to_string(),
+            weight: weight as f32,
+        })
+        .collect()
+    }
+
+    /// What the step seeded by `seed` trains: these weights under [`Mixing::Sum`]; under
+    /// [`Mixing::Sample`] one of `candidates`, drawn by ratio with a generator seeded by
+    /// `seed` (the same for every micro-batch of the step and on resume), alone with weight 1.
+    pub fn for_step(&self, candidates: &[Weighted], seed: u64) -> Self {
+        if self.mixing == Mixing::Sum || candidates.is_empty() {
+            return *self;
+        }
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(splitmix64(
+            seed ^ 0x6d69_7869_6e67,
+        ));
+        let task = sample_task(candidates, &mut rng);
+        let none = ObjectiveSet {
+            mlm: false,
+            itm: false,
+            hard_negatives: false,
+            grounding: false,
+            wra: false,
+            mrfr: false,
+            mrc: false,
+            itc: false,
+            lm: false,
+            seed: self.set.seed,
+        };
+        let mut w = Self {
+            set: none,
+            mlm: 0.0,
+            itm: 0.0,
+            region: 0.0,
+            itc: 0.0,
+            vqa: 0.0,
+            grounding: 0.0,
+            wra: 0.0,
+            mrfr: 0.0,
+            lm: 0.0,
+            mixing: self.mixing,
+        };
+        match task {
+            "mlm" => (w.set.mlm, w.mlm) = (true, 1.0),
+            "itm" => {
+                (w.set.itm, w.itm) = (true, 1.0);
+                w.set.hard_negatives = self.set.hard_negatives;
+            }
+            "mrc" => (w.set.mrc, w.region) = (true, 1.0),
+            "itc" => (w.set.itc, w.itc) = (true, 1.0),
+            "vqa" => w.vqa = 1.0,
+            "grounding" => (w.set.grounding, w.grounding) = (true, 1.0),
+            "wra" => (w.set.wra, w.wra) = (true, 1.0),
+            "mrfr" => (w.set.mrfr, w.mrfr) = (true, 1.0),
+            _ => (w.set.lm, w.lm) = (true, 1.0),
+        }
+        w
     }
 }
 
@@ -596,6 +678,7 @@ impl From<LossWeights> for ObjectiveWeights {
             wra: 0.0,
             mrfr: 0.0,
             lm: 0.0,
+            mixing: Mixing::Sum,
         }
     }
 }
@@ -886,9 +969,15 @@ pub fn run(
         m.with_objective_heads(cfg, spec.shape.region_classes, &ad[0])
     };
     run_dir.save_spec(&spec)?;
+    let candidates = weights.candidates(
+        model.itc.is_some(),
+        model.vqa.is_some(),
+        data.masks_regions(),
+    );
     let task = Arc::new(PretrainTask {
         has_itc: model.itc.is_some(),
         has_vqa: model.vqa.is_some(),
+        candidates,
         data,
         cfg: cfg.clone(),
         devices: ad,
@@ -915,6 +1004,8 @@ struct PretrainTask {
     /// The main plain device (evaluation).
     device: Device,
     weights: ObjectiveWeights,
+    /// What [`Mixing::Sample`] draws from.
+    candidates: Vec<Weighted>,
     has_itc: bool,
     has_vqa: bool,
 }
@@ -937,12 +1028,16 @@ impl Task for PretrainTask {
             batch,
             &self.devices,
             self.cfg.run.grad_accum_steps,
-            self.weights,
+            self.weights.for_step(&self.candidates, seed),
             seed,
         )
     }
 
     fn total(&self, l: &StepLosses) -> f32 {
+        if self.weights.mixing == Mixing::Sample {
+            // One objective trained, unweighted; the others are 0.
+            return l.mlm + l.itm + l.region + l.itc + l.vqa + l.grounding + l.wra + l.mrfr + l.lm;
+        }
         let w = &self.weights;
         l.mlm * w.mlm as f32
             + l.itm * w.itm as f32

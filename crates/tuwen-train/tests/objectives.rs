@@ -428,3 +428,56 @@ fn bad_objective_configurations_are_refused_with_clear_messages() {
         cfg
     );
 }
+
+/// `mixing = "sample"`: every step trains one objective, drawn by weight (UNITER's task mix);
+/// every switched-on objective is drawn, and the draws are a function of (seed, step).
+#[test]
+fn sampled_mixing_trains_one_objective_per_step() {
+    let cfg = config(
+        24,
+        12,
+        "",
+        "",
+        "[objectives]\nmixing = \"sample\"\ngrounding = { enabled = true, weight = 2.0 }",
+    );
+    let drawn = |dir: &Path| -> Vec<&'static str> {
+        run(&cfg, dir, &[flex()], None, |_| {}).unwrap();
+        lines(dir)
+            .iter()
+            .filter(|v| v.get("train/mlm").is_some())
+            .map(|v| {
+                let on: Vec<&'static str> = ["mlm", "itm", "grounding"]
+                    .into_iter()
+                    .filter(|k| v[format!("train/{k}")].as_f64().unwrap() != 0.0)
+                    .collect();
+                assert_eq!(on.len(), 1, "one objective a step: {v}");
+                on[0]
+            })
+            .collect()
+    };
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first = drawn(a.path());
+    assert_eq!(first.len(), 24);
+    for task in ["mlm", "itm", "grounding"] {
+        assert!(first.contains(&task), "{task} never drawn: {first:?}");
+    }
+    assert_eq!(first, drawn(b.path()), "the same draws again");
+}
+
+#[test]
+fn objectives_vqa_and_data_vqa_weight_are_one_switch() {
+    let vqa = |objectives: &str, data: &str| {
+        TrainConfig::from_toml(
+            &format!("[data]\n{data}\n[eval]\nbest = \"vqa_accuracy\"\n{objectives}"),
+            "vqa.toml",
+        )
+    };
+    let cfg = vqa("[objectives.vqa]\nweight = 0.5", "").unwrap();
+    assert_eq!(cfg.data.vqa_weight, 0.5);
+    let cfg = vqa("", "vqa_weight = 2.0").unwrap();
+    assert!(cfg.objectives.vqa.enabled && cfg.objectives.vqa.weight == 2.0);
+    let e = vqa("[objectives.vqa]\nweight = 0.5", "vqa_weight = 2.0")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("disagree"), "{e}");
+}
