@@ -486,8 +486,10 @@ pub struct ObjectivesConfig {
     /// the unified seq2seq mask (VLP; VisualBERT only).
     pub lm: Objective,
     /// VQA on the scenes' questions (an answer head on the fused pooled vector); the same switch
-    /// as `data.vqa_weight`, which it sets (give one of the two).
-    pub vqa: Objective,
+    /// as `data.vqa_weight`, which it sets (give one of the two; absent: `data.vqa_weight`
+    /// decides).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vqa: Option<Objective>,
     /// How the objectives combine: `sum` (their weighted sum every step) or `sample` (one
     /// objective per step, drawn with probability proportional to its weight: UNITER's task
     /// mix).
@@ -522,7 +524,7 @@ impl Default for ObjectivesConfig {
             mrc: Objective::on(1.0),
             itc: Objective::on(1.0),
             lm: Objective::off(1.0),
-            vqa: Objective::off(1.0),
+            vqa: None,
             mixing: Mixing::Sum,
         }
     }
@@ -540,7 +542,11 @@ impl ObjectivesConfig {
             ("mrc", self.mrc.enabled, self.mrc.weight),
             ("itc", self.itc.enabled, self.itc.weight),
             ("lm", self.lm.enabled, self.lm.weight),
-            ("vqa", self.vqa.enabled, self.vqa.weight),
+            (
+                "vqa",
+                self.vqa.is_some_and(|v| v.enabled),
+                self.vqa.map_or(1.0, |v| v.weight),
+            ),
         ]
     }
 }
@@ -645,27 +651,42 @@ impl TrainConfig {
     /// Switches VQA on with `weight` (0: off), in both `data.vqa_weight` and `objectives.vqa`.
     pub fn set_vqa_weight(&mut self, weight: f64) {
         self.data.vqa_weight = weight;
-        self.objectives.vqa = Objective {
-            enabled: weight > 0.0,
-            weight: if weight > 0.0 { weight } else { 1.0 },
-        };
+        self.objectives.vqa = (weight > 0.0).then_some(Objective::on(weight));
     }
 
-    /// `objectives.vqa` and `data.vqa_weight` are one switch: either sets the other.
+    /// This configuration with `objectives.vqa` and `data.vqa_weight` resolved into one switch
+    /// ([`TrainConfig::from_toml`] does this; a configuration built in code needs it once).
+    pub fn resolved(&self) -> Result<Self, String> {
+        let mut out = self.clone();
+        out.resolve_vqa()?;
+        Ok(out)
+    }
+
+    /// `objectives.vqa` and `data.vqa_weight` are one switch: either sets the other, and a
+    /// disagreement is refused.
     fn resolve_vqa(&mut self) -> Result<(), String> {
-        let (objective, weight) = (&mut self.objectives.vqa, &mut self.data.vqa_weight);
-        if objective.enabled {
-            if *weight > 0.0 && *weight != objective.weight {
-                return Err(format!(
-                    "objectives.vqa (weight {}) and data.vqa_weight ({weight}) disagree; give one",
-                    objective.weight
-                ));
+        let weight = self.data.vqa_weight;
+        match self.objectives.vqa {
+            Some(o) if o.enabled && o.weight <= 0.0 => {
+                Err("objectives.vqa is on with weight 0: switch it off or give a weight".into())
             }
-            *weight = objective.weight;
-        } else if *weight > 0.0 {
-            *objective = Objective::on(*weight);
+            Some(o) if o.enabled && weight > 0.0 && weight != o.weight => Err(format!(
+                "objectives.vqa (weight {}) and data.vqa_weight ({weight}) disagree; give one",
+                o.weight
+            )),
+            Some(o) if o.enabled => {
+                self.data.vqa_weight = o.weight;
+                Ok(())
+            }
+            Some(_) if weight > 0.0 => Err(format!(
+                "objectives.vqa is off but data.vqa_weight = {weight} switches VQA on; give one"
+            )),
+            Some(_) => Ok(()),
+            None => {
+                self.objectives.vqa = (weight > 0.0).then_some(Objective::on(weight));
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     /// Reads a TOML file.
@@ -802,7 +823,8 @@ impl TrainConfig {
                     m.co_layers, m.layers, m.v_layers
                 ));
             }
-        } else if self.data.region_mask_prob > 0.0
+        }
+        if self.data.region_mask_prob > 0.0
             && !self.objectives.mrfr.enabled
             && !self.objectives.mrc.enabled
         {

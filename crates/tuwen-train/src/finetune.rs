@@ -348,6 +348,7 @@ fn retrieval_setup(
         },
         bert,
         caption_decoder: None,
+        region_head: false,
     };
     Ok(Setup {
         data: TaskData::Retrieval(crate::data::Data::Scenes(Arc::new(batcher))),
@@ -379,6 +380,7 @@ fn caption_setup(
             region_classes,
         },
         bert,
+        region_head: false,
         caption_decoder: (f.captioner == Captioner::Decoder).then_some(
             crate::run_dir::DecoderSpec {
                 layers: f.decoder_layers,
@@ -583,6 +585,7 @@ fn setup(
         },
         bert,
         caption_decoder: None,
+        region_head: false,
     };
     Ok(Setup {
         data: TaskData::Vqa(data),

@@ -86,6 +86,8 @@ pub struct ObjectiveSet {
     pub itc: bool,
     /// Unified seq2seq LM (VisualBERT; needs the host batch).
     pub lm: bool,
+    /// VQA (needs the answer head and the batch's questions).
+    pub vqa: bool,
     /// Seed of the hard-negative sampling.
     pub seed: u64,
 }
@@ -102,6 +104,7 @@ impl Default for ObjectiveSet {
             mrc: true,
             itc: true,
             lm: false,
+            vqa: true,
             seed: 0,
         }
     }
@@ -120,6 +123,7 @@ impl ObjectiveSet {
             mrc: o.mrc.enabled,
             itc: o.itc.enabled,
             lm: o.lm.enabled,
+            vqa: true,
             seed: 0,
         }
     }
@@ -706,7 +710,7 @@ impl PretrainModel {
             _ => LossOutput::empty(&device),
         };
         let (vqa, vqa_accuracy) = match (&self.vqa, &batch.vqa) {
-            (Some(head), Some(questions)) => self.vqa_objective(head, questions)?,
+            (Some(head), Some(questions)) if set.vqa => self.vqa_objective(head, questions)?,
             _ => (LossOutput::empty(&device), 0.0),
         };
         let (grounding, grounding_accuracy, grounding_region_accuracy) =

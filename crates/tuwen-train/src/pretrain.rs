@@ -631,6 +631,7 @@ impl ObjectiveWeights {
             mrc: false,
             itc: false,
             lm: false,
+            vqa: false,
             seed: self.set.seed,
         };
         let mut w = Self {
@@ -654,7 +655,7 @@ impl ObjectiveWeights {
             }
             "mrc" => (w.set.mrc, w.region) = (true, 1.0),
             "itc" => (w.set.itc, w.itc) = (true, 1.0),
-            "vqa" => w.vqa = 1.0,
+            "vqa" => (w.set.vqa, w.vqa) = (true, 1.0),
             "grounding" => (w.set.grounding, w.grounding) = (true, 1.0),
             "wra" => (w.set.wra, w.wra) = (true, 1.0),
             "mrfr" => (w.set.mrfr, w.mrfr) = (true, 1.0),
@@ -908,6 +909,8 @@ pub fn run(
     stop_after: Option<usize>,
     mut events: impl FnMut(Event),
 ) -> Result<Summary, String> {
+    let resolved = cfg.resolved()?;
+    let cfg = &resolved;
     cfg.validate()?;
     let Some(device) = devices.first() else {
         return Err("no device to train on".into());
@@ -945,10 +948,21 @@ pub fn run(
             bert.join("config.json").display()
         ));
     }
+    // VisualBERT's own region head, when regions are masked for MRC; a resumed run keeps the
+    // heads it was saved with (one saved before this head existed has none).
+    let wants_region_head = cfg.model.architecture == Architecture::VisualBert
+        && cfg.objectives.mrc.enabled
+        && cfg.data.region_mask_prob > 0.0
+        && shape.region_classes > 0;
+    let region_head = match run_dir.spec_path().exists() {
+        true => run_dir.spec()?.region_head,
+        false => wants_region_head,
+    };
     let spec = ModelSpec {
         shape,
         bert: bert_config,
         caption_decoder: None,
+        region_head,
     };
     // Seeded initialisation: the same config gives the same run.
     let model = {
@@ -966,7 +980,7 @@ pub fn run(
                 bert.display()
             )));
         }
-        m.with_objective_heads(cfg, spec.shape.region_classes, &ad[0])
+        m.with_objective_heads(cfg, spec.region_head_classes(), &ad[0])
     };
     run_dir.save_spec(&spec)?;
     let candidates = weights.candidates(
@@ -974,6 +988,13 @@ pub fn run(
         model.vqa.is_some(),
         data.masks_regions(),
     );
+    if weights.mixing == Mixing::Sample && candidates.is_empty() {
+        return Err(
+            "objectives.mixing = \"sample\" has nothing to draw: no switched-on objective with a \
+             positive weight that this run can train"
+                .into(),
+        );
+    }
     let task = Arc::new(PretrainTask {
         has_itc: model.itc.is_some(),
         has_vqa: model.vqa.is_some(),

@@ -54,6 +54,21 @@ pub struct ModelSpec {
     /// The caption decoder of an encoder-decoder captioner (`None`: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caption_decoder: Option<DecoderSpec>,
+    /// Whether a single-stream encoder has its own masked region classification head
+    /// ([`crate::model::PretrainModel::region_head`]); runs saved before it existed have none.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub region_head: bool,
+}
+
+impl ModelSpec {
+    /// The region classes a region head is built for (0: no region head).
+    pub fn region_head_classes(&self) -> usize {
+        if self.region_head {
+            self.shape.region_classes
+        } else {
+            0
+        }
+    }
 }
 
 /// What fixes a caption decoder beyond the encoder's sizes.
@@ -323,7 +338,7 @@ impl PretrainModel {
         let (name, step) = dir.checkpoint(which)?;
         let fresh = PretrainModel::build(&config.model, &spec, device).with_objective_heads(
             &config,
-            spec.shape.region_classes,
+            spec.region_head_classes(),
             device,
         );
         let model = crate::checkpoint::load_model(&dir.checkpoints(), name, fresh)

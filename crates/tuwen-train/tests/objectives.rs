@@ -475,9 +475,21 @@ fn objectives_vqa_and_data_vqa_weight_are_one_switch() {
     let cfg = vqa("[objectives.vqa]\nweight = 0.5", "").unwrap();
     assert_eq!(cfg.data.vqa_weight, 0.5);
     let cfg = vqa("", "vqa_weight = 2.0").unwrap();
-    assert!(cfg.objectives.vqa.enabled && cfg.objectives.vqa.weight == 2.0);
+    assert!(
+        cfg.objectives
+            .vqa
+            .is_some_and(|v| v.enabled && v.weight == 2.0)
+    );
     let e = vqa("[objectives.vqa]\nweight = 0.5", "vqa_weight = 2.0")
         .unwrap_err()
         .to_string();
     assert!(e.contains("disagree"), "{e}");
+    let e = vqa("[objectives.vqa]\nenabled = false", "vqa_weight = 2.0")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("objectives.vqa is off"), "{e}");
+    // A configuration written with both resolved reads back the same.
+    let cfg = vqa("", "vqa_weight = 2.0").unwrap();
+    let text = toml::to_string(&cfg).unwrap();
+    assert_eq!(TrainConfig::from_toml(&text, "again.toml").unwrap(), cfg);
 }

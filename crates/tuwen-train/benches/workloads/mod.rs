@@ -118,6 +118,7 @@ pub fn minilm() -> (TrainConfig, ModelSpec) {
         },
         bert: Some(bert),
         caption_decoder: None,
+        region_head: false,
     };
     (cfg, spec)
 }
