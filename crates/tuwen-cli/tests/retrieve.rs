@@ -4,12 +4,10 @@
 
 mod common;
 
-use common::{ok, tuwen};
+use common::{ok, scenes, tuwen};
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
-
-use tuwen_data::scene::{SceneConfig, Split};
 
 /// The error message of a failed command.
 fn fails(out: &Output) -> String {
@@ -36,23 +34,6 @@ scenes = 16
 retrieval_images = 8
 retrieval_top_k = 3
 "#;
-
-/// `n` test scenes as `0.png ..` in `dir`, with their longest captions.
-fn scenes(dir: &Path, n: u64) -> Vec<String> {
-    std::fs::create_dir_all(dir).unwrap();
-    (0..n)
-        .map(|i| {
-            let scene = SceneConfig::default().generate(3, Split::Test, i);
-            scene.image.save(dir.join(format!("{i}.png"))).unwrap();
-            scene
-                .captions
-                .iter()
-                .max_by_key(|c| c.len())
-                .unwrap()
-                .clone()
-        })
-        .collect()
-}
 
 fn json(stdout: &str) -> serde_json::Value {
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))

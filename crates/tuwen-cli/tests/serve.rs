@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{TINY_CAPTION, TINY_PRETRAIN, TINY_VQA, ok, tuwen};
+use common::{TINY_CAPTION, TINY_PRETRAIN, TINY_VQA, ok, scenes, tuwen};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -19,7 +19,6 @@ use std::sync::{Arc, Barrier, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tuwen_data::scene::{SceneConfig, Split};
 
 /// The runs every test serves, trained once per test binary.
 struct Runs {
@@ -86,19 +85,7 @@ fn runs(test: &str) -> Option<&'static Runs> {
             "caption",
         );
         let images = tmp.path().join("images");
-        std::fs::create_dir_all(&images).unwrap();
-        let captions = (0..5)
-            .map(|i| {
-                let scene = SceneConfig::default().generate(3, Split::Test, i);
-                scene.image.save(images.join(format!("{i}.png"))).unwrap();
-                scene
-                    .captions
-                    .iter()
-                    .max_by_key(|c| c.len())
-                    .unwrap()
-                    .clone()
-            })
-            .collect();
+        let captions = scenes(&images, 5);
         Some(Runs {
             _tmp: tmp,
             pre,

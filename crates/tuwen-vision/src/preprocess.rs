@@ -120,13 +120,8 @@ pub fn load_rgb(path: impl AsRef<Path>) -> Result<RgbImage, ImageError> {
 /// Decodes an image held in memory (an upload, an archive member) exactly as [`load_rgb`]
 /// decodes a file, within the same limits; `name` names the image in errors.
 pub fn decode_rgb(bytes: &[u8], name: &Path) -> Result<RgbImage, ImageError> {
-    let decode = |e: image::ImageError| ImageError::Decode {
-        path: name.to_path_buf(),
-        reason: e.to_string(),
-    };
-    let mut reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| decode(e.into()))?;
+    let decode = decode_error(name);
+    let mut reader = reader(bytes, name)?;
     // While reading the header, only the allocation budget (the PNG decoder's own buffers):
     // the size checks below name the declared dimensions.
     let mut limits = Limits::no_limits();
@@ -159,15 +154,24 @@ pub fn decode_rgb(bytes: &[u8], name: &Path) -> Result<RgbImage, ImageError> {
 /// The width and height an in-memory JPEG/PNG declares, read from its header without decoding
 /// any pixel (for a caller's own size limit before [`decode_rgb`]); `name` names it in errors.
 pub fn image_dimensions(bytes: &[u8], name: &Path) -> Result<(u32, u32), ImageError> {
-    let decode = |e: image::ImageError| ImageError::Decode {
-        path: name.to_path_buf(),
-        reason: e.to_string(),
-    };
+    reader(bytes, name)?
+        .into_dimensions()
+        .map_err(decode_error(name))
+}
+
+/// An image reader over `bytes` with its format guessed from the content.
+fn reader<'b>(bytes: &'b [u8], name: &Path) -> Result<ImageReader<Cursor<&'b [u8]>>, ImageError> {
     ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
-        .map_err(|e| decode(e.into()))?
-        .into_dimensions()
-        .map_err(decode)
+        .map_err(|e| decode_error(name)(e.into()))
+}
+
+/// A decoder error about the image `name`.
+fn decode_error(name: &Path) -> impl Fn(image::ImageError) -> ImageError + Copy + '_ {
+    |e| ImageError::Decode {
+        path: name.to_path_buf(),
+        reason: e.to_string(),
+    }
 }
 
 impl Preprocess {

@@ -2,7 +2,10 @@
 
 #![allow(dead_code)] // each test file uses a part
 
+use std::path::Path;
 use std::process::{Command, Output};
+
+use tuwen_data::scene::{SceneConfig, Split};
 
 /// The `tuwen` binary of this build.
 pub fn tuwen() -> Command {
@@ -72,3 +75,20 @@ decoder_layers = 1
 grid = 2
 max_caption_len = 12
 "#;
+
+/// `n` test scenes as `0.png ..` in `dir`, with their longest captions.
+pub fn scenes(dir: &Path, n: u64) -> Vec<String> {
+    std::fs::create_dir_all(dir).unwrap();
+    (0..n)
+        .map(|i| {
+            let scene = SceneConfig::default().generate(3, Split::Test, i);
+            scene.image.save(dir.join(format!("{i}.png"))).unwrap();
+            scene
+                .captions
+                .iter()
+                .max_by_key(|c| c.len())
+                .unwrap()
+                .clone()
+        })
+        .collect()
+}
