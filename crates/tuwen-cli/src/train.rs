@@ -309,6 +309,10 @@ fn architecture(config: &TrainConfig) -> String {
             "ViLBERT ({} + {} layers, {} co-attention)",
             m.layers, m.v_layers, m.co_layers
         ),
+        tuwen_train::config::Architecture::Lxmert => format!(
+            "LXMERT ({} language + {} relational layers, {} cross-modality)",
+            m.layers, m.v_layers, m.co_layers
+        ),
     }
 }
 

@@ -90,7 +90,8 @@ pub fn mask_regions(
     out
 }
 
-fn gather(x: Tensor<3>, positions: &[usize]) -> Tensor<2> {
+/// The rows of `x` `[B, V, D]` at flat region `positions` (`b * V + v`): `[positions, D]`.
+pub fn gather(x: Tensor<3>, positions: &[usize]) -> Tensor<2> {
     let [b, v, d] = x.dims();
     let device = x.device();
     x.reshape([b * v, d]).select(
@@ -118,14 +119,24 @@ pub fn mrc_kl_loss(logits: Tensor<3>, target_probs: Tensor<3>, positions: &[usiz
     if positions.is_empty() {
         return LossOutput::empty(&logits.device());
     }
-    let logp = log_softmax(gather(logits, positions), 1);
-    let t = gather(target_probs.detach(), positions);
+    mrc_kl_at(gather(logits, positions), gather(target_probs, positions))
+}
+
+/// [`mrc_kl_loss`] over logits and target distributions already gathered at the masked
+/// regions: `[regions, classes]` each.
+pub fn mrc_kl_at(logits: Tensor<2>, target_probs: Tensor<2>) -> LossOutput {
+    let [n, _] = logits.dims();
+    if n == 0 {
+        return LossOutput::empty(&logits.device());
+    }
+    let logp = log_softmax(logits, 1);
+    let t = target_probs.detach();
     // t * (log t - log p), with 0 log 0 = 0.
     let log_t = t.clone().clamp_min(1e-30).log();
     let kl = (t * (log_t - logp)).sum_dim(1);
     LossOutput {
         loss: kl.mean().reshape([1]),
-        count: positions.len(),
+        count: n,
         empty: false,
     }
 }

@@ -19,6 +19,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use image::RgbImage;
 use rand::Rng;
 use tuwen_data::scene::{COLORS, Scene, SceneConfig, Split};
+use tuwen_fusion::lxmert::LxmertInput;
 use tuwen_fusion::{ViLBertInput, VisualBertInput};
 use tuwen_objectives::itm::MatchLabel;
 use tuwen_objectives::mlm::{IGNORE, MaskingConfig, mask_tokens};
@@ -211,6 +212,12 @@ pub struct HostBatch {
     pub region_positions: Vec<usize>,
     /// `[rows * regions]` class of each region's object (`IGNORE` for the whole image, padding).
     pub region_labels: Vec<i64>,
+    /// `[region_positions.len(), region_classes]`: the detector's class distribution of each
+    /// masked region, in `region_positions` order (MRC-KL targets; empty when the regions have
+    /// none, as the scenes').
+    pub region_distributions: Vec<f32>,
+    /// Classes of `region_distributions` (0: none).
+    pub distribution_classes: usize,
     /// VQA: the same scenes with one question each (unmasked), when the batcher has answers.
     pub vqa: Option<Box<HostBatch>>,
     /// In a VQA batch: the soft targets of each row (empty: no answer in the answer vocabulary,
@@ -288,6 +295,8 @@ impl HostBatch {
             itm: self.itm[range.clone()].to_vec(),
             region_positions: within(&self.region_positions, r),
             region_labels: self.region_labels[range.start * r..range.end * r].to_vec(),
+            region_distributions: self.distributions_within(&range),
+            distribution_classes: self.distribution_classes,
             vqa: self.vqa.as_ref().map(|v| Box::new(v.slice(range.clone()))),
             answers: self
                 .answers
@@ -314,6 +323,24 @@ impl HostBatch {
                 Vec::new()
             },
         }
+    }
+
+    /// The rows of `region_distributions` whose masked region lies in rows `range`.
+    fn distributions_within(&self, range: &Range<usize>) -> Vec<f32> {
+        let k = self.distribution_classes;
+        if k == 0 {
+            return Vec::new();
+        }
+        self.region_positions
+            .iter()
+            .enumerate()
+            .filter(|&(_, &p)| range.contains(&(p / self.regions)))
+            .flat_map(|(i, _)| {
+                self.region_distributions[i * k..(i + 1) * k]
+                    .iter()
+                    .copied()
+            })
+            .collect()
     }
 
     /// The matched rows as a captioning batch for the unified LM objective: the unmasked caption
@@ -353,6 +380,8 @@ impl HostBatch {
             itm: vec![MatchLabel::Match; rows.len()],
             region_positions: Vec::new(),
             region_labels: take(&self.region_labels, r),
+            region_distributions: Vec::new(),
+            distribution_classes: 0,
             vqa: None,
             answers: Vec::new(),
             phrases: Vec::new(),
@@ -414,6 +443,13 @@ impl HostBatch {
             itm: self.itm.clone(),
             region_positions: self.region_positions.clone(),
             region_labels: self.region_labels.clone(),
+            region_distributions: (self.distribution_classes > 0).then(|| {
+                let shape = [self.region_positions.len(), self.distribution_classes];
+                Tensor::from_data(
+                    TensorData::new(self.region_distributions.clone(), shape),
+                    device,
+                )
+            }),
             vqa: self.vqa.as_ref().map(|v| Box::new(v.to_device(device))),
             answers: self.answers.clone(),
             phrases: self.phrases.clone(),
@@ -451,6 +487,9 @@ pub struct PretrainBatch {
     pub region_positions: Vec<usize>,
     /// Flat region classes (`IGNORE` where there is none).
     pub region_labels: Vec<i64>,
+    /// `[masked regions, classes]` detector class distributions of the masked regions, in
+    /// `region_positions` order (`None`: the regions have none).
+    pub region_distributions: Option<Tensor<2>>,
     /// The VQA batch of the same scenes.
     pub vqa: Option<Box<PretrainBatch>>,
     /// In a VQA batch: the soft targets of each row (empty: not scored).
@@ -542,6 +581,16 @@ impl PretrainBatch {
         input.attention_mask = attention;
         input.visual_attention_mask = region_mask;
         input.visual_locations = Some(locations);
+        input
+    }
+
+    /// LXMERT's input: regions with their 4-d normalised boxes (`x1, y1, x2, y2`; the area
+    /// VisualBERT and ViLBERT also read is left out, as LXMERT's box encoder takes four).
+    pub fn lxmert_input(&self, view: View) -> LxmertInput {
+        let (ids, attention, features, locations, region_mask) = self.parts(view);
+        let mut input = LxmertInput::new(ids, features, locations.narrow(2, 0, 4));
+        input.attention_mask = attention;
+        input.visual_attention_mask = region_mask;
         input
     }
 
@@ -718,6 +767,7 @@ impl SceneBatcher {
                     features,
                     locations,
                     labels,
+                    class_probs: Vec::new(),
                 }
             })
             .collect();
@@ -767,6 +817,14 @@ impl ImageRegions {
     /// Checks that the arrays agree with the region count (`labels.len()`) and `width`.
     fn check(&self, row: usize, width: usize) -> Result<(), BatchError> {
         let n = self.labels.len();
+        if n > 0 && !self.class_probs.len().is_multiple_of(n) {
+            return Err(BatchError::Regions {
+                row,
+                what: "class_probs",
+                got: self.class_probs.len(),
+                want: n * (self.class_probs.len() / n + 1),
+            });
+        }
         for (what, got, want) in [
             ("features", self.features.len(), n * width),
             ("locations", self.locations.len(), n * 5),
@@ -794,6 +852,9 @@ pub struct ImageRegions {
     /// Class per region for masked region classification (`IGNORE`: none; its length is the
     /// region count).
     pub labels: Vec<i64>,
+    /// `[count, classes]` the detector's class distribution of each region (the whole image's
+    /// row all zeros), for MRC-KL; empty when the source has none.
+    pub class_probs: Vec<f32>,
 }
 
 /// What the text side of a batch needs: tokenizer, masking, and the region vector width.
@@ -957,6 +1018,7 @@ pub(crate) fn assemble(
         None => (features, Vec::new(), None),
     };
     debug_assert!(masked.labels.iter().all(|&l| l == IGNORE || l >= 0));
+    let distributions = masked_distributions(&images, &region_positions, regions)?;
     Ok(HostBatch {
         rows: b,
         text_len: len,
@@ -975,6 +1037,8 @@ pub(crate) fn assemble(
         itm,
         region_positions,
         region_labels,
+        region_distributions: distributions.values,
+        distribution_classes: distributions.classes,
         vqa: None,
         answers: Vec::new(),
         phrases: Vec::new(),
@@ -991,4 +1055,44 @@ pub(crate) fn assemble(
             Vec::new()
         },
     })
+}
+
+/// The class distributions of the masked regions (see [`HostBatch::region_distributions`]).
+struct MaskedDistributions {
+    /// `[positions, classes]`.
+    values: Vec<f32>,
+    /// 0: the images have none.
+    classes: usize,
+}
+
+/// The class distribution of each masked region at `positions` (`row * regions + region`), when
+/// the images have them; every image must then have the same number of classes.
+fn masked_distributions(
+    images: &[ImageRegions],
+    positions: &[usize],
+    regions: usize,
+) -> Result<MaskedDistributions, BatchError> {
+    let classes_of = |image: &ImageRegions| image.class_probs.len() / image.labels.len().max(1);
+    let classes = images.iter().map(classes_of).max().unwrap_or(0);
+    if classes == 0 {
+        return Ok(MaskedDistributions {
+            values: Vec::new(),
+            classes,
+        });
+    }
+    if let Some(row) = images.iter().position(|i| classes_of(i) != classes) {
+        return Err(BatchError::Regions {
+            row,
+            what: "class_probs",
+            got: images[row].class_probs.len(),
+            want: images[row].labels.len() * classes,
+        });
+    }
+    let mut values = Vec::with_capacity(positions.len() * classes);
+    for &p in positions {
+        let (row, region) = (p / regions, p % regions);
+        values
+            .extend_from_slice(&images[row].class_probs[region * classes..(region + 1) * classes]);
+    }
+    Ok(MaskedDistributions { values, classes })
 }

@@ -200,7 +200,7 @@ impl PretrainModel {
         }
         let Encoder::VisualBert(m) = &self.encoder else {
             return Err(
-                "a ViLBERT model captions only through a caption decoder (captioner = \
+                "a ViLBERT or LXMERT model captions only through a caption decoder (captioner = \
                  \"decoder\")"
                     .into(),
             );
@@ -229,7 +229,7 @@ impl PretrainModel {
 
     /// The encoder's image-only pass (null text) the caption decoder attends to, with its
     /// padding mask: VisualBERT's whole sequence (its null text, then the regions), ViLBERT's
-    /// image stream.
+    /// image stream, LXMERT's vision output.
     pub fn image_states(&self, batch: &PretrainBatch) -> Result<ImageStates, InputError> {
         Ok(match &self.encoder {
             Encoder::VisualBert(m) => {
@@ -248,6 +248,12 @@ impl PretrainModel {
                 let input = batch.vilbert_input(View::Image);
                 let mask = input.image_attention_mask.clone();
                 let states = m.bert.try_forward(input)?.sequence_output_v;
+                ImageStates { states, mask }
+            }
+            Encoder::Lxmert(m) => {
+                let input = batch.lxmert_input(View::Image);
+                let mask = input.visual_attention_mask.clone();
+                let states = m.lxmert.try_forward(input)?.vision_output;
                 ImageStates { states, mask }
             }
         })
@@ -277,7 +283,7 @@ impl PretrainModel {
             return Ok(decoder.generate(image.states, Some(image.mask), generation));
         }
         let Encoder::VisualBert(m) = &self.encoder else {
-            return Err("a ViLBERT model captions only through a caption decoder".into());
+            return Err("a ViLBERT or LXMERT model captions only through a caption decoder".into());
         };
         let regions = CaptionRegions::from_input(&batch.visual_bert_input(View::Image));
         m.generate_captions(regions, generation)

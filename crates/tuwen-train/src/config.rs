@@ -240,6 +240,8 @@ pub enum Architecture {
     VisualBert,
     /// Two streams joined by co-attention (ViLBERT).
     Vilbert,
+    /// Language and relational (region) layers, then cross-modality layers (LXMERT).
+    Lxmert,
 }
 
 /// `[model]`.
@@ -256,11 +258,12 @@ pub struct ModelConfig {
     pub heads: usize,
     /// Feed-forward width (0: 4 x hidden).
     pub intermediate_size: usize,
-    /// ViLBERT: image-stream width.
+    /// ViLBERT: image-stream width (LXMERT's streams are both `hidden_size` wide).
     pub v_hidden_size: usize,
-    /// ViLBERT: image-stream layers.
+    /// ViLBERT: image-stream layers; LXMERT: relational (region) layers.
     pub v_layers: usize,
-    /// ViLBERT: co-attention layers (each joins the last `co_layers` layers of both streams).
+    /// ViLBERT: co-attention layers (each joins the last `co_layers` layers of both streams);
+    /// LXMERT: cross-modality layers after the `layers` language and `v_layers` relational ones.
     pub co_layers: usize,
     /// Dropout of hidden states and attention probabilities.
     pub dropout: f64,
@@ -476,10 +479,15 @@ pub struct ObjectivesConfig {
     /// head tied to the region input projection; needs `data.region_mask_prob > 0`).
     pub mrfr: Objective,
     /// Masked region classification (ViLBERT's region head, or for VisualBERT a region head
-    /// over the joint pass's region states; scene classes or the store's class distributions;
-    /// active when `data.region_mask_prob > 0`). `data.region_loss_weight`
-    /// multiplies its weight.
+    /// over the joint pass's region states, LXMERT's object head; cross-entropy against the
+    /// scene classes or the argmax of the store's class distributions; active when
+    /// `data.region_mask_prob > 0`). `data.region_loss_weight` multiplies its weight.
     pub mrc: Objective,
+    /// Masked region classification against the whole class distribution the region extractor
+    /// stored for each region: `KL(stored || predicted)` at the masked regions (ViLBERT, UNITER's
+    /// MRC-kl). Same head as `mrc`; feature-store data (`data.source = "store"`) with class
+    /// distributions and `data.region_mask_prob > 0`.
+    pub mrc_kl: Objective,
     /// Image-text contrastive learning (active when `model.itc_dim > 0`).
     pub itc: Objective,
     /// Next-token prediction of the matched captions by the same single-stream encoder under
@@ -522,6 +530,7 @@ impl Default for ObjectivesConfig {
             wra: Objective::off(0.1),
             mrfr: Objective::off(1.0),
             mrc: Objective::on(1.0),
+            mrc_kl: Objective::off(1.0),
             itc: Objective::on(1.0),
             lm: Objective::off(1.0),
             vqa: None,
@@ -532,7 +541,7 @@ impl Default for ObjectivesConfig {
 
 impl ObjectivesConfig {
     /// Each objective's name, whether it is switched on and its weight.
-    pub fn all(&self) -> [(&'static str, bool, f64); 9] {
+    pub fn all(&self) -> [(&'static str, bool, f64); 10] {
         [
             ("mlm", self.mlm.enabled, self.mlm.weight),
             ("itm", self.itm.enabled, self.itm.weight),
@@ -540,6 +549,7 @@ impl ObjectivesConfig {
             ("wra", self.wra.enabled, self.wra.weight),
             ("mrfr", self.mrfr.enabled, self.mrfr.weight),
             ("mrc", self.mrc.enabled, self.mrc.weight),
+            ("mrc_kl", self.mrc_kl.enabled, self.mrc_kl.weight),
             ("itc", self.itc.enabled, self.itc.weight),
             ("lm", self.lm.enabled, self.lm.weight),
             (
@@ -737,6 +747,21 @@ impl TrainConfig {
                 self.eval.best
             ));
         }
+        if o.mrc_kl.enabled && self.data.source != Source::Store {
+            return Err(
+                "objectives.mrc_kl learns the class distributions a region extractor stored \
+                 (data.source = \"store\"); the scenes have class labels only: use \
+                 objectives.mrc"
+                    .into(),
+            );
+        }
+        if o.mrc_kl.enabled && self.data.region_mask_prob <= 0.0 {
+            return Err(
+                "objectives.mrc_kl classifies masked regions: set data.region_mask_prob > 0 \
+                 (e.g. 0.15)"
+                    .into(),
+            );
+        }
         if o.mrfr.enabled && self.data.region_mask_prob <= 0.0 {
             return Err(
                 "objectives.mrfr regresses masked regions: set data.region_mask_prob > 0 \
@@ -801,10 +826,17 @@ impl TrainConfig {
                 m.hidden_size, m.heads
             ));
         }
+        if m.architecture != Architecture::VisualBert && m.init.is_some() {
+            return Err("model.init is supported for visual_bert only".into());
+        }
+        if m.architecture == Architecture::Lxmert && m.co_layers == 0 {
+            return Err(
+                "model.co_layers must be >= 1: LXMERT's streams meet only in its cross-modality \
+                 layers"
+                    .into(),
+            );
+        }
         if m.architecture == Architecture::Vilbert {
-            if m.init.is_some() {
-                return Err("model.init is supported for visual_bert only".into());
-            }
             if m.co_layers == 0 {
                 return Err(
                     "model.co_layers must be >= 1: without co-attention the streams never meet"
@@ -827,10 +859,11 @@ impl TrainConfig {
         if self.data.region_mask_prob > 0.0
             && !self.objectives.mrfr.enabled
             && !self.objectives.mrc.enabled
+            && !self.objectives.mrc_kl.enabled
         {
             return Err(
                 "data.region_mask_prob > 0 needs a region objective: objectives.mrc (region \
-                 classification) or objectives.mrfr"
+                 classification), objectives.mrc_kl or objectives.mrfr"
                     .into(),
             );
         }
@@ -928,10 +961,10 @@ impl TrainConfig {
                             .into(),
                     );
                 }
-                if f.captioner == Captioner::Unified && m.architecture == Architecture::Vilbert {
+                if f.captioner == Captioner::Unified && m.architecture != Architecture::VisualBert {
                     return Err(
                         "finetune.captioner = \"unified\" runs a single-stream encoder under the \
-                         seq2seq mask; a ViLBERT run needs finetune.captioner = \"decoder\""
+                         seq2seq mask; a ViLBERT or LXMERT run needs finetune.captioner = \"decoder\""
                             .into(),
                     );
                 }

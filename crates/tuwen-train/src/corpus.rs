@@ -351,7 +351,7 @@ impl StoreBatcher {
     }
 
     /// The regions of image `id`: the store's global vector over the whole image first, then
-    /// every stored box, with 5-d locations and argmax-class labels.
+    /// every stored box, with 5-d locations, argmax-class labels and the class distributions.
     pub fn regions(&self, id: &str) -> Result<ImageRegions, String> {
         let r = self.store.get(id).map_err(|e| e.to_string())?;
         let [w, h] = r.image_size.map(|v| v as f32);
@@ -373,10 +373,19 @@ impl StoreBatcher {
                     .map_or(IGNORE, |c| c as i64)
             });
         }
+        // The whole image has no detector distribution: a zero row (never masked).
+        let class_probs = if r.classes == 0 {
+            Vec::new()
+        } else {
+            let mut probs = vec![0.0f32; r.classes];
+            probs.extend_from_slice(&r.class_probs);
+            probs
+        };
         Ok(ImageRegions {
             features,
             locations,
             labels,
+            class_probs,
         })
     }
 

@@ -59,6 +59,9 @@ pub struct EvalMetrics {
     /// Held-out MRFR loss.
     #[serde(deserialize_with = "finite_or_null")]
     pub mrfr_loss: f32,
+    /// Held-out MRC-KL loss.
+    #[serde(deserialize_with = "finite_or_null")]
+    pub mrc_kl_loss: f32,
     /// Held-out unified LM loss.
     #[serde(deserialize_with = "finite_or_null")]
     pub lm_loss: f32,

@@ -211,7 +211,9 @@ impl TaskRun {
 /// Whether the parameter at `path` belongs to the encoder proper (embeddings, layers, poolers),
 /// not to a pretraining head.
 pub fn is_core(path: &str) -> bool {
-    path.starts_with("encoder.VisualBert.visual_bert.") || path.starts_with("encoder.ViLBert.bert.")
+    path.starts_with("encoder.VisualBert.visual_bert.")
+        || path.starts_with("encoder.ViLBert.bert.")
+        || path.starts_with("encoder.Lxmert.lxmert.")
 }
 
 /// Whether the parameter at `path` belongs to the encoder's first `layers` layers (embeddings
@@ -225,8 +227,10 @@ pub fn frozen(path: &str, layers: usize) -> bool {
         return true;
     }
     parts.windows(2).any(|w| {
-        matches!(w[0], "layers" | "v_layers" | "c_layers")
-            && w[1].parse::<usize>().is_ok_and(|i| i < layers)
+        matches!(
+            w[0],
+            "layers" | "v_layers" | "c_layers" | "r_layers" | "x_layers"
+        ) && w[1].parse::<usize>().is_ok_and(|i| i < layers)
     })
 }
 
@@ -659,6 +663,7 @@ fn initial_model(
         let words = match &model.encoder {
             Encoder::VisualBert(m) => m.visual_bert.embeddings.text.word_embeddings.weight.val(),
             Encoder::ViLBert(m) => m.bert.embeddings.word_embeddings.weight.val(),
+            Encoder::Lxmert(m) => m.lxmert.embeddings.word_embeddings.weight.val(),
         };
         if words.dims() == decoder.token_embeddings.weight.dims() {
             decoder.token_embeddings.weight = burn::module::Param::from_tensor(words.detach());

@@ -224,6 +224,7 @@ impl ImagePipeline {
             features,
             locations,
             labels: vec![IGNORE; boxes.len()],
+            class_probs: Vec::new(),
         })
     }
 }

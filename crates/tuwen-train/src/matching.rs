@@ -18,12 +18,13 @@ use crate::pretrain::{StepLosses, seeded};
 use crate::trainer::{Groups, Task};
 
 /// Whether retrieval fine-tuning trains the parameter at `path`: the encoder, the ITC head and
-/// the ITM head (VisualBERT's `sentence_image`, ViLBERT's `itm`).
+/// the ITM head (VisualBERT's `sentence_image`, ViLBERT's `itm`, LXMERT's `matched`).
 pub fn trains(path: &str) -> bool {
     is_core(path)
         || path.starts_with("itc.")
         || path.starts_with("encoder.VisualBert.sentence_image.")
         || path.starts_with("encoder.ViLBert.itm.")
+        || path.starts_with("encoder.Lxmert.matched.")
 }
 
 /// Retrieval fine-tuning as a [`Task`] of the shared loop.

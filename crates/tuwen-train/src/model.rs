@@ -1,6 +1,6 @@
 //! The models a run trains, behind one type so the loop, checkpoints and evaluation are shared:
-//! single-stream VisualBERT (MLM + ITM) and two-stream ViLBERT (MLM + ITM + masked region
-//! classification), either with an optional image-text contrastive (ITC) head over unimodal
+//! single-stream VisualBERT (MLM + ITM), two-stream ViLBERT and LXMERT (MLM + ITM + masked region
+//! classification), each with an optional image-text contrastive (ITC) head over unimodal
 //! passes of the same encoder (the other modality replaced by a null input; see
 //! [`View`]) for contrastive learning and retrieval.
 
@@ -14,15 +14,15 @@ use tuwen_fusion::lxmert::AnswerHead;
 use tuwen_fusion::vilbert::{PooledFusion, RegionHead};
 use tuwen_fusion::visual_bert::LocationEncoding;
 use tuwen_fusion::{
-    BertConfig, InputError, ViLBertConfig, ViLBertForPreTraining, VisualBertConfig,
-    VisualBertForPreTraining,
+    BertConfig, InputError, LxmertConfig, LxmertForPreTraining, ViLBertConfig,
+    ViLBertForPreTraining, VisualBertConfig, VisualBertForPreTraining,
 };
 use tuwen_objectives::LossOutput;
 use tuwen_objectives::grounding::{GroundingHead, GroundingInput};
 use tuwen_objectives::itc::{ItcConfig, ItcHead};
 use tuwen_objectives::itm::{MatchLabel, Polarity, hard_negatives, itm_loss};
 use tuwen_objectives::mlm::{MlmOutput, mlm_loss};
-use tuwen_objectives::mrm::{MrfrHead, mrc_label_loss, mrfr_loss};
+use tuwen_objectives::mrm::{MrfrHead, gather, mrc_kl_at, mrc_label_loss, mrfr_loss};
 use tuwen_objectives::ot::{IpotConfig, ot_distance};
 use tuwen_objectives::vqa::{vqa_accuracy, vqa_loss};
 
@@ -38,6 +38,8 @@ pub enum Encoder {
     VisualBert(VisualBertForPreTraining),
     /// Two streams with co-attention.
     ViLBert(ViLBertForPreTraining),
+    /// Language and relational layers, then cross-modality layers.
+    Lxmert(LxmertForPreTraining),
 }
 
 /// What a run trains: the encoder and, for contrastive learning and retrieval, an ITC head over
@@ -82,6 +84,9 @@ pub struct ObjectiveSet {
     pub mrfr: bool,
     /// Masked region classification.
     pub mrc: bool,
+    /// Masked region classification against the detector's class distributions (KL; needs
+    /// batches with distributions).
+    pub mrc_kl: bool,
     /// Image-text contrastive (needs the ITC head).
     pub itc: bool,
     /// Unified seq2seq LM (VisualBERT; needs the host batch).
@@ -102,6 +107,7 @@ impl Default for ObjectiveSet {
             wra: false,
             mrfr: false,
             mrc: true,
+            mrc_kl: false,
             itc: true,
             lm: false,
             vqa: true,
@@ -121,6 +127,7 @@ impl ObjectiveSet {
             wra: o.wra.enabled,
             mrfr: o.mrfr.enabled,
             mrc: o.mrc.enabled,
+            mrc_kl: o.mrc_kl.enabled,
             itc: o.itc.enabled,
             lm: o.lm.enabled,
             vqa: true,
@@ -161,6 +168,9 @@ pub struct Objectives {
     pub wra: LossOutput,
     /// Masked region feature regression (MSE at masked regions; empty unless switched on).
     pub mrfr: LossOutput,
+    /// MRC-KL: KL from the detector's class distribution to the predicted one at the masked
+    /// regions (empty unless switched on and the batch has distributions).
+    pub mrc_kl: LossOutput,
     /// Unified seq2seq LM over the matched captions (empty unless switched on).
     pub lm: LossOutput,
     /// Its next-token accuracy.
@@ -255,6 +265,40 @@ pub fn vilbert_config(
     }
 }
 
+/// The LXMERT configuration a [`ModelConfig`] describes: `layers` language, `v_layers`
+/// relational and `co_layers` cross-modality layers, all `hidden_size` wide; its object head
+/// classifies masked regions into the scene classes (no attribute or feature decoder: MRFR has
+/// its own head, and the QA head is the run's VQA head).
+pub fn lxmert_config(
+    cfg: &ModelConfig,
+    vocab: usize,
+    feature_dim: usize,
+    max_text_len: usize,
+    region_classes: usize,
+) -> LxmertConfig {
+    LxmertConfig {
+        vocab_size: vocab,
+        hidden_size: cfg.hidden_size,
+        num_attention_heads: cfg.heads,
+        num_object_labels: region_classes.max(1),
+        intermediate_size: intermediate(cfg.intermediate_size, cfg.hidden_size),
+        hidden_dropout_prob: cfg.dropout,
+        attention_probs_dropout_prob: cfg.dropout,
+        max_position_embeddings: max_text_len.max(32),
+        l_layers: cfg.layers,
+        r_layers: cfg.v_layers,
+        x_layers: cfg.co_layers,
+        visual_feat_dim: feature_dim,
+        visual_pos_dim: 4,
+        task_obj_predict: true,
+        task_qa: false,
+        visual_obj_loss: true,
+        visual_attr_loss: false,
+        visual_feat_loss: false,
+        ..LxmertConfig::default()
+    }
+}
+
 impl PretrainModel {
     /// The model a run with `cfg` and `spec` trains, freshly initialised (HF BERT
     /// initialisation; a model started from a BERT checkpoint gets that checkpoint's text
@@ -309,6 +353,10 @@ impl PretrainModel {
                 m.itm_dropout = burn::nn::DropoutConfig::new(cfg.dropout).init();
                 Encoder::ViLBert(m)
             }
+            Architecture::Lxmert => Encoder::Lxmert(
+                lxmert_config(cfg, vocab, feature_dim, max_text_len, region_classes)
+                    .init_pretraining(device),
+            ),
         };
         Self::with_heads(
             bert_init(encoder, BertInit::default()),
@@ -368,7 +416,8 @@ impl PretrainModel {
         }
         let single_stream = matches!(self.encoder, Encoder::VisualBert(_));
         let masked_regions = cfg.data.region_mask_prob > 0.0 && region_classes > 0;
-        if single_stream && objectives.mrc.enabled && masked_regions && self.region_head.is_none() {
+        let classifies = objectives.mrc.enabled || objectives.mrc_kl.enabled;
+        if single_stream && classifies && masked_regions && self.region_head.is_none() {
             let head = RegionHead::new(image, region_classes, device);
             self.region_head = Some(bert_init(head, BertInit::default()));
         }
@@ -386,6 +435,10 @@ impl PretrainModel {
                 m.bert.embeddings.word_embeddings.weight.dims()[1],
                 m.bert.v_embeddings.image_embeddings.weight.dims()[1],
             ),
+            Encoder::Lxmert(m) => {
+                let h = m.lxmert.embeddings.word_embeddings.weight.dims()[1];
+                (h, h)
+            }
         }
     }
 
@@ -394,6 +447,7 @@ impl PretrainModel {
         match &self.encoder {
             Encoder::VisualBert(m) => m.visual_bert.embeddings.visual_projection.weight.val(),
             Encoder::ViLBert(m) => m.bert.v_embeddings.image_embeddings.weight.val(),
+            Encoder::Lxmert(m) => m.lxmert.encoder.visn_fc.visn_fc.weight.val(),
         }
     }
 
@@ -507,6 +561,16 @@ impl PretrainModel {
                     .try_forward(batch.vilbert_input(View::Image))?
                     .pooled_output_v,
             ),
+            // LXMERT pools its language stream only: the image view's pooled vector is the null
+            // text's [CLS] after the cross-modality layers read the regions.
+            Encoder::Lxmert(m) => (
+                m.lxmert
+                    .try_forward(batch.lxmert_input(View::Text))?
+                    .pooled_output,
+                m.lxmert
+                    .try_forward(batch.lxmert_input(View::Image))?
+                    .pooled_output,
+            ),
         })
     }
 
@@ -561,6 +625,16 @@ impl PretrainModel {
                     pooled,
                     (logits, Polarity::VILBERT),
                     Some(out.sequence_output_v),
+                )
+            }
+            Encoder::Lxmert(model) => {
+                let out = model.lxmert.try_forward(batch.lxmert_input(View::Joint))?;
+                let logits = model.matched.forward(out.pooled_output.clone());
+                (
+                    out.language_output,
+                    out.pooled_output,
+                    (logits, Polarity::LXMERT),
+                    Some(out.vision_output),
                 )
             }
         })
@@ -651,6 +725,7 @@ impl PretrainModel {
                 m.visual_bert.embeddings.text.word_embeddings.weight.val(),
             ),
             Encoder::ViLBert(m) => (&m.mlm, m.bert.embeddings.word_embeddings.weight.val()),
+            Encoder::Lxmert(m) => (&m.mlm, m.lxmert.embeddings.word_embeddings.weight.val()),
         };
         let mlm = if set.mlm {
             mlm_loss(
@@ -668,19 +743,24 @@ impl PretrainModel {
                 accuracy: 0.0,
             }
         };
-        let region_head = match &self.encoder {
-            Encoder::ViLBert(m) => Some(&m.region_head),
-            Encoder::VisualBert(_) => self.region_head.as_ref(),
-        };
-        let region = match (region_head, &image) {
-            (Some(head), Some(image)) if set.mrc && !batch.region_positions.is_empty() => {
-                Some(mrc_label_loss(
-                    head.forward(image.clone()),
-                    &batch.region_labels,
-                    &batch.region_positions,
-                ))
-            }
+        let masked = !batch.region_positions.is_empty();
+        let region_logits = match &image {
+            Some(image) if (set.mrc || set.mrc_kl) && masked => self.region_logits(image.clone()),
             _ => None,
+        };
+        let region = match &region_logits {
+            Some(logits) if set.mrc => Some(mrc_label_loss(
+                logits.clone(),
+                &batch.region_labels,
+                &batch.region_positions,
+            )),
+            _ => None,
+        };
+        let mrc_kl = match (region_logits, &batch.region_distributions) {
+            (Some(logits), Some(targets)) if set.mrc_kl => {
+                mrc_kl_at(gather(logits, &batch.region_positions), targets.clone())
+            }
+            _ => LossOutput::empty(&device),
         };
         let (itm, itm_accuracy) = if set.itm {
             itm_loss(itm_logits, &batch.itm, polarity)
@@ -765,9 +845,21 @@ impl PretrainModel {
             grounding_region_accuracy,
             wra,
             mrfr,
+            mrc_kl,
             lm,
             lm_accuracy,
         })
+    }
+
+    /// Region-class logits `[B, V, classes]` of the joint pass's region states, from the
+    /// encoder's region head (ViLBERT's, LXMERT's object head) or the run's own (VisualBERT);
+    /// `None` without one.
+    fn region_logits(&self, image: Tensor<3>) -> Option<Tensor<3>> {
+        match &self.encoder {
+            Encoder::ViLBert(m) => Some(m.region_head.forward(image)),
+            Encoder::Lxmert(m) => m.obj_predict_head.as_ref()?.forward(image).obj,
+            Encoder::VisualBert(_) => Some(self.region_head.as_ref()?.forward(image)),
+        }
     }
 
     /// The model after an optimiser step's constraints: the ITC temperature clamped into its
@@ -788,6 +880,7 @@ impl PretrainModel {
                 .weight
                 .dims()[0],
             Encoder::ViLBert(m) => m.bert.embeddings.position_embeddings.weight.dims()[0],
+            Encoder::Lxmert(m) => m.lxmert.embeddings.position_embeddings.weight.dims()[0],
         }
     }
 
@@ -796,6 +889,7 @@ impl PretrainModel {
         match &self.encoder {
             Encoder::VisualBert(m) => m.visual_bert.embeddings.visual_projection.weight.dims()[0],
             Encoder::ViLBert(m) => m.bert.v_embeddings.image_embeddings.weight.dims()[0],
+            Encoder::Lxmert(m) => m.lxmert.encoder.visn_fc.visn_fc.weight.dims()[0],
         }
     }
 
@@ -832,6 +926,13 @@ impl PretrainModel {
                 );
                 rows(&mut t.mlm.bias, &s.mlm.bias);
             }
+            (Encoder::Lxmert(t), Encoder::Lxmert(s)) => {
+                rows(
+                    &mut t.lxmert.embeddings.word_embeddings.weight,
+                    &s.lxmert.embeddings.word_embeddings.weight,
+                );
+                rows(&mut t.mlm.bias, &s.mlm.bias);
+            }
             _ => return Err("the source and the target are different architectures".into()),
         }
         Ok(match &self.encoder {
@@ -843,6 +944,10 @@ impl PretrainModel {
                 "encoder.ViLBert.bert.embeddings.word_embeddings.weight".into(),
                 "encoder.ViLBert.mlm.bias".into(),
             ],
+            Encoder::Lxmert(_) => vec![
+                "encoder.Lxmert.lxmert.embeddings.word_embeddings.weight".into(),
+                "encoder.Lxmert.mlm.bias".into(),
+            ],
         })
     }
 
@@ -853,6 +958,7 @@ impl PretrainModel {
                 m.visual_bert.embeddings.text.word_embeddings.weight.dims()[0]
             }
             Encoder::ViLBert(m) => m.bert.embeddings.word_embeddings.weight.dims()[0],
+            Encoder::Lxmert(m) => m.lxmert.embeddings.word_embeddings.weight.dims()[0],
         }
     }
 }
@@ -863,6 +969,7 @@ impl Encoder {
         match self {
             Encoder::VisualBert(m) => m.visual_bert.pooler.dense.weight.dims()[1],
             Encoder::ViLBert(m) => m.bert.t_pooler.dense.weight.dims()[1],
+            Encoder::Lxmert(m) => m.lxmert.pooler.dense.weight.dims()[1],
         }
     }
 
@@ -877,6 +984,10 @@ impl Encoder {
                 let v = m.bert.v_pooler.dense.weight.dims()[1];
                 let t = m.bert.t_pooler.dense.weight.dims()[1];
                 (v, t)
+            }
+            Encoder::Lxmert(m) => {
+                let h = m.lxmert.pooler.dense.weight.dims()[1];
+                (h, h)
             }
         }
     }

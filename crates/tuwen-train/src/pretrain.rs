@@ -84,6 +84,8 @@ pub struct StepLosses {
     pub wra: f32,
     /// Masked region feature regression.
     pub mrfr: f32,
+    /// MRC-KL (masked regions against the detector's class distributions).
+    pub mrc_kl: f32,
 }
 
 /// Summary of a finished (or stopped) run.
@@ -250,10 +252,10 @@ pub fn evaluate_with(
         seed: 0xe7a1,
         ..*set
     });
-    // Sums of loss x items and items: mlm, itm, region, itc, grounding, wra, mrfr, lm;
+    // Sums of loss x items and items: mlm, itm, region, itc, grounding, wra, mrfr, lm, mrc_kl;
     // grounding box hits, region hits, lm hits, hard ITM hits.
-    let mut sums = [0.0f64; 8];
-    let mut counts = [0.0f64; 8];
+    let mut sums = [0.0f64; 9];
+    let mut counts = [0.0f64; 9];
     let mut hits = [0.0f64; 4];
     let mut rng = StdRng::seed_from_u64(data.seed() ^ 0xe7a1);
     let words: Vec<i64> = [
@@ -300,6 +302,7 @@ pub fn evaluate_with(
             &out.wra,
             &out.mrfr,
             &out.lm,
+            &out.mrc_kl,
         ]
         .into_iter()
         .enumerate()
@@ -351,6 +354,7 @@ pub fn evaluate_with(
         wra_loss: mean(5),
         mrfr_loss: mean(6),
         lm_loss: mean(7),
+        mrc_kl_loss: mean(8),
         grounding_accuracy: (hits[0] / counts[4].max(1.0)) as f32,
         grounding_region_accuracy: (hits[1] / counts[4].max(1.0)) as f32,
         lm_accuracy: (hits[2] / counts[7].max(1.0)) as f32,
@@ -474,6 +478,9 @@ fn metric_values(
         if o.mrc.enabled {
             values.push(("region", metrics.region_loss));
         }
+        if o.mrc_kl.enabled {
+            values.push(("mrc_kl", metrics.mrc_kl_loss));
+        }
     }
     if model.itc.is_some() && o.itc.enabled {
         values.push(("itc", metrics.itc_loss));
@@ -560,6 +567,8 @@ pub struct ObjectiveWeights {
     pub wra: f64,
     /// MRFR.
     pub mrfr: f64,
+    /// MRC-KL.
+    pub mrc_kl: f64,
     /// Unified LM.
     pub lm: f64,
     /// How they combine.
@@ -580,6 +589,7 @@ impl ObjectiveWeights {
             grounding: o.grounding.weight,
             wra: o.wra.weight,
             mrfr: o.mrfr.weight,
+            mrc_kl: o.mrc_kl.weight,
             lm: o.lm.weight,
             mixing: o.mixing,
         }
@@ -599,6 +609,7 @@ impl ObjectiveWeights {
             ("grounding", s.grounding, self.grounding),
             ("wra", s.wra, self.wra),
             ("mrfr", s.mrfr, self.mrfr),
+            ("mrc_kl", s.mrc_kl && masks_regions, self.mrc_kl),
             ("lm", s.lm, self.lm),
         ]
         .into_iter()
@@ -629,6 +640,7 @@ impl ObjectiveWeights {
             wra: false,
             mrfr: false,
             mrc: false,
+            mrc_kl: false,
             itc: false,
             lm: false,
             vqa: false,
@@ -644,6 +656,7 @@ impl ObjectiveWeights {
             grounding: 0.0,
             wra: 0.0,
             mrfr: 0.0,
+            mrc_kl: 0.0,
             lm: 0.0,
             mixing: self.mixing,
         };
@@ -659,6 +672,7 @@ impl ObjectiveWeights {
             "grounding" => (w.set.grounding, w.grounding) = (true, 1.0),
             "wra" => (w.set.wra, w.wra) = (true, 1.0),
             "mrfr" => (w.set.mrfr, w.mrfr) = (true, 1.0),
+            "mrc_kl" => (w.set.mrc_kl, w.mrc_kl) = (true, 1.0),
             _ => (w.set.lm, w.lm) = (true, 1.0),
         }
         w
@@ -678,6 +692,7 @@ impl From<LossWeights> for ObjectiveWeights {
             grounding: 0.0,
             wra: 0.0,
             mrfr: 0.0,
+            mrc_kl: 0.0,
             lm: 0.0,
             mixing: Mixing::Sum,
         }
@@ -725,6 +740,7 @@ pub fn step_gradients(
         host.rows.max(1) as f32,
         host.region_positions.len().max(1) as f32,
         host.lm_targets().max(1) as f32,
+        host.region_positions.len().max(1) as f32,
     ];
     let replicas: Vec<PretrainModel> = devices
         .iter()
@@ -769,6 +785,7 @@ pub fn step_gradients(
             out.wra.count as f32 / totals[6],
             out.mrfr.count as f32 / totals[7],
             out.lm.count as f32 / totals[8],
+            out.mrc_kl.count as f32 / totals[9],
         ];
         values.mlm += scalar(&out.mlm.loss.loss) * w[0];
         values.itm += scalar(&out.itm.loss) * w[1];
@@ -787,6 +804,7 @@ pub fn step_gradients(
             (6, &out.wra, weights.wra, &mut values.wra),
             (7, &out.mrfr, weights.mrfr, &mut values.mrfr),
             (8, &out.lm, weights.lm, &mut values.lm),
+            (9, &out.mrc_kl, weights.mrc_kl, &mut values.mrc_kl),
         ] {
             if !part_loss.empty {
                 *value += scalar(&part_loss.loss) * w[k];
@@ -951,7 +969,7 @@ pub fn run(
     // VisualBERT's own region head, when regions are masked for MRC; a resumed run keeps the
     // heads it was saved with (one saved before this head existed has none).
     let wants_region_head = cfg.model.architecture == Architecture::VisualBert
-        && cfg.objectives.mrc.enabled
+        && (cfg.objectives.mrc.enabled || cfg.objectives.mrc_kl.enabled)
         && cfg.data.region_mask_prob > 0.0
         && shape.region_classes > 0;
     let region_head = match run_dir.spec_path().exists() {
@@ -1057,7 +1075,16 @@ impl Task for PretrainTask {
     fn total(&self, l: &StepLosses) -> f32 {
         if self.weights.mixing == Mixing::Sample {
             // One objective trained, unweighted; the others are 0.
-            return l.mlm + l.itm + l.region + l.itc + l.vqa + l.grounding + l.wra + l.mrfr + l.lm;
+            return l.mlm
+                + l.itm
+                + l.region
+                + l.itc
+                + l.vqa
+                + l.grounding
+                + l.wra
+                + l.mrfr
+                + l.mrc_kl
+                + l.lm;
         }
         let w = &self.weights;
         l.mlm * w.mlm as f32
@@ -1068,6 +1095,7 @@ impl Task for PretrainTask {
             + l.grounding * w.grounding as f32
             + l.wra * w.wra as f32
             + l.mrfr * w.mrfr as f32
+            + l.mrc_kl * w.mrc_kl as f32
             + l.lm * w.lm as f32
     }
 
@@ -1093,6 +1121,11 @@ impl Task for PretrainTask {
             (set.grounding, "train/grounding", l.grounding),
             (set.wra, "train/wra", l.wra),
             (set.mrfr, "train/mrfr", l.mrfr),
+            (
+                set.mrc_kl && self.data.masks_regions(),
+                "train/mrc_kl",
+                l.mrc_kl,
+            ),
             (set.lm, "train/lm", l.lm),
             (set.lm, "train/lm_accuracy", l.lm_accuracy),
         ] {

@@ -248,6 +248,12 @@ fn pooled(model: &PretrainModel, batch: &PretrainBatch, view: View) -> Result<Te
                 .map_err(e)?
                 .pooled_output_v
         }
+        (Encoder::Lxmert(m), _) => {
+            m.lxmert
+                .try_forward(batch.lxmert_input(view))
+                .map_err(e)?
+                .pooled_output
+        }
     })
 }
 
@@ -359,6 +365,7 @@ impl Retriever {
             features: vec![0.0; width],
             locations: vec![0.0, 0.0, 1.0, 1.0, 1.0],
             labels: vec![IGNORE],
+            class_probs: Vec::new(),
         };
         let batch = self
             .host(vec![null; texts.len()], texts.to_vec())?

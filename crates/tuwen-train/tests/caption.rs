@@ -138,26 +138,31 @@ fn both_captioners_learn_the_scenes_captions_and_caption_image_files_as_evaluate
 #[test]
 fn captioning_runs_refuse_what_they_cannot_do() {
     let tmp = tempfile::tempdir().unwrap();
-    let source = tmp.path().join("vilbert");
-    pretrain(&source, "vilbert");
-    // The unified captioner needs one stream.
-    let err = tuwen_train::finetune::run(
-        &tiny_caption(&source, "unified", 2),
-        &tmp.path().join("u"),
-        &[flex()],
-        None,
-        |_| {},
-    )
-    .err()
-    .unwrap();
-    assert!(err.contains("captioner = \"decoder\""), "{err}");
-    // A ViLBERT run captions through a decoder.
-    finetune(&tiny_caption(&source, "decoder", 2), &tmp.path().join("d"));
-    // A pretraining run is not a captioner.
-    let err = Captioner::load_on(&source, Which::Best, &flex())
+    for architecture in ["vilbert", "lxmert"] {
+        let source = tmp.path().join(architecture);
+        pretrain(&source, architecture);
+        // The unified captioner needs one stream.
+        let err = tuwen_train::finetune::run(
+            &tiny_caption(&source, "unified", 2),
+            &tmp.path().join(format!("{architecture}-u")),
+            &[flex()],
+            None,
+            |_| {},
+        )
         .err()
         .unwrap();
-    assert!(err.contains("not a captioning run"), "{err}");
+        assert!(err.contains("captioner = \"decoder\""), "{err}");
+        // A two-stream run captions through a decoder.
+        finetune(
+            &tiny_caption(&source, "decoder", 2),
+            &tmp.path().join(format!("{architecture}-d")),
+        );
+        // A pretraining run is not a captioner.
+        let err = Captioner::load_on(&source, Which::Best, &flex())
+            .err()
+            .unwrap();
+        assert!(err.contains("not a captioning run"), "{err}");
+    }
 }
 
 /// The cached unified stepper (what `tuwen caption` decodes with) scores a caption exactly as

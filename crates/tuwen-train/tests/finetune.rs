@@ -259,6 +259,89 @@ fn runs_that_cannot_be_loaded_give_clear_errors() {
     assert!(e.contains("model.bpk") && e.contains("does not fit"), "{e}");
 }
 
+/// An LXMERT run fine-tunes as the others do: VQA (its encoder reused, the MLM / matched /
+/// object heads carried, the ITC head dropped) answering an image file, and retrieval.
+#[test]
+fn an_lxmert_run_fine_tunes_for_vqa_and_retrieval() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pre, fine) = (tmp.path().join("pre"), tmp.path().join("vqa"));
+    let mut cfg = tiny_pretrain();
+    cfg.model.architecture = tuwen_train::config::Architecture::Lxmert;
+    cfg.model.v_layers = 1;
+    cfg.model.co_layers = 1;
+    tuwen_train::pretrain::run(&cfg, &pre, &[flex()], None, |_| {}).unwrap();
+    let mut vqa_cfg = tiny_vqa(&pre, "scenes");
+    vqa_cfg.run.steps = 30;
+    vqa_cfg.eval.every = 30;
+    let (summary, r) =
+        tuwen_train::finetune::run(&vqa_cfg, &fine, &[flex()], None, |_| {}).unwrap();
+    assert!(
+        !r.reused.is_empty()
+            && r.reused
+                .iter()
+                .all(|n| n.starts_with("encoder.Lxmert.lxmert.") && is_core(n)),
+        "{:?}",
+        r.reused
+    );
+    for head in [
+        "encoder.Lxmert.mlm.",
+        "encoder.Lxmert.matched.",
+        "encoder.Lxmert.obj_predict_head.",
+    ] {
+        assert!(
+            r.kept.iter().any(|n| n.starts_with(head)),
+            "{head}: {:?}",
+            r.kept
+        );
+    }
+    assert!(
+        r.dropped.iter().all(|n| n.starts_with("itc.")),
+        "{:?}",
+        r.dropped
+    );
+    // The frozen first language layer did not move.
+    assert!(frozen(
+        "encoder.Lxmert.lxmert.encoder.layers.0.attention.self_attn.query.weight",
+        1
+    ));
+    assert!(!frozen(
+        "encoder.Lxmert.lxmert.encoder.x_layers.1.cross.attention.query.weight",
+        1
+    ));
+    assert!(summary.eval.vqa_accuracy > 0.0, "{:?}", summary.eval);
+    let vqa = Vqa::load_on(&fine, Which::Best, &flex()).unwrap();
+    let image = image::RgbImage::from_fn(64, 48, |x, _| {
+        if x < 32 {
+            image::Rgb([220, 30, 30])
+        } else {
+            image::Rgb([240, 240, 240])
+        }
+    });
+    let top = vqa
+        .answer_top(&image, "what color is the circle?", 3)
+        .unwrap();
+    assert_eq!(top.len(), 3);
+    assert!(top.windows(2).all(|w| w[0].score >= w[1].score));
+
+    let (retrieval, reuse) = tuwen_train::finetune::run(
+        &tiny_retrieval(&pre, 4),
+        &tmp.path().join("r"),
+        &[flex()],
+        None,
+        |_| {},
+    )
+    .unwrap();
+    assert!(
+        reuse.reused.iter().any(|n| n.starts_with("itc.")),
+        "{reuse:?}"
+    );
+    assert!(
+        retrieval.eval.retrieval.image_to_text[2] > 0.0,
+        "{:?}",
+        retrieval.eval
+    );
+}
+
 #[test]
 fn an_easy_vqa_model_answers_questions_about_image_files() {
     let image = match tuwen_assets::locate("easy_vqa", "test/images/0.png") {

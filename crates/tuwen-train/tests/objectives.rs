@@ -114,26 +114,56 @@ fn assert_falls(key: &str, values: &[f64], margin: f64, absolute: bool) {
     );
 }
 
-#[test]
-fn mlm_trains() {
-    let cfg = config(40, 4, "", "", "[objectives.itm]\nenabled = false");
-    let v = held_out(&cfg, "eval/mlm");
-    assert_falls("eval/mlm", &v, 0.2, false);
-}
+/// The `[model]` lines of each encoder family: the short objective tests run on all three.
+const ARCHITECTURES: [&str; 3] = [
+    "architecture = \"visual_bert\"",
+    "architecture = \"vilbert\"",
+    "architecture = \"lxmert\"",
+];
 
 #[test]
+fn mlm_trains() {
+    for arch in ARCHITECTURES {
+        let cfg = config(40, 4, arch, "", "[objectives.itm]\nenabled = false");
+        let v = held_out(&cfg, "eval/mlm");
+        assert_falls(&format!("{arch}: eval/mlm"), &v, 0.2, false);
+    }
+}
+
+/// ITM alone from scratch sits on a plateau; the single stream leaves it within 150 steps, the
+/// two-stream encoders (whose streams meet only in their last layers) not within 400, with or
+/// without MLM (measured). ITC (its unimodal passes) takes them off it within 250, as in
+/// [`itm_with_hard_negatives_trains_and_reports_hard_accuracy`].
+#[test]
 fn itm_with_random_negatives_trains() {
-    let cfg = config(150, 15, "", "", "[objectives.mlm]\nenabled = false");
-    let v = held_out(&cfg, "eval/itm");
-    assert_falls("eval/itm", &v, 0.1, false);
+    for (arch, extra) in ARCHITECTURES
+        .into_iter()
+        .zip(["", "itc_dim = 16", "itc_dim = 16"])
+    {
+        let cfg = config(
+            250,
+            25,
+            &format!("{arch}\n{extra}"),
+            "",
+            "[objectives.mlm]\nenabled = false",
+        );
+        let v = held_out(&cfg, "eval/itm");
+        assert_falls(&format!("{arch}: eval/itm"), &v, 0.1, false);
+    }
 }
 
 #[test]
 fn itm_with_hard_negatives_trains_and_reports_hard_accuracy() {
+    for arch in ARCHITECTURES {
+        itm_with_hard_negatives(arch);
+    }
+}
+
+fn itm_with_hard_negatives(arch: &str) {
     let cfg = config(
         250,
         25,
-        "itc_dim = 16",
+        &format!("itc_dim = 16\n{arch}"),
         "",
         "[objectives.mlm]\nenabled = false\n[objectives.itm]\nnegatives = \"hard\"",
     );
@@ -144,7 +174,12 @@ fn itm_with_hard_negatives_trains_and_reports_hard_accuracy() {
         .iter()
         .filter_map(|v| v.get("eval/itm").and_then(|x| x.as_f64()))
         .collect();
-    assert_falls("eval/itm (hard negatives)", &itm, 0.1, false);
+    assert_falls(
+        &format!("{arch}: eval/itm (hard negatives)"),
+        &itm,
+        0.1,
+        false,
+    );
     let hard: Vec<f64> = logged
         .iter()
         .filter_map(|v| v.get("eval/itm_hard_accuracy").and_then(|x| x.as_f64()))
@@ -154,10 +189,16 @@ fn itm_with_hard_negatives_trains_and_reports_hard_accuracy() {
 
 #[test]
 fn grounding_trains() {
+    for arch in ARCHITECTURES {
+        grounding_trains_on(arch);
+    }
+}
+
+fn grounding_trains_on(arch: &str) {
     let cfg = config(
         60,
         6,
-        "",
+        arch,
         "",
         "[objectives.grounding]\nenabled = true\n[objectives.itm]\nenabled = false",
     );
@@ -170,7 +211,8 @@ fn grounding_trains() {
             .filter_map(|v| v.get(key).and_then(|x| x.as_f64()))
             .collect()
     };
-    assert_falls("eval/grounding", &series("eval/grounding"), 0.1, false);
+    let key = format!("{arch}: eval/grounding");
+    assert_falls(&key, &series("eval/grounding"), 0.1, false);
     for key in [
         "eval/grounding_accuracy",
         "eval/grounding_region_accuracy",
@@ -188,28 +230,32 @@ fn grounding_trains() {
 
 #[test]
 fn wra_trains() {
-    let cfg = config(
-        60,
-        6,
-        "",
-        "",
-        "[objectives.wra]\nenabled = true\nweight = 1.0\n[objectives.mlm]\nenabled = false",
-    );
-    let v = held_out(&cfg, "eval/wra");
-    assert_falls("eval/wra", &v, 0.02, true);
+    for arch in ARCHITECTURES {
+        let cfg = config(
+            60,
+            6,
+            arch,
+            "",
+            "[objectives.wra]\nenabled = true\nweight = 1.0\n[objectives.mlm]\nenabled = false",
+        );
+        let v = held_out(&cfg, "eval/wra");
+        assert_falls(&format!("{arch}: eval/wra"), &v, 0.02, true);
+    }
 }
 
 #[test]
 fn mrfr_trains() {
-    let cfg = config(
-        30,
-        1,
-        "",
-        "region_mask_prob = 0.3",
-        "[objectives.mrfr]\nenabled = true\n[objectives.itm]\nenabled = false",
-    );
-    let v = held_out(&cfg, "eval/mrfr");
-    assert_falls("eval/mrfr", &v, 0.05, false);
+    for arch in ARCHITECTURES {
+        let cfg = config(
+            30,
+            1,
+            arch,
+            "region_mask_prob = 0.3",
+            "[objectives.mrfr]\nenabled = true\n[objectives.itm]\nenabled = false",
+        );
+        let v = held_out(&cfg, "eval/mrfr");
+        assert_falls(&format!("{arch}: eval/mrfr"), &v, 0.05, false);
+    }
 }
 
 /// Region classification learns slowly on the scenes (90% of the masked regions are zeroed: their
@@ -238,6 +284,22 @@ fn visual_bert_mrc_trains() {
         "region_mask_prob = 0.5",
         "[objectives.mrc]\nenabled = true",
     );
+    let v = held_out(&cfg, "eval/region");
+    assert_falls("eval/region", &v, 0.03, false);
+}
+
+/// LXMERT's object head classifies masked regions (as slowly as ViLBERT's region head; held
+/// out on more scenes, as the regions masked in 48 are too few to measure a small fall).
+#[test]
+fn lxmert_mrc_trains() {
+    let mut cfg = config(
+        1000,
+        100,
+        "architecture = \"lxmert\"",
+        "region_mask_prob = 0.5",
+        "[objectives.mrc]\nenabled = true",
+    );
+    cfg.eval.scenes = 240;
     let v = held_out(&cfg, "eval/region");
     assert_falls("eval/region", &v, 0.03, false);
 }
@@ -293,6 +355,27 @@ fn the_new_objectives_split_exactly_over_micro_batches() {
         "[objectives.grounding]\nenabled = true\n[objectives.wra]\nenabled = true\n\
          [objectives.mrfr]\nenabled = true\n[objectives.lm]\nenabled = true",
     );
+    assert_splits_exactly(&cfg, true);
+}
+
+/// The same on LXMERT (no LM: the unified mask is single-stream), with its object head
+/// classifying the masked regions.
+#[test]
+fn lxmert_objectives_split_exactly_over_micro_batches() {
+    let cfg = config(
+        1,
+        1,
+        "architecture = \"lxmert\"",
+        "region_mask_prob = 0.3",
+        "[objectives.grounding]\nenabled = true\n[objectives.wra]\nenabled = true\n\
+         [objectives.mrfr]\nenabled = true\n[objectives.mrc]\nenabled = true",
+    );
+    assert_splits_exactly(&cfg, false);
+}
+
+/// Gradients and losses of one step of `cfg` as one micro-batch and as three are equal
+/// (`lm`: the LM objective is on and must be non-zero).
+fn assert_splits_exactly(cfg: &TrainConfig, lm: bool) {
     let scenes = tuwen_data::scene::SceneConfig::default();
     let batcher = SceneBatcher {
         tokenizer: SceneBatcher::train_tokenizer(&scenes, 1, 200, 24).unwrap(),
@@ -319,16 +402,16 @@ fn the_new_objectives_split_exactly_over_micro_batches() {
     let data = Data::Scenes(Arc::new(batcher));
     // The first step whose batch has phrases and masked regions.
     let host = (0..20)
-        .map(|step| step_batch(&data, &cfg, step).unwrap())
+        .map(|step| step_batch(&data, cfg, step).unwrap())
         .find(|h| !h.phrases.is_empty() && !h.region_positions.is_empty())
         .expect("a batch with phrases and masked regions");
     let device = flex().autodiff();
     let model = PretrainModel::init(&cfg.model, &shape, &device).with_objective_heads(
-        &cfg,
+        cfg,
         shape.region_classes,
         &device,
     );
-    let weights = ObjectiveWeights::from_config(&cfg);
+    let weights = ObjectiveWeights::from_config(cfg);
     let grads = |parts: usize| -> (Vec<Vec<f32>>, StepLosses) {
         let (g, l) = step_gradients(
             &model,
@@ -346,7 +429,7 @@ fn the_new_objectives_split_exactly_over_micro_batches() {
     let (whole, a) = grads(1);
     let (split, b) = grads(3);
     assert!(
-        a.grounding > 0.0 && a.mrfr > 0.0 && a.lm > 0.0 && a.wra != 0.0,
+        a.grounding > 0.0 && a.mrfr > 0.0 && (a.lm > 0.0) == lm && a.wra != 0.0,
         "{a:?}"
     );
     let scale = whole.iter().flatten().fold(0.0f32, |m, x| m.max(x.abs()));
@@ -366,6 +449,7 @@ fn the_new_objectives_split_exactly_over_micro_batches() {
         (a.lm, b.lm),
         (a.mlm, b.mlm),
         (a.itm, b.itm),
+        (a.region, b.region),
     ] {
         assert!((x - y).abs() <= 1e-4 * x.abs().max(1.0), "{a:?} vs {b:?}");
     }
@@ -389,8 +473,16 @@ fn bad_objective_configurations_are_refused_with_clear_messages() {
     assert!(e.contains("eval.best"), "{e}");
     let e = err("[objectives.mrfr]\nenabled = true");
     assert!(e.contains("data.region_mask_prob"), "{e}");
-    let e = err("[model]\narchitecture = \"vilbert\"\n[objectives.lm]\nenabled = true");
-    assert!(e.contains("visual_bert"), "{e}");
+    for arch in ["vilbert", "lxmert"] {
+        let e = err(&format!(
+            "[model]\narchitecture = \"{arch}\"\n[objectives.lm]\nenabled = true"
+        ));
+        assert!(e.contains("visual_bert"), "{e}");
+    }
+    let e = err("[model]\narchitecture = \"lxmert\"\nco_layers = 0");
+    assert!(e.contains("co_layers"), "{e}");
+    let e = err("[model]\narchitecture = \"lxmert\"\ninit = \"minilm\"");
+    assert!(e.contains("visual_bert only"), "{e}");
     let e = err("[objectives.wra]\nweight = -1.0");
     assert!(e.contains("objectives.wra.weight"), "{e}");
     let e = err(

@@ -50,6 +50,14 @@ fn tiny_vilbert() -> TrainConfig {
     cfg
 }
 
+fn tiny_lxmert() -> TrainConfig {
+    let mut cfg = tiny_vilbert();
+    cfg.model.architecture = Architecture::Lxmert;
+    cfg.model.layers = 1;
+    cfg.model.v_layers = 1;
+    cfg
+}
+
 fn lines(dir: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))
         .unwrap()
@@ -136,7 +144,11 @@ fn a_run_writes_its_outputs_and_an_interrupted_run_resumes_from_its_checkpoint()
 /// draws inside a step are seeded by the step. Loader threads and accumulation change nothing.
 #[test]
 fn an_interrupted_and_resumed_run_matches_an_uninterrupted_one() {
-    for (name, cfg) in [("visual_bert", tiny()), ("vilbert", tiny_vilbert())] {
+    for (name, cfg) in [
+        ("visual_bert", tiny()),
+        ("vilbert", tiny_vilbert()),
+        ("lxmert", tiny_lxmert()),
+    ] {
         let mut threaded = cfg.clone();
         threaded.run.loader_threads = 3;
         threaded.run.grad_accum_steps = 2;
@@ -181,11 +193,15 @@ fn an_interrupted_and_resumed_run_matches_an_uninterrupted_one() {
 /// re-ranked by ITM on the top k); VQA through the answer head, with held-out accuracy.
 #[test]
 fn a_run_with_itc_and_vqa_reports_retrieval_recalls_and_vqa_accuracy() {
-    for arch in [Architecture::VisualBert, Architecture::Vilbert] {
-        let mut cfg = if arch == Architecture::Vilbert {
-            tiny_vilbert()
-        } else {
-            tiny()
+    for arch in [
+        Architecture::VisualBert,
+        Architecture::Vilbert,
+        Architecture::Lxmert,
+    ] {
+        let mut cfg = match arch {
+            Architecture::VisualBert => tiny(),
+            Architecture::Vilbert => tiny_vilbert(),
+            Architecture::Lxmert => tiny_lxmert(),
         };
         cfg.model.itc_dim = 16;
         cfg.data.vqa_weight = 1.0;

@@ -159,7 +159,11 @@ fn models_trained_from_scratch_get_bert_initialisation() {
         let mean = v.iter().sum::<f32>() / v.len() as f32;
         (v.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / v.len() as f32).sqrt()
     };
-    for architecture in [Architecture::VisualBert, Architecture::Vilbert] {
+    for architecture in [
+        Architecture::VisualBert,
+        Architecture::Vilbert,
+        Architecture::Lxmert,
+    ] {
         let cfg = ModelConfig {
             architecture,
             hidden_size: 64,
@@ -192,6 +196,14 @@ fn models_trained_from_scratch_get_bert_initialisation() {
                 let layer = &m.bert.encoder.layers[0];
                 (
                     m.bert.embeddings.word_embeddings.weight.val(),
+                    layer.attention.self_attn.query.clone(),
+                    layer.attention.output.layer_norm.clone(),
+                )
+            }
+            Encoder::Lxmert(m) => {
+                let layer = &m.lxmert.encoder.layers[0];
+                (
+                    m.lxmert.embeddings.word_embeddings.weight.val(),
                     layer.attention.self_attn.query.clone(),
                     layer.attention.output.layer_norm.clone(),
                 )
