@@ -56,6 +56,9 @@ enum Task {
     },
     /// Train a vision-language model on the embedded default dataset.
     Train {
+        /// Train data-parallel over N processes: `mpirun -np N tuwen train ARGS` (Open MPI).
+        #[arg(long, value_name = "N")]
+        mpi: Option<usize>,
         /// Arguments for `tuwen train`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -137,7 +140,8 @@ fn run(task: Task) -> Result<()> {
     match task {
         Task::Test { no_lint, args } => test(no_lint, &args),
         Task::Assets { home, only } => assets(home, &only),
-        Task::Train { args } => tuwen("train", &args),
+        Task::Train { mpi: None, args } => tuwen("train", &args),
+        Task::Train { mpi: Some(n), args } => tuwen_mpi(n, &args),
         Task::Finetune { args } => tuwen("finetune", &args),
         Task::Fuzz { cases, args } => fuzz(cases, &args),
         Task::Tuwen { args } => match args.split_first() {
@@ -327,6 +331,35 @@ fn tuwen(command: &str, args: &[String]) -> Result<()> {
         .with_context(|| format!("cannot run {}", tuwen.display()))?;
     if !status.success() {
         bail!("`tuwen {command}` failed ({status})");
+    }
+    Ok(())
+}
+
+/// `mpirun -np n tuwen train ARGS` with the `tuwen` of this build (`--allow-run-as-root`, as
+/// containers and CI run as root; `--oversubscribe`, so `n` may exceed the cores).
+fn tuwen_mpi(n: usize, args: &[String]) -> Result<()> {
+    cargo(&["test", "--workspace", "--no-run", "--quiet"], &[], &[])?;
+    let tuwen = target_dir()?.join("debug").join("tuwen");
+    let mut cmd = Command::new("mpirun");
+    cmd.args([
+        "--allow-run-as-root",
+        "--oversubscribe",
+        "-np",
+        &n.to_string(),
+    ])
+    .arg(&tuwen)
+    .arg("train")
+    .args(args);
+    eprintln!(
+        "$ mpirun -np {n} {} train {}",
+        tuwen.display(),
+        args.join(" ")
+    );
+    let status = cmd.status().context(
+        "cannot run mpirun (Open MPI; Debian: apt-get install libopenmpi-dev openmpi-bin)",
+    )?;
+    if !status.success() {
+        bail!("`mpirun -np {n} tuwen train` failed ({status})");
     }
     Ok(())
 }

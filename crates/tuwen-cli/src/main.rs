@@ -505,13 +505,21 @@ fn run(cli: Cli) -> Result<()> {
                 overwrite,
                 steps,
             };
-            train::train(
+            let trained = train::train(
                 &args,
                 &devices,
                 &mut std::io::stdout(),
                 &mut std::io::stderr(),
-            )?;
-            Ok(())
+            );
+            // In an MPI job: a failing rank ends every rank (none waits for it); the others
+            // finish MPI before exiting.
+            match trained {
+                Ok(_) => tuwen_train::distributed::finalize().map_err(anyhow::Error::msg),
+                Err(e) => {
+                    tuwen_train::distributed::abort_job(&format!("{e:#}"));
+                    Err(e)
+                }
+            }
         }
         Command::Finetune {
             from,

@@ -25,8 +25,15 @@ pub struct TrainArgs {
     pub steps: Option<usize>,
 }
 
-/// The configuration and run directory `args` select, checking the directory's state.
+/// The configuration and run directory `args` select, checking the directory's state (and
+/// emptying it for `--overwrite`).
 pub fn resolve(args: &TrainArgs) -> Result<(TrainConfig, PathBuf)> {
+    resolve_as(args, true)
+}
+
+/// [`resolve`]; `checks_dir = false` (a rank other than 0 of an MPI job) only reads the
+/// configuration: rank 0 checks and empties the directory.
+fn resolve_as(args: &TrainArgs, checks_dir: bool) -> Result<(TrainConfig, PathBuf)> {
     let name = args
         .config
         .as_ref()
@@ -38,14 +45,14 @@ pub fn resolve(args: &TrainArgs) -> Result<(TrainConfig, PathBuf)> {
         .unwrap_or_else(|| Path::new("runs").join(&name));
     let saved = dir.join("config.toml");
     let has_run = dir.join("checkpoints").is_dir();
-    if has_run && !args.resume && !args.overwrite {
+    if checks_dir && has_run && !args.resume && !args.overwrite {
         bail!(
             "{} already holds a run: pass --resume to continue it, --overwrite to start again, \
              or choose another --run-dir",
             dir.display()
         );
     }
-    if args.overwrite && dir.exists() {
+    if checks_dir && args.overwrite && dir.exists() {
         // Only a run directory is deleted, never an arbitrary one given by mistake.
         if !(saved.is_file()
             || dir.join("checkpoints").is_dir()
@@ -72,17 +79,30 @@ pub fn resolve(args: &TrainArgs) -> Result<(TrainConfig, PathBuf)> {
 }
 
 /// Runs `args` on `devices` (the first is the main device), drawing progress on `err` and
-/// printing the summary table on `out`.
+/// printing the summary table on `out`. Started by `mpirun` (Open MPI, two or more processes),
+/// every process trains its share of each step (`tuwen_train::distributed`); only rank 0 reads
+/// `--overwrite`, writes the run directory and prints.
 pub fn train(
     args: &TrainArgs,
     devices: &[Device],
     out: &mut impl Write,
     err: &mut impl Write,
 ) -> Result<Summary> {
+    let (rank, ranks) = tuwen_train::distributed::placement().map_err(anyhow::Error::msg)?;
+    if rank > 0 {
+        let (config, dir) = resolve_as(args, false)?;
+        let result = pretrain::run(&config, &dir, devices, None, |_| {});
+        return result.map_err(anyhow::Error::msg);
+    }
     let (config, dir) = resolve(args)?;
+    let processes = if ranks > 1 {
+        format!(" x {ranks} MPI processes")
+    } else {
+        String::new()
+    };
     writeln!(
         err,
-        "training {} on {} device(s) into {}",
+        "training {} on {} device(s){processes} into {}",
         architecture(&config),
         devices.len(),
         dir.display()
@@ -90,6 +110,18 @@ pub fn train(
     let mut progress = Progress::new(&config, err);
     let result = pretrain::run(&config, &dir, devices, None, |event| progress.event(event));
     let summary = progress.finish(result, &dir)?;
+    let comm = tuwen_train::distributed::comm_stats();
+    if ranks > 1 && comm.steps > 0 {
+        let steps = comm.steps as f64;
+        writeln!(
+            err,
+            "MPI all-reduce (rank 0): {:.2} MB per step, {:.1} ms per step ({:.1}% of the run's \
+             wall time, waiting for the slower rank included)",
+            comm.bytes as f64 / steps / 1e6,
+            comm.seconds / steps * 1e3,
+            100.0 * comm.seconds / summary.seconds.max(1e-9)
+        )?;
+    }
     write!(out, "{}", summary_table(&config, &summary))?;
     Ok(summary)
 }

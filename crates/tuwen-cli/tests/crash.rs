@@ -2,12 +2,15 @@
 //! evaluations and checkpoint writes alike), resumed each time, ends with the same
 //! `metrics.jsonl` and the same weights as a run that was never interrupted.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use burn::store::{BurnpackStore, ModuleStore, bridge};
+use common::weights;
+
 use burn::tensor::TensorData;
 
 const CONFIG: &str = "[run]\nsteps = 96\nbatch_size = 4\nlog_every = 1\n\
@@ -27,18 +30,6 @@ fn train(config: &Path, run_dir: &Path, resume: bool) -> Command {
         cmd.arg("--resume");
     }
     cmd
-}
-
-/// Every tensor of a checkpoint file by name (the values: the file also holds per-process
-/// parameter ids, so its bytes differ between two identical runs).
-fn weights(path: &Path) -> BTreeMap<String, TensorData> {
-    let mut store = BurnpackStore::from_file(path);
-    store
-        .get_all_tensors()
-        .unwrap_or_else(|e| panic!("{}: {e:?}", path.display()))
-        .iter()
-        .map(|(name, t)| (name.clone(), bridge::to_data(t).unwrap()))
-        .collect()
 }
 
 /// What a finished run leaves that must not depend on interruptions.

@@ -689,6 +689,13 @@ pub fn run(
     stop_after: Option<usize>,
     mut events: impl FnMut(Event),
 ) -> Result<(Summary, Reuse), String> {
+    if crate::distributed::placement()?.1 > 1 {
+        return Err(
+            "MPI data parallelism covers pretraining (`mpirun -np N tuwen train`); run \
+             fine-tuning in one process"
+                .into(),
+        );
+    }
     let given = cfg;
     let start = start_of(finetune_section(given)?)?;
     let cfg = &effective(given, &start)?;

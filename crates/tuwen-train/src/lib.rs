@@ -9,11 +9,12 @@
 //! * [`matching`] — retrieval fine-tuning (ITC + ITM, selected on Recall@1).
 //! * [`data`] — a run's data (scenes or corpus) behind one type.
 //! * [`prefetch`] — loader threads that build batches ahead, in step order.
-//! * [`model`] — VisualBERT and ViLBERT behind one type, with their objectives.
+//! * [`model`] — VisualBERT, ViLBERT and LXMERT behind one type, with their objectives.
 //! * [`features`] — CNN region features of the scenes.
 //! * [`checkpoint`] — model + optimiser + training state, written atomically.
 //! * [`guard`] — NaN/inf steps skipped and counted, abort after too many in a row.
 //! * [`metrics`] — `metrics.jsonl` and SVG plots of every series.
+//! * [`distributed`] — data parallelism across processes started by Open MPI's `mpirun`.
 //! * [`pretrain`] — the pretraining loop (accumulation, data parallelism, evaluation, best/last
 //!   checkpoints; resumable bit for bit).
 //! * [`retrieval`] — Recall@1/5/10 with ITC ranking and ITM re-ranking of the top-k only.
@@ -33,6 +34,7 @@ pub mod config;
 pub mod corpus;
 pub mod data;
 pub mod decay;
+pub mod distributed;
 pub mod event;
 pub mod features;
 pub mod finetune;

@@ -88,6 +88,52 @@ pub struct StepLosses {
     pub mrc_kl: f32,
 }
 
+impl StepLosses {
+    /// Number of values in [`StepLosses::to_array`].
+    pub const FIELDS: usize = 13;
+
+    /// Every value, in a fixed order (summed over ranks by `distributed::allreduce`: each is a
+    /// sum of parts weighted by their share of the step).
+    pub fn to_array(&self) -> [f64; Self::FIELDS] {
+        [
+            self.mlm,
+            self.itm,
+            self.region,
+            self.itm_accuracy,
+            self.itc,
+            self.vqa,
+            self.vqa_accuracy,
+            self.lm,
+            self.lm_accuracy,
+            self.grounding,
+            self.wra,
+            self.mrfr,
+            self.mrc_kl,
+        ]
+        .map(f64::from)
+    }
+
+    /// The inverse of [`StepLosses::to_array`].
+    pub fn from_array(v: &[f64]) -> Self {
+        let f = |i: usize| v[i] as f32;
+        Self {
+            mlm: f(0),
+            itm: f(1),
+            region: f(2),
+            itm_accuracy: f(3),
+            itc: f(4),
+            vqa: f(5),
+            vqa_accuracy: f(6),
+            lm: f(7),
+            lm_accuracy: f(8),
+            grounding: f(9),
+            wra: f(10),
+            mrfr: f(11),
+            mrc_kl: f(12),
+        }
+    }
+}
+
 /// Summary of a finished (or stopped) run.
 #[derive(Clone, Debug)]
 pub struct Summary {
@@ -165,8 +211,10 @@ fn tokenizer(
         ),
     }
     .map_err(|e| e.to_string())?;
-    tok.save_vocab(dir.vocab_path())
-        .map_err(|e| e.to_string())?;
+    if !dir.is_follower() {
+        tok.save_vocab(dir.vocab_path())
+            .map_err(|e| e.to_string())?;
+    }
     Ok(tok)
 }
 
@@ -702,7 +750,11 @@ impl From<LossWeights> for ObjectiveWeights {
 /// Losses and gradients of one step over micro-batches spread on `devices` (autodiff devices;
 /// the first is the main device, holding `model`): `devices.len() x micro_batches` contiguous
 /// row ranges, micro-batch `i` on device `i % devices.len()`. Returns the summed gradients (on
-/// the main device) and the step's losses over the whole batch. `seed` and the micro-batch index seed the random draws of each micro-batch.
+/// the main device) and the step's losses over the whole batch. `seed` and the micro-batch index
+/// seed the random draws of each micro-batch. In an MPI job of `N` processes
+/// ([`crate::distributed`]) the batch is split into `N x devices x micro_batches` parts, this
+/// process computes its own contiguous share, and gradients and losses are summed over the
+/// processes.
 pub fn step_gradients(
     model: &PretrainModel,
     host: &HostBatch,
@@ -715,7 +767,9 @@ pub fn step_gradients(
     model.check_batch(host).map_err(|e| e.to_string())?;
     let scalar = |t: &burn::tensor::Tensor<1>| t.clone().into_scalar::<f32>();
     let main = &devices[0];
-    let parts = host.split(devices.len() * micro_batches);
+    let (rank, ranks) = crate::distributed::placement()?;
+    let local = devices.len() * micro_batches;
+    let parts = host.split(ranks * local);
     // ITC counts the matched pairs of the micro-batches that have a negative (two or more).
     let matched: usize = parts
         .iter()
@@ -755,8 +809,10 @@ pub fn step_gradients(
         .collect();
     let mut accumulator = GradientsAccumulator::new();
     let mut values = StepLosses::default();
-    for (i, part) in parts.iter().enumerate() {
-        let d = i % devices.len();
+    // This process's parts (`split` gives fewer parts than asked for a batch of fewer rows).
+    let mine = (rank * local).min(parts.len())..((rank + 1) * local).min(parts.len());
+    for (i, part) in parts.iter().enumerate().take(mine.end).skip(mine.start) {
+        let d = (i - mine.start) % devices.len();
         let replica = &replicas[d];
         let batch = part.to_device(&devices[d]);
         let out = {
@@ -820,7 +876,7 @@ pub fn step_gradients(
         let grads = GradientsParams::from_grads(loss.backward(), replica);
         accumulator.accumulate(model, grads.to_device(main, model));
     }
-    Ok((accumulator.grads(), values))
+    crate::distributed::allreduce(model, accumulator.grads(), values)
 }
 
 /// What a pretraining configuration trains on: the data (scenes or a caption corpus with a
@@ -933,8 +989,13 @@ pub fn run(
     let Some(device) = devices.first() else {
         return Err("no device to train on".into());
     };
+    // In an MPI job rank 0 sets the directory up first; the others then read what it wrote.
+    let (rank, ranks) = crate::distributed::placement()?;
+    if rank > 0 {
+        crate::distributed::barrier()?;
+    }
     tuwen_io::create_dir_all(dir).map_err(|e| e.to_string())?;
-    let run_dir = RunDir::new(dir);
+    let run_dir = RunDir::new(dir).follower(rank > 0);
     run_dir.check_resume(cfg, &mut events)?;
 
     let bert = match (&cfg.model.init, cfg.model.architecture) {
@@ -1001,6 +1062,9 @@ pub fn run(
         m.with_objective_heads(cfg, spec.region_head_classes(), &ad[0])
     };
     run_dir.save_spec(&spec)?;
+    if rank == 0 && ranks > 1 {
+        crate::distributed::barrier()?;
+    }
     let candidates = weights.candidates(
         model.itc.is_some(),
         model.vqa.is_some(),
@@ -1028,7 +1092,7 @@ pub fn run(
         model,
         cfg,
         &run_dir,
-        devices.len(),
+        devices.len() * ranks,
         stop_after,
         &mut events,
     )

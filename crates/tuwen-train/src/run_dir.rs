@@ -90,12 +90,29 @@ struct SavedState {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunDir {
     path: PathBuf,
+    follower: bool,
 }
 
 impl RunDir {
     /// The run directory at `path` (it need not exist yet).
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into() }
+        Self {
+            path: path.into(),
+            follower: false,
+        }
+    }
+
+    /// This directory as a rank other than 0 of an MPI job sees it: it reads what rank 0 wrote
+    /// (vocabulary, answers, `model.json`, checkpoints) and writes nothing, so the processes
+    /// never race on a file.
+    pub fn follower(mut self, follower: bool) -> Self {
+        self.follower = follower;
+        self
+    }
+
+    /// Whether this process only reads the directory (see [`RunDir::follower`]).
+    pub fn is_follower(&self) -> bool {
+        self.follower
     }
 
     /// An existing run directory: an error naming the path unless it holds a `config.toml`.
@@ -180,7 +197,7 @@ impl RunDir {
                 )));
             }
         }
-        if !has_checkpoint {
+        if !has_checkpoint && !self.follower {
             // A fresh start: files a stopped earlier run left (perhaps with another
             // configuration) must not be reused.
             for path in [
@@ -227,6 +244,9 @@ impl RunDir {
 
     /// Writes `answers` (one per line, in head order).
     pub fn save_answers(&self, answers: &[String]) -> Result<(), String> {
+        if self.follower {
+            return Ok(());
+        }
         crate::checkpoint::write_atomic(
             &self.answers_path(),
             (answers.join("\n") + "\n").as_bytes(),
@@ -245,6 +265,9 @@ impl RunDir {
 
     /// Writes the [`ModelSpec`].
     pub fn save_spec(&self, spec: &ModelSpec) -> Result<(), String> {
+        if self.follower {
+            return Ok(());
+        }
         let text = serde_json::to_string_pretty(spec).map_err(|e| e.to_string())?;
         crate::checkpoint::write_atomic(&self.spec_path(), text.as_bytes())
             .map_err(|e| e.to_string())

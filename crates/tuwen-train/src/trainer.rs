@@ -186,9 +186,13 @@ pub fn train<T: Task>(
             cfg.run.steps
         ));
     }
+    // Rank 0 of an MPI job writes the directory and evaluates; the others only train.
+    let primary = !run_dir.is_follower();
     // Written once the run is known to proceed (a refused resume leaves the saved one).
-    checkpoint::write_atomic(&run_dir.config_path(), cfg.to_toml().as_bytes())
-        .map_err(|e| e.to_string())?;
+    if primary {
+        checkpoint::write_atomic(&run_dir.config_path(), cfg.to_toml().as_bytes())
+            .map_err(|e| e.to_string())?;
+    }
     let schedule = LrSchedule {
         peak: o.learning_rate,
         warmup_steps: o.warmup_steps,
@@ -207,12 +211,11 @@ pub fn train<T: Task>(
     guard.skipped = state.skipped;
     let metrics_path = dir.join("metrics.jsonl");
     let metrics_err = |e: std::io::Error| format!("{}: {e}", metrics_path.display());
-    let mut log = if resumed {
-        MetricsLog::resume(dir, state.metrics_lines)
-    } else {
-        MetricsLog::open(dir)
-    }
-    .map_err(metrics_err)?;
+    let mut log = match (primary, resumed) {
+        (false, _) => None,
+        (true, true) => Some(MetricsLog::resume(dir, state.metrics_lines).map_err(metrics_err)?),
+        (true, false) => Some(MetricsLog::open(dir).map_err(metrics_err)?),
+    };
     let start = Instant::now();
     let first = state.step;
     let end = stop_after.unwrap_or(cfg.run.steps).min(cfg.run.steps);
@@ -262,8 +265,10 @@ pub fn train<T: Task>(
         if step % cfg.run.log_every.max(1) == 0 || state.step == cfg.run.steps {
             let elapsed = start.elapsed().as_secs_f64().max(1e-9);
             let rate = (state.step - first) as f64 / elapsed;
-            log.log(step as u64, &task.train_values(&losses, norm, lr))
-                .map_err(metrics_err)?;
+            if let Some(log) = log.as_mut() {
+                log.log(step as u64, &task.train_values(&losses, norm, lr))
+                    .map_err(metrics_err)?;
+            }
             events(Event::Step(StepReport {
                 step: state.step,
                 steps: cfg.run.steps,
@@ -281,7 +286,8 @@ pub fn train<T: Task>(
                 skipped: state.skipped,
             }));
         }
-        if state.step % cfg.eval.every == 0 || state.step == cfg.run.steps {
+        let evaluates = state.step % cfg.eval.every == 0 || state.step == cfg.run.steps;
+        if let (true, Some(log)) = (evaluates, log.as_mut()) {
             if !crate::guard::all_finite(&model) {
                 return Err(format!(
                     "step {step}: the weights are no longer finite (lower the learning rate); \
@@ -318,7 +324,7 @@ pub fn train<T: Task>(
     }
     // The test split, once, with the model validation selected (the run's end only: an
     // interrupted run has not chosen yet).
-    let test = if state.step == cfg.run.steps && task.has_test() {
+    let test = if state.step == cfg.run.steps && task.has_test() && primary {
         let (step, selected) = match state.best {
             Some((best_step, _)) if best_step != state.step => {
                 let best = checkpoint::load_model(&ckpt_dir, "best", model.clone())
@@ -332,15 +338,19 @@ pub fn train<T: Task>(
         };
         let metrics = task.evaluate(&selected.valid(), Split::Test)?;
         let values = task.metric_values("test", &metrics, &selected);
-        log.log(state.step as u64, &values_refs(&values))
-            .map_err(metrics_err)?;
+        if let Some(log) = log.as_mut() {
+            log.log(state.step as u64, &values_refs(&values))
+                .map_err(metrics_err)?;
+        }
         events(Event::Note(task.test_note(step, &metrics)));
         Some((step, metrics))
     } else {
         None
     };
-    log.plot(dir)
-        .map_err(|e| format!("plots in {}: {e}", dir.display()))?;
+    if let Some(log) = &log {
+        log.plot(dir)
+            .map_err(|e| format!("plots in {}: {e}", dir.display()))?;
+    }
     Ok(Summary {
         eval: state.eval,
         test,

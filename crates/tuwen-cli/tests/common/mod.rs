@@ -7,6 +7,19 @@ use std::process::{Command, Output};
 
 use tuwen_data::scene::{SceneConfig, Split};
 
+/// Every tensor of a checkpoint file (`model.bpk`) by name (the values: the file also holds
+/// per-process parameter ids, so its bytes differ between two identical runs).
+pub fn weights(path: &Path) -> std::collections::BTreeMap<String, burn::tensor::TensorData> {
+    use burn::store::{BurnpackStore, ModuleStore, bridge};
+    let mut store = BurnpackStore::from_file(path);
+    store
+        .get_all_tensors()
+        .unwrap_or_else(|e| panic!("{}: {e:?}", path.display()))
+        .iter()
+        .map(|(name, t)| (name.clone(), bridge::to_data(t).unwrap()))
+        .collect()
+}
+
 /// The `tuwen` binary of this build.
 pub fn tuwen() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tuwen"))

@@ -1,0 +1,245 @@
+//! Data parallelism across processes: `mpirun -np N tuwen train` (Open MPI, the `mpi` feature).
+//!
+//! Every rank builds the whole batch of each step (a pure function of the seed and the step: no
+//! data is sent), splits it into `N x devices x micro-batches` parts as one process would, and
+//! computes the gradients of its own contiguous parts, each weighted by its share of the whole
+//! batch's items; the gradients are then summed over the ranks (one all-reduce of every
+//! gradient in one flat buffer, sent in buckets of [`tuwen_mpi::BUCKET`] values) with the step's
+//! losses, so every rank applies the same update: `N` ranks x `b` rows train as one process with
+//! `N x b` rows split the same way. Rank 0 writes the run directory (configuration, vocabulary,
+//! metrics, checkpoints, plots) and evaluates; the others follow ([`RunDir::follower`]) and read
+//! the same checkpoint to resume.
+//!
+//! [`RunDir::follower`]: crate::run_dir::RunDir::follower
+
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
+
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::tensor::{Tensor, TensorData};
+
+use crate::model::PretrainModel;
+use crate::pretrain::StepLosses;
+
+#[cfg(feature = "mpi")]
+pub use tuwen_mpi::World;
+
+/// Stand-in for `tuwen_mpi::World` in builds without the `mpi` feature (never constructed).
+#[cfg(not(feature = "mpi"))]
+#[derive(Debug)]
+pub enum World {}
+
+#[cfg(not(feature = "mpi"))]
+impl World {
+    /// This process's rank.
+    pub fn rank(&self) -> usize {
+        match *self {}
+    }
+    /// Processes in the job.
+    pub fn size(&self) -> usize {
+        match *self {}
+    }
+    /// Ends the job.
+    pub fn abort(&self, _message: &str, _code: i32) -> ! {
+        match *self {}
+    }
+    fn barrier(&self) -> Result<(), String> {
+        match *self {}
+    }
+    fn allreduce_sum(&self, _values: &mut [f32]) -> Result<(), String> {
+        match *self {}
+    }
+    fn allreduce_sum_f64(&self, _values: &mut [f64]) -> Result<(), String> {
+        match *self {}
+    }
+    fn finalize(&self) -> Result<(), String> {
+        match *self {}
+    }
+}
+
+static WORLD: OnceLock<Result<Option<World>, String>> = OnceLock::new();
+
+static STATS: Mutex<CommStats> = Mutex::new(CommStats {
+    steps: 0,
+    bytes: 0,
+    seconds: 0.0,
+});
+
+/// What this process's gradient all-reduces cost so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CommStats {
+    /// Steps all-reduced.
+    pub steps: u64,
+    /// Bytes this process contributed (gradients as `f32`, losses and flags as `f64`).
+    pub bytes: u64,
+    /// Wall time inside the all-reduce calls (waiting for slower ranks included).
+    pub seconds: f64,
+}
+
+/// The all-reduce costs of this process so far (zero alone).
+pub fn comm_stats() -> CommStats {
+    *STATS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The MPI job this process belongs to: `None` when it runs alone; initialised (MPI_Init) on the
+/// first call. An error when `mpirun` started it but MPI cannot be used (or the build lacks the
+/// `mpi` feature).
+pub fn world() -> Result<Option<&'static World>, String> {
+    WORLD
+        .get_or_init(init)
+        .as_ref()
+        .map(Option::as_ref)
+        .map_err(Clone::clone)
+}
+
+#[cfg(feature = "mpi")]
+fn init() -> Result<Option<World>, String> {
+    World::from_env().map_err(|e| e.to_string())
+}
+
+#[cfg(not(feature = "mpi"))]
+fn init() -> Result<Option<World>, String> {
+    match std::env::var("OMPI_COMM_WORLD_SIZE") {
+        Ok(n) if n.trim() != "1" => Err(format!(
+            "started by mpirun with {n} processes, but this tuwen was built without the `mpi` \
+             feature: rebuild with it (on by default in tuwen-cli) or run without mpirun"
+        )),
+        _ => Ok(None),
+    }
+}
+
+/// `(rank, size)` of this process (`(0, 1)` alone).
+pub fn placement() -> Result<(usize, usize), String> {
+    Ok(world()?.map_or((0, 1), |w| (w.rank(), w.size())))
+}
+
+/// Waits for every rank (nothing alone).
+pub fn barrier() -> Result<(), String> {
+    match world()? {
+        Some(w) => w.barrier().map_err(|e| e.to_string()),
+        None => Ok(()),
+    }
+}
+
+/// Ends MPI before a successful exit (nothing alone). Every rank must call it once its last
+/// collective is done.
+pub fn finalize() -> Result<(), String> {
+    match world()? {
+        Some(w) => w.finalize().map_err(|e| e.to_string()),
+        None => Ok(()),
+    }
+}
+
+/// Ends the whole MPI job after `message` when this process is one of its ranks (so the others
+/// never wait for it); alone, returns and the caller reports the error.
+pub fn abort_job(message: &str) {
+    if let Ok(Some(w)) = world() {
+        w.abort(message, 1);
+    }
+}
+
+/// Whether this process writes the run directory (rank 0, or alone).
+pub fn is_primary() -> Result<bool, String> {
+    Ok(placement()?.0 == 0)
+}
+
+/// The gradients and losses of the whole step: this rank's `grads` and `losses` summed over the
+/// ranks (unchanged alone). A parameter has a gradient afterwards when any rank had one (so the
+/// optimiser skips exactly the parameters a single process would skip).
+pub fn allreduce(
+    model: &PretrainModel,
+    grads: GradientsParams,
+    losses: StepLosses,
+) -> Result<(GradientsParams, StepLosses), String> {
+    let Some(world) = world()? else {
+        return Ok((grads, losses));
+    };
+    let mut flat = Flatten {
+        grads: &grads,
+        values: Vec::new(),
+        present: Vec::new(),
+    };
+    model.visit(&mut flat);
+    let (mut values, present) = (flat.values, flat.present);
+    let mut scalars = losses.to_array().to_vec();
+    scalars.extend(present.iter().map(|&p| f64::from(u8::from(p))));
+    let start = Instant::now();
+    world
+        .allreduce_sum(&mut values)
+        .map_err(|e| e.to_string())?;
+    world
+        .allreduce_sum_f64(&mut scalars)
+        .map_err(|e| e.to_string())?;
+    {
+        let mut stats = STATS.lock().unwrap_or_else(|e| e.into_inner());
+        stats.steps += 1;
+        stats.bytes += (values.len() * 4 + scalars.len() * 8) as u64;
+        stats.seconds += start.elapsed().as_secs_f64();
+    }
+    let mut rebuild = Rebuild {
+        values: &values,
+        present: &scalars[StepLosses::FIELDS..],
+        offset: 0,
+        index: 0,
+        grads: GradientsParams::new(),
+    };
+    model.visit(&mut rebuild);
+    let losses = StepLosses::from_array(&scalars[..StepLosses::FIELDS]);
+    Ok((rebuild.grads, losses))
+}
+
+/// Every float parameter's gradient in visiting order (zeros where this rank has none).
+struct Flatten<'a> {
+    grads: &'a GradientsParams,
+    values: Vec<f32>,
+    present: Vec<bool>,
+}
+
+impl ModuleVisitor for Flatten<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let n: usize = param.val().dims().iter().product();
+        match self.grads.get::<D>(param.id) {
+            Some(g) => {
+                let v = tuwen_weights::host::computed(g.into_data(), "gradient");
+                self.values.extend_from_slice(&v);
+                self.present.push(true);
+            }
+            None => {
+                self.values.extend(std::iter::repeat_n(0.0, n));
+                self.present.push(false);
+            }
+        }
+    }
+}
+
+/// The summed gradients back into tensors, on each parameter's device (without autodiff).
+struct Rebuild<'a> {
+    values: &'a [f32],
+    present: &'a [f64],
+    offset: usize,
+    index: usize,
+    grads: GradientsParams,
+}
+
+impl ModuleVisitor for Rebuild<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let value = param.val();
+        let shape = value.dims();
+        let n: usize = shape.iter().product();
+        let slice = &self.values[self.offset..self.offset + n];
+        if self.present[self.index] > 0.0 {
+            let device = value.device().inner();
+            let data = TensorData::new(slice.to_vec(), shape);
+            self.register(param.id, Tensor::<D>::from_data(data, &device));
+        }
+        self.offset += n;
+        self.index += 1;
+    }
+}
+
+impl Rebuild<'_> {
+    fn register<const D: usize>(&mut self, id: ParamId, g: Tensor<D>) {
+        self.grads.register::<D>(id, g);
+    }
+}
