@@ -72,6 +72,129 @@ pub fn parse(name: &str) -> Result<Device> {
     }
 }
 
+/// One device of a compiled-in backend, by name and optional index: `flex`, `ndarray`, `wgpu`
+/// (the default adapter), `wgpu:N` (the N-th adapter `tuwen devices` lists), `cuda`, `cuda:N`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceSpec {
+    /// The backend.
+    pub backend: DeviceName,
+    /// Which of its devices (`None`: the default one).
+    pub index: Option<usize>,
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (name, index) = match text.split_once(':') {
+            Some((name, index)) => {
+                let index = index.parse::<usize>().map_err(|_| {
+                    format!("{text:?}: the device index after ':' must be a number (e.g. wgpu:1)")
+                })?;
+                (name, Some(index))
+            }
+            None => (text, None),
+        };
+        let backend = DeviceName::from_str(name, true).map_err(|_| {
+            format!(
+                "unknown or not compiled-in device {name:?}; this build has: {} (with :N for \
+                 a GPU's index; `tuwen devices` lists them)",
+                available().join(", ")
+            )
+        })?;
+        Ok(Self { backend, index })
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = self
+            .backend
+            .to_possible_value()
+            .map_or_else(String::new, |p| p.get_name().to_string());
+        match self.index {
+            Some(i) => write!(f, "{name}:{i}"),
+            None => write!(f, "{name}"),
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// Opens the device; an error naming what exists when the index does not.
+    pub fn open(self) -> Result<Device> {
+        let Some(index) = self.index else {
+            return self.backend.open();
+        };
+        match self.backend {
+            #[cfg(feature = "wgpu")]
+            DeviceName::Wgpu => {
+                let adapters = wgpu_adapters();
+                match adapters.get(index) {
+                    Some(device) => Ok(device.clone()),
+                    None => bail!(
+                        "no wgpu adapter {index}: this machine has {} (`tuwen devices` lists them)",
+                        adapters.len()
+                    ),
+                }
+            }
+            #[cfg(feature = "cuda")]
+            DeviceName::Cuda => Ok(Device::cuda(index)),
+            #[allow(unreachable_patterns)]
+            _ => bail!("{self}: this backend has one device; name it without an index"),
+        }
+    }
+}
+
+/// The wgpu adapters of this machine, in the order `wgpu:N` counts them (none when wgpu finds
+/// no adapter: it panics inside then, which is caught).
+#[cfg(feature = "wgpu")]
+fn wgpu_adapters() -> Vec<Device> {
+    use burn::tensor::DeviceType;
+    std::panic::catch_unwind(|| Device::enumerate(DeviceType::Wgpu).to_vec()).unwrap_or_default()
+}
+
+/// What `tuwen devices` prints: one line per device this build can train on.
+pub fn list_devices() -> Vec<String> {
+    let mut lines = Vec::new();
+    #[cfg(feature = "flex")]
+    lines.push(format!(
+        "flex      CPU (Flex, the default; {} threads)",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    ));
+    #[cfg(feature = "ndarray")]
+    lines.push("ndarray   CPU (ndarray)".to_string());
+    #[cfg(feature = "wgpu")]
+    {
+        let adapters = wgpu_adapters();
+        if adapters.is_empty() {
+            lines.push(
+                "wgpu      no adapter found (install a Vulkan driver, e.g. mesa-vulkan-drivers)"
+                    .into(),
+            );
+        }
+        for (i, device) in adapters.iter().enumerate() {
+            let name = device
+                .identity()
+                .map_or_else(|| format!("{device:?}"), |id| id.name.to_string());
+            lines.push(format!("{:<9} {name}", format!("wgpu:{i}")));
+        }
+    }
+    #[cfg(feature = "cuda")]
+    {
+        use burn::tensor::DeviceType;
+        let n = std::panic::catch_unwind(|| Device::enumerate(DeviceType::Cuda).len()).unwrap_or(0);
+        if n == 0 {
+            lines.push("cuda      no CUDA device found".into());
+        }
+        for i in 0..n {
+            lines.push(format!("{:<9} CUDA device {i}", format!("cuda:{i}")));
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    lines.push("cuda      not compiled in (build tuwen-cli with --features cuda)".into());
+    lines
+}
+
 /// An ImageNet backbone with torchvision weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BackboneName {

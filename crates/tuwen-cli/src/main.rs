@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use tuwen_cli::device::{BackboneName, DeviceName, DtypeName};
+use tuwen_cli::device::{BackboneName, DeviceName, DeviceSpec, DtypeName};
 use tuwen_cli::{caption, extract, parity, retrieve, score, serve, train, vqa};
 use tuwen_regions::ExtractorConfig;
 use tuwen_tokenizer::{BertTokenizer, TokenizerOptions};
@@ -112,10 +112,11 @@ enum Command {
         /// Override run.steps.
         #[arg(long)]
         steps: Option<usize>,
-        /// Backend(s) (those compiled in). Several = data parallelism (the batch is split
-        /// across them; the first holds the model).
-        #[arg(long, value_enum, default_values_t = [DeviceName::Flex])]
-        device: Vec<DeviceName>,
+        /// Device(s): flex, ndarray, wgpu, wgpu:N, cuda, cuda:N (those compiled in; `tuwen
+        /// devices` lists them). Several = data parallelism (the batch is split across them;
+        /// the first holds the model).
+        #[arg(long, default_value = "flex")]
+        device: Vec<DeviceSpec>,
     },
     /// Fine-tune a pretrained run (or a HF BERT checkpoint, or nothing) on a task.
     ///
@@ -320,6 +321,8 @@ enum Command {
     /// Prints `listening on http://ADDR` once the models are loaded; stops on Ctrl-C or SIGTERM
     /// after the requests in progress. Requests of concurrent clients are batched.
     Serve(serve::ServeArgs),
+    /// List the devices this build can train on (`--device` names: flex, ndarray, wgpu:N, cuda:N).
+    Devices,
     /// Compare a model with reference outputs stored in a fixture directory
     /// (config.json, model.safetensors, inputs.safetensors, expected.safetensors).
     Parity {
@@ -744,6 +747,12 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Serve(args) => serve::serve(args),
+        Command::Devices => {
+            for line in tuwen_cli::device::list_devices() {
+                println!("{line}");
+            }
+            Ok(())
+        }
         Command::Parity { dir, device, tol } => {
             let device = device.open()?;
             let report = parity::run(&dir, &device, tol)

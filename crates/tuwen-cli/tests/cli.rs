@@ -285,3 +285,34 @@ fn readme_commands_need_no_second_build() {
         "README shows `cargo xtask tuwen`"
     );
 }
+
+/// `tuwen devices` lists what `--device` can name; an index that does not exist is refused
+/// with what does.
+#[test]
+fn devices_lists_the_devices_and_indices_are_checked() {
+    let out = common::ok(&common::tuwen().arg("devices").output().unwrap());
+    for name in ["flex", "ndarray", "wgpu", "cuda"] {
+        assert!(
+            out.lines().any(|l| l.starts_with(name)),
+            "{name} missing:\n{out}"
+        );
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    for (device, expected) in [
+        ("wgpu:99", "no wgpu adapter 99"),
+        ("flex:1", "one device"),
+        ("tpu", "this build has: flex, ndarray, wgpu"),
+        ("wgpu:x", "must be a number"),
+    ] {
+        let out = common::tuwen()
+            .args(["train", "--steps", "1", "--device", device, "--run-dir"])
+            .arg(tmp.path().join("run"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(expected),
+            "{device}: {stderr}"
+        );
+    }
+}
