@@ -193,6 +193,38 @@ fn a_rank_that_fails_ends_the_job_with_its_message() {
         stderr.contains("already holds a run") && stderr.contains("rank 0 of 2"),
         "{stderr}"
     );
+    // Ranks that would train different runs (here: another learning rate on rank 1) are
+    // refused before the first step.
+    let other = tmp.path().join("other.toml");
+    std::fs::write(
+        &other,
+        CONFIG
+            .replace("steps = 12", "steps = 2")
+            .replace("warmup_steps = 2", "warmup_steps = 2\nlearning_rate = 1e-3"),
+    )
+    .unwrap();
+    let tuwen_bin = env!("CARGO_BIN_EXE_tuwen");
+    let mismatched = tmp.path().join("mismatched");
+    let out = Command::new(&mpirun)
+        .args([
+            "--allow-run-as-root",
+            "--oversubscribe",
+            "-np",
+            "1",
+            tuwen_bin,
+            "train",
+        ])
+        .args(["--config", c, "--run-dir"])
+        .arg(&mismatched)
+        .args([":", "-np", "1", tuwen_bin, "train", "--config"])
+        .arg(&other)
+        .arg("--run-dir")
+        .arg(&mismatched)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("start from different states"), "{stderr}");
     // Fine-tuning is single-process: refused with a clear message.
     let mut finetune = Command::new(&mpirun);
     let out = finetune

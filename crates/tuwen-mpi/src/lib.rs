@@ -42,10 +42,14 @@ pub enum MpiError {
     },
     /// A launcher other than Open MPI's.
     #[error(
-        "started by an MPI launcher other than Open MPI's ({0} is set, OMPI_COMM_WORLD_SIZE is \
-         not): tuwen's MPI support loads Open MPI's libmpi; run with Open MPI's mpirun"
+        "started as one of several tasks by a launcher other than Open MPI's mpirun ({0} is \
+         set above 1, OMPI_COMM_WORLD_SIZE is not): tuwen's MPI support loads Open MPI's libmpi; \
+         run with Open MPI's mpirun"
     )]
     NotOpenMpi(&'static str),
+    /// MPI cannot serve calls from the main thread while other threads run.
+    #[error("Open MPI provides thread level {0}; tuwen needs MPI_THREAD_FUNNELED (1)")]
+    ThreadLevel(c_int),
     /// An MPI call returned an error code.
     #[error("{call} failed with MPI error code {code}")]
     Call {
@@ -64,6 +68,8 @@ struct Api {
     float: Handle,
     double: Handle,
     sum: Handle,
+    min: Handle,
+    max: Handle,
     allreduce: Symbol<
         unsafe extern "C" fn(*const c_void, *mut c_void, c_int, Handle, Handle, Handle) -> c_int,
     >,
@@ -91,8 +97,8 @@ impl std::fmt::Debug for World {
     }
 }
 
-// MPI is initialised with MPI_THREAD_SERIALIZED semantics assumed by the callers: one thread
-// at a time calls into it (the training loop's thread).
+// MPI is initialised at MPI_THREAD_FUNNELED: only the thread that initialised it (the training
+// loop's, the main thread) calls into it, while loader, rayon and GPU threads run beside it.
 unsafe impl Send for World {}
 unsafe impl Sync for World {}
 
@@ -101,8 +107,20 @@ impl World {
     /// `None` when it runs alone (no launcher, or a world of one). Initialises MPI.
     pub fn from_env() -> Result<Option<World>, MpiError> {
         let Ok(size) = std::env::var("OMPI_COMM_WORLD_SIZE") else {
-            for other in ["PMI_SIZE", "MPI_LOCALNRANKS", "HYDRA_CONTROL_FD"] {
-                if std::env::var_os(other).is_some() {
+            // Several tasks started by another launcher (MPICH's, Slurm's srun): they would
+            // each train the whole run into the same directory.
+            for other in [
+                "PMI_SIZE",
+                "PMIX_SIZE",
+                "MPI_LOCALNRANKS",
+                "SLURM_NTASKS",
+                "SLURM_STEP_NUM_TASKS",
+            ] {
+                let several = std::env::var(other)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .is_some_and(|n| n > 1);
+                if several {
                     return Err(MpiError::NotOpenMpi(other));
                 }
             }
@@ -121,15 +139,28 @@ impl World {
             .find_map(|name| unsafe { Library::open(Some(name), RTLD_NOW | RTLD_GLOBAL).ok() })
             .ok_or_else(|| load("neither libmpi.so.40 nor libmpi.so was found".into()))?;
         let api = unsafe { Api::resolve(&lib) }.map_err(|e| load(e.to_string()))?;
-        let init: Symbol<unsafe extern "C" fn(*mut c_int, *mut c_void) -> c_int> =
-            unsafe { lib.get(b"MPI_Init\0") }.map_err(|e| load(e.to_string()))?;
+        let init: Symbol<
+            unsafe extern "C" fn(*mut c_int, *mut c_void, c_int, *mut c_int) -> c_int,
+        > = unsafe { lib.get(b"MPI_Init_thread\0") }.map_err(|e| load(e.to_string()))?;
         let rank_of: Symbol<unsafe extern "C" fn(Handle, *mut c_int) -> c_int> =
             unsafe { lib.get(b"MPI_Comm_rank\0") }.map_err(|e| load(e.to_string()))?;
         let size_of: Symbol<unsafe extern "C" fn(Handle, *mut c_int) -> c_int> =
             unsafe { lib.get(b"MPI_Comm_size\0") }.map_err(|e| load(e.to_string()))?;
-        let (mut rank, mut world) = (0, 0);
+        let (mut rank, mut world, mut provided) = (0, 0, 0);
+        const MPI_THREAD_FUNNELED: c_int = 1;
         unsafe {
-            check("MPI_Init", init(std::ptr::null_mut(), std::ptr::null_mut()))?;
+            check(
+                "MPI_Init_thread",
+                init(
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    MPI_THREAD_FUNNELED,
+                    &mut provided,
+                ),
+            )?;
+            if provided < MPI_THREAD_FUNNELED {
+                return Err(MpiError::ThreadLevel(provided));
+            }
             check("MPI_Comm_rank", rank_of(api.comm_world, &mut rank))?;
             check("MPI_Comm_size", size_of(api.comm_world, &mut world))?;
         }
@@ -195,6 +226,29 @@ impl World {
         Ok(())
     }
 
+    /// Whether every rank passed the same `values` (element by element: the minimum over the
+    /// ranks equals the maximum). Every rank gets the same answer.
+    pub fn agree(&self, values: &[f64]) -> Result<bool, MpiError> {
+        let mut low = vec![0.0f64; values.len()];
+        let mut high = vec![0.0f64; values.len()];
+        for (op, out) in [(self.api.min, &mut low), (self.api.max, &mut high)] {
+            unsafe {
+                check(
+                    "MPI_Allreduce",
+                    (self.api.allreduce)(
+                        values.as_ptr().cast(),
+                        out.as_mut_ptr().cast(),
+                        values.len() as c_int,
+                        self.api.double,
+                        op,
+                        self.api.comm_world,
+                    ),
+                )?;
+            }
+        }
+        Ok(low == high)
+    }
+
     /// Waits until every rank has called it.
     pub fn barrier(&self) -> Result<(), MpiError> {
         unsafe { check("MPI_Barrier", (self.api.barrier)(self.api.comm_world)) }
@@ -244,6 +298,8 @@ impl Api {
                 float: object(b"ompi_mpi_float\0")?,
                 double: object(b"ompi_mpi_double\0")?,
                 sum: object(b"ompi_mpi_op_sum\0")?,
+                min: object(b"ompi_mpi_op_min\0")?,
+                max: object(b"ompi_mpi_op_max\0")?,
                 allreduce: lib.get(b"MPI_Allreduce\0")?,
                 barrier: lib.get(b"MPI_Barrier\0")?,
                 abort: lib.get(b"MPI_Abort\0")?,

@@ -443,7 +443,10 @@ impl HostBatch {
             itm: self.itm.clone(),
             region_positions: self.region_positions.clone(),
             region_labels: self.region_labels.clone(),
-            region_distributions: (self.distribution_classes > 0).then(|| {
+            // (No `[0, K]` upload for a part without masked regions.)
+            region_distributions: (self.distribution_classes > 0
+                && !self.region_positions.is_empty())
+            .then(|| {
                 let shape = [self.region_positions.len(), self.distribution_classes];
                 Tensor::from_data(
                     TensorData::new(self.region_distributions.clone(), shape),

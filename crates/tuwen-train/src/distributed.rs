@@ -3,10 +3,15 @@
 //! Every rank builds the whole batch of each step (a pure function of the seed and the step: no
 //! data is sent), splits it into `N x devices x micro-batches` parts as one process would, and
 //! computes the gradients of its own contiguous parts, each weighted by its share of the whole
-//! batch's items; the gradients are then summed over the ranks (one all-reduce of every
-//! gradient in one flat buffer, sent in buckets of [`tuwen_mpi::BUCKET`] values) with the step's
-//! losses, so every rank applies the same update: `N` ranks x `b` rows train as one process with
-//! `N x b` rows split the same way. Rank 0 writes the run directory (configuration, vocabulary,
+//! batch's items; the gradients are then summed over the ranks (every gradient in one flat
+//! buffer, sent in buckets of [`tuwen_mpi::BUCKET`] values; then the step's losses in a second,
+//! small all-reduce), so every rank applies the same update: `N` ranks x `b` rows train as one
+//! process with `N x b` rows split into the same parts. Before the first step the ranks check
+//! that they continue the same run ([`check_agreement`]).
+//!
+//! A library caller running [`crate::pretrain::run`] under `mpirun` must end the job when it
+//! fails on one rank ([`abort_job`]), as `tuwen train` does: the other ranks would otherwise wait
+//! in the next collective. Rank 0 writes the run directory (configuration, vocabulary,
 //! metrics, checkpoints, plots) and evaluates; the others follow ([`RunDir::follower`]) and read
 //! the same checkpoint to resume.
 //!
@@ -54,6 +59,9 @@ impl World {
         match *self {}
     }
     fn finalize(&self) -> Result<(), String> {
+        match *self {}
+    }
+    fn agree(&self, _values: &[f64]) -> Result<bool, String> {
         match *self {}
     }
 }
@@ -142,6 +150,44 @@ pub fn abort_job(message: &str) {
 /// Whether this process writes the run directory (rank 0, or alone).
 pub fn is_primary() -> Result<bool, String> {
     Ok(placement()?.0 == 0)
+}
+
+/// Checks that every rank starts training from the same state: the same step, configuration
+/// and weights (a fingerprint of each, compared across the ranks). Alone, nothing to check.
+/// Every rank must call it (a collective); every rank gets the same answer.
+pub fn check_agreement(model: &PretrainModel, step: usize, config: &str) -> Result<(), String> {
+    use std::hash::{Hash, Hasher};
+    let Some(world) = world()? else {
+        return Ok(());
+    };
+    struct Fingerprint(std::collections::hash_map::DefaultHasher);
+    impl ModuleVisitor for Fingerprint {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let v: Vec<f32> = tuwen_weights::host::computed(param.val().into_data(), "weights");
+            v.iter().for_each(|x: &f32| x.to_bits().hash(&mut self.0));
+        }
+    }
+    let mut weights = Fingerprint(Default::default());
+    model.visit(&mut weights);
+    let mut text = std::collections::hash_map::DefaultHasher::new();
+    config.hash(&mut text);
+    // 32-bit halves: exact in f64.
+    let halves = |h: u64| [(h >> 32) as f64, (h & 0xffff_ffff) as f64];
+    let mut values = vec![step as f64];
+    values.extend(halves(text.finish()));
+    values.extend(halves(weights.0.finish()));
+    if world.agree(&values).map_err(|e| e.to_string())? {
+        Ok(())
+    } else {
+        Err(format!(
+            "the {} processes of this MPI job start from different states (step, configuration \
+             or weights differ; rank {} is at step {step}): every rank must read the same run \
+             directory (a file system all machines share), the same configuration file and the \
+             same --device",
+            world.size(),
+            world.rank()
+        ))
+    }
 }
 
 /// The gradients and losses of the whole step: this rank's `grads` and `losses` summed over the

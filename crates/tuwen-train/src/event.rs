@@ -16,7 +16,7 @@ pub struct EvalMetrics {
     pub mlm_accuracy: f32,
     /// MLM accuracy on masked colour and shape words.
     pub mlm_color_shape_accuracy: f32,
-    /// Masked region classification accuracy (ViLBERT; 0 otherwise).
+    /// Masked region classification accuracy (`objectives.mrc` with masked regions; 0 otherwise).
     pub region_accuracy: f32,
     /// Zero-shot retrieval (ITC ranking, ITM re-ranking of the top k; zeros without ITC).
     pub retrieval: Recalls,

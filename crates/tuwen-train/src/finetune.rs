@@ -223,14 +223,18 @@ pub fn frozen(path: &str, layers: usize) -> bool {
         return false;
     }
     let parts: Vec<&str> = path.split('.').collect();
-    if parts.iter().any(|p| p.ends_with("embeddings")) {
+    // Embeddings (LXMERT's region input encoder `visn_fc` among them) are the first layer.
+    if parts
+        .iter()
+        .any(|p| p.ends_with("embeddings") || *p == "visn_fc")
+    {
         return true;
     }
+    // LXMERT's cross-modality layers (`x_layers`) sit above its language and relational
+    // layers: never among the first.
     parts.windows(2).any(|w| {
-        matches!(
-            w[0],
-            "layers" | "v_layers" | "c_layers" | "r_layers" | "x_layers"
-        ) && w[1].parse::<usize>().is_ok_and(|i| i < layers)
+        matches!(w[0], "layers" | "v_layers" | "c_layers" | "r_layers")
+            && w[1].parse::<usize>().is_ok_and(|i| i < layers)
     })
 }
 

@@ -535,6 +535,15 @@ impl PretrainModel {
                 host.feature_dim
             ));
         }
+        let classes = self.region_classes();
+        if host.distribution_classes > 0 && classes != Some(host.distribution_classes) {
+            problems.push(format!(
+                "the regions carry class distributions over {} classes; the model's region head \
+                 classifies {} (was it trained on another feature store?)",
+                host.distribution_classes,
+                classes.map_or("none".to_string(), |c| c.to_string())
+            ));
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -859,6 +868,16 @@ impl PretrainModel {
             Encoder::ViLBert(m) => Some(m.region_head.forward(image)),
             Encoder::Lxmert(m) => m.obj_predict_head.as_ref()?.forward(image).obj,
             Encoder::VisualBert(_) => Some(self.region_head.as_ref()?.forward(image)),
+        }
+    }
+
+    /// Classes of the region head (`None` without one).
+    pub fn region_classes(&self) -> Option<usize> {
+        let out = |l: &burn::nn::Linear| l.weight.dims()[1];
+        match &self.encoder {
+            Encoder::ViLBert(m) => Some(out(&m.region_head.decoder)),
+            Encoder::Lxmert(m) => m.obj_predict_head.as_ref()?.obj.as_ref().map(out),
+            Encoder::VisualBert(_) => self.region_head.as_ref().map(|h| out(&h.decoder)),
         }
     }
 

@@ -522,8 +522,8 @@ fn metric_values(
         values.push(("itm_hard_accuracy", metrics.itm_hard_accuracy));
     }
     if data.masks_regions() {
-        values.push(("region_accuracy", metrics.region_accuracy));
         if o.mrc.enabled {
+            values.push(("region_accuracy", metrics.region_accuracy));
             values.push(("region", metrics.region_loss));
         }
         if o.mrc_kl.enabled {
@@ -927,10 +927,13 @@ fn pretraining_data(
                 cfg.data.mismatch_prob,
                 region_masking,
             )?;
-            if region_masking.is_some() && batcher.classes() == 0 && cfg.objectives.mrc.enabled {
+            let o = &cfg.objectives;
+            let classifies = o.mrc.enabled || o.mrc_kl.enabled;
+            if region_masking.is_some() && batcher.classes() == 0 && classifies {
                 return Err(format!(
                     "{store}: the store has no class distributions to classify masked regions \
-                     against; set data.region_mask_prob = 0 or objectives.mrc.enabled = false"
+                     against (objectives.mrc / objectives.mrc_kl); set data.region_mask_prob = 0 \
+                     or switch them off"
                 ));
             }
             events(Event::Note(format!(
@@ -1171,7 +1174,7 @@ impl Task for PretrainTask {
             ("train/grad_norm", grad_norm as f64),
             ("train/lr", lr),
         ];
-        if self.data.masks_regions() {
+        if self.data.masks_regions() && self.weights.set.mrc {
             values.push(("train/region", l.region as f64));
         }
         if self.has_itc {

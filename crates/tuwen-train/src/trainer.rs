@@ -178,6 +178,9 @@ pub fn train<T: Task>(
         state = loaded.state;
         resumed = true;
     }
+    // In an MPI job every rank must continue the same run (a run directory not shared, or
+    // another configuration or device, would silently train N different models).
+    crate::distributed::check_agreement(&model, state.step, &cfg.to_toml())?;
     if state.step > cfg.run.steps {
         return Err(format!(
             "{} is already at step {}, beyond run.steps = {}",

@@ -305,7 +305,11 @@ fn an_lxmert_run_fine_tunes_for_vqa_and_retrieval() {
         1
     ));
     assert!(!frozen(
-        "encoder.Lxmert.lxmert.encoder.x_layers.1.cross.attention.query.weight",
+        "encoder.Lxmert.lxmert.encoder.x_layers.0.cross.attention.query.weight",
+        1
+    ));
+    assert!(frozen(
+        "encoder.Lxmert.lxmert.encoder.visn_fc.visn_fc.weight",
         1
     ));
     assert!(summary.eval.vqa_accuracy > 0.0, "{:?}", summary.eval);
