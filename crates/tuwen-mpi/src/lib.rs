@@ -188,19 +188,7 @@ impl World {
         let mut out = vec![0.0f32; values.len().min(BUCKET)];
         for chunk in values.chunks_mut(BUCKET) {
             let out = &mut out[..chunk.len()];
-            unsafe {
-                check(
-                    "MPI_Allreduce",
-                    (self.api.allreduce)(
-                        chunk.as_ptr().cast(),
-                        out.as_mut_ptr().cast(),
-                        chunk.len() as c_int,
-                        self.api.float,
-                        self.api.sum,
-                        self.api.comm_world,
-                    ),
-                )?;
-            }
+            self.allreduce(chunk, out, self.api.float, self.api.sum)?;
             chunk.copy_from_slice(out);
         }
         Ok(())
@@ -209,19 +197,7 @@ impl World {
     /// [`World::allreduce_sum`] for `f64` values (one message; small arrays: losses, counts).
     pub fn allreduce_sum_f64(&self, values: &mut [f64]) -> Result<(), MpiError> {
         let mut out = vec![0.0f64; values.len()];
-        unsafe {
-            check(
-                "MPI_Allreduce",
-                (self.api.allreduce)(
-                    values.as_ptr().cast(),
-                    out.as_mut_ptr().cast(),
-                    values.len() as c_int,
-                    self.api.double,
-                    self.api.sum,
-                    self.api.comm_world,
-                ),
-            )?;
-        }
+        self.allreduce(values, &mut out, self.api.double, self.api.sum)?;
         values.copy_from_slice(&out);
         Ok(())
     }
@@ -231,22 +207,39 @@ impl World {
     pub fn agree(&self, values: &[f64]) -> Result<bool, MpiError> {
         let mut low = vec![0.0f64; values.len()];
         let mut high = vec![0.0f64; values.len()];
-        for (op, out) in [(self.api.min, &mut low), (self.api.max, &mut high)] {
-            unsafe {
-                check(
-                    "MPI_Allreduce",
-                    (self.api.allreduce)(
-                        values.as_ptr().cast(),
-                        out.as_mut_ptr().cast(),
-                        values.len() as c_int,
-                        self.api.double,
-                        op,
-                        self.api.comm_world,
-                    ),
-                )?;
-            }
-        }
+        self.allreduce(values, &mut low, self.api.double, self.api.min)?;
+        self.allreduce(values, &mut high, self.api.double, self.api.max)?;
         Ok(low == high)
+    }
+
+    /// `MPI_Allreduce(send, recv, len, datatype, op, MPI_COMM_WORLD)`; `datatype` must describe
+    /// `T` (`float` for `f32`, `double` for `f64`) and `send` fit in one message.
+    fn allreduce<T>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        datatype: Handle,
+        op: Handle,
+    ) -> Result<(), MpiError> {
+        assert_eq!(send.len(), recv.len());
+        let count = c_int::try_from(send.len()).map_err(|_| MpiError::Call {
+            call: "MPI_Allreduce (message too large)",
+            code: -1,
+        })?;
+        // SAFETY: both buffers hold `count` elements of the type `datatype` names.
+        unsafe {
+            check(
+                "MPI_Allreduce",
+                (self.api.allreduce)(
+                    send.as_ptr().cast(),
+                    recv.as_mut_ptr().cast(),
+                    count,
+                    datatype,
+                    op,
+                    self.api.comm_world,
+                ),
+            )
+        }
     }
 
     /// Waits until every rank has called it.

@@ -220,6 +220,93 @@ fn mrc_kl_learns_the_stored_class_distributions() {
     }
 }
 
+/// MRC-KL is a mean over masked regions: a step split into micro-batches gives the whole
+/// batch's gradient and loss (the distributions follow their regions into each part).
+#[test]
+fn mrc_kl_splits_exactly_over_micro_batches() {
+    use burn::module::{Module, ModuleVisitor, Param};
+    use burn::tensor::Tensor;
+    use tuwen_train::model::{ModelShape, PretrainModel};
+    use tuwen_train::pretrain::{ObjectiveWeights, step_gradients};
+
+    struct Grads<'a>(&'a burn::optim::GradientsParams, Vec<f32>);
+    impl ModuleVisitor for Grads<'_> {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            if let Some(g) = self.0.get::<D>(p.id) {
+                self.1
+                    .extend(g.into_data().convert::<f32>().try_to_vec::<f32>().unwrap());
+            }
+        }
+    }
+    let data = tempfile::tempdir().unwrap();
+    write_corpus(data.path());
+    let records = formats::coco_captions(&data.path().join("captions.json")).unwrap();
+    let store = StoreReader::open(data.path().join("store")).unwrap();
+    let tokens =
+        BertTokenizer::word_vocabulary(records.iter().map(|r| &r.caption), 1000, true).unwrap();
+    let tokenizer = BertTokenizer::from_tokens(&tokens, TokenizerOptions::default()).unwrap();
+    let masking = tuwen_objectives::mrm::RegionMaskingConfig {
+        mask_prob: 0.5,
+        ..tuwen_objectives::mrm::RegionMaskingConfig::VILBERT
+    };
+    let (batcher, _) = StoreBatcher::new(
+        &records,
+        store,
+        6,
+        1,
+        tokenizer,
+        MaskingConfig::default(),
+        0.0,
+        Some(masking),
+    )
+    .unwrap();
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(3);
+    let host = batcher
+        .host_batch(Split::Train, &(0..9).collect::<Vec<u64>>(), &mut rng)
+        .unwrap();
+    assert!(host.region_positions.len() >= 3 && host.distribution_classes == CLASSES);
+    let mut cfg = config(data.path());
+    cfg.objectives.mrc_kl.enabled = true;
+    // ITC contrasts within each micro-batch (not split exactly, documented): off here.
+    cfg.model.itc_dim = 0;
+    let shape = ModelShape {
+        vocab: batcher.tokenizer.vocab_size(),
+        feature_dim: DIM,
+        max_text_len: 32,
+        answers: 0,
+        region_classes: CLASSES,
+    };
+    let device = flex().autodiff();
+    let model = PretrainModel::init(&cfg.model, &shape, &device);
+    let weights = ObjectiveWeights::from_config(&cfg);
+    let grads = |parts: usize| {
+        let (g, l) = step_gradients(
+            &model,
+            &host,
+            std::slice::from_ref(&device),
+            parts,
+            weights,
+            7,
+        )
+        .unwrap();
+        let mut v = Grads(&g, Vec::new());
+        model.visit(&mut v);
+        (v.1, l)
+    };
+    let ((whole, a), (split, b)) = (grads(1), grads(3));
+    assert!(a.mrc_kl > 0.0, "{a:?}");
+    assert!(
+        (a.mrc_kl - b.mrc_kl).abs() <= 1e-5 * a.mrc_kl,
+        "{a:?} vs {b:?}"
+    );
+    let scale = whole.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    let d = tuwen_testkit::max_abs_diff_slices(&whole, &split);
+    assert!(
+        d <= 1e-5 * scale.max(1.0),
+        "3 micro-batches vs 1: {d} (scale {scale})"
+    );
+}
+
 #[test]
 fn mrc_kl_needs_stored_distributions_and_masked_regions() {
     let data = tempfile::tempdir().unwrap();
