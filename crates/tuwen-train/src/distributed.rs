@@ -20,7 +20,7 @@
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
-use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Tensor, TensorData};
 
@@ -145,11 +145,6 @@ pub fn abort_job(message: &str) {
     if let Ok(Some(w)) = world() {
         w.abort(message, 1);
     }
-}
-
-/// Whether this process writes the run directory (rank 0, or alone).
-pub fn is_primary() -> Result<bool, String> {
-    Ok(placement()?.0 == 0)
 }
 
 /// Checks that every rank starts training from the same state: the same step, configuration
@@ -277,15 +272,10 @@ impl ModuleVisitor for Rebuild<'_> {
         if self.present[self.index] > 0.0 {
             let device = value.device().inner();
             let data = TensorData::new(slice.to_vec(), shape);
-            self.register(param.id, Tensor::<D>::from_data(data, &device));
+            self.grads
+                .register::<D>(param.id, Tensor::from_data(data, &device));
         }
         self.offset += n;
         self.index += 1;
-    }
-}
-
-impl Rebuild<'_> {
-    fn register<const D: usize>(&mut self, id: ParamId, g: Tensor<D>) {
-        self.grads.register::<D>(id, g);
     }
 }

@@ -664,11 +664,7 @@ fn initial_model(
     if let Some(decoder) = model.decoder.as_mut().filter(|_| fresh_decoder) {
         // A new decoder's token embeddings (also its output projection) start as the encoder's
         // word embeddings: the caption decoder writes the words the encoder learnt.
-        let words = match &model.encoder {
-            Encoder::VisualBert(m) => m.visual_bert.embeddings.text.word_embeddings.weight.val(),
-            Encoder::ViLBert(m) => m.bert.embeddings.word_embeddings.weight.val(),
-            Encoder::Lxmert(m) => m.lxmert.embeddings.word_embeddings.weight.val(),
-        };
+        let words = model.encoder.word_embeddings().val();
         if words.dims() == decoder.token_embeddings.weight.dims() {
             decoder.token_embeddings.weight = burn::module::Param::from_tensor(words.detach());
         }

@@ -424,31 +424,13 @@ impl PretrainModel {
         self.materialize()
     }
 
-    /// Widths of the text and region hidden states of the joint pass.
+    /// Widths of the text and region hidden states of the joint pass (each stream's input
+    /// projection's output width).
     pub fn hidden_widths(&self) -> (usize, usize) {
-        match &self.encoder {
-            Encoder::VisualBert(m) => {
-                let h = m.visual_bert.embeddings.text.word_embeddings.weight.dims()[1];
-                (h, h)
-            }
-            Encoder::ViLBert(m) => (
-                m.bert.embeddings.word_embeddings.weight.dims()[1],
-                m.bert.v_embeddings.image_embeddings.weight.dims()[1],
-            ),
-            Encoder::Lxmert(m) => {
-                let h = m.lxmert.embeddings.word_embeddings.weight.dims()[1];
-                (h, h)
-            }
-        }
-    }
-
-    /// The region input projection `[feature_dim, hidden]` (MRFR's tied output).
-    fn region_projection(&self) -> Tensor<2> {
-        match &self.encoder {
-            Encoder::VisualBert(m) => m.visual_bert.embeddings.visual_projection.weight.val(),
-            Encoder::ViLBert(m) => m.bert.v_embeddings.image_embeddings.weight.val(),
-            Encoder::Lxmert(m) => m.lxmert.encoder.visn_fc.visn_fc.weight.val(),
-        }
+        (
+            self.encoder.word_embeddings().dims()[1],
+            self.encoder.region_projection().dims()[1],
+        )
     }
 
     /// This model with a fresh caption decoder of `spec.layers` layers as wide as the text
@@ -551,35 +533,40 @@ impl PretrainModel {
         }
     }
 
-    /// Text-only and image-only pooled vectors of `batch` (rows as in the batch).
+    /// Text-only and image-only pooled vectors of `batch` (rows as in the batch; the text pass
+    /// first).
     pub fn unimodal(&self, batch: &PretrainBatch) -> Result<(Tensor<2>, Tensor<2>), InputError> {
-        Ok(match &self.encoder {
-            Encoder::VisualBert(m) => (
+        Ok((
+            self.pooled(batch, View::Text)?,
+            self.pooled(batch, View::Image)?,
+        ))
+    }
+
+    /// The pooled vector of one unimodal `view` (`Text` or `Image`) of `batch`: VisualBERT's
+    /// pooler, ViLBERT's text or image pooler; LXMERT pools its language stream only, so its image
+    /// view's vector is the null text's `[CLS]` after the cross-modality layers read the regions.
+    pub fn pooled(&self, batch: &PretrainBatch, view: View) -> Result<Tensor<2>, InputError> {
+        Ok(match (&self.encoder, view) {
+            (Encoder::VisualBert(m), _) => {
                 m.visual_bert
-                    .try_forward(batch.visual_bert_input(View::Text))?
-                    .pooler_output,
-                m.visual_bert
-                    .try_forward(batch.visual_bert_input(View::Image))?
-                    .pooler_output,
-            ),
-            Encoder::ViLBert(m) => (
+                    .try_forward(batch.visual_bert_input(view))?
+                    .pooler_output
+            }
+            (Encoder::ViLBert(m), View::Text) => {
                 m.bert
-                    .try_forward(batch.vilbert_input(View::Text))?
-                    .pooled_output_t,
+                    .try_forward(batch.vilbert_input(view))?
+                    .pooled_output_t
+            }
+            (Encoder::ViLBert(m), _) => {
                 m.bert
-                    .try_forward(batch.vilbert_input(View::Image))?
-                    .pooled_output_v,
-            ),
-            // LXMERT pools its language stream only: the image view's pooled vector is the null
-            // text's [CLS] after the cross-modality layers read the regions.
-            Encoder::Lxmert(m) => (
+                    .try_forward(batch.vilbert_input(view))?
+                    .pooled_output_v
+            }
+            (Encoder::Lxmert(m), _) => {
                 m.lxmert
-                    .try_forward(batch.lxmert_input(View::Text))?
-                    .pooled_output,
-                m.lxmert
-                    .try_forward(batch.lxmert_input(View::Image))?
-                    .pooled_output,
-            ),
+                    .try_forward(batch.lxmert_input(view))?
+                    .pooled_output
+            }
         })
     }
 
@@ -728,14 +715,12 @@ impl PretrainModel {
             _ => batch,
         };
         let (text, _, (itm_logits, polarity), image) = self.joint(batch)?;
-        let (head, words) = match &self.encoder {
-            Encoder::VisualBert(m) => (
-                &m.mlm,
-                m.visual_bert.embeddings.text.word_embeddings.weight.val(),
-            ),
-            Encoder::ViLBert(m) => (&m.mlm, m.bert.embeddings.word_embeddings.weight.val()),
-            Encoder::Lxmert(m) => (&m.mlm, m.lxmert.embeddings.word_embeddings.weight.val()),
+        let head = match &self.encoder {
+            Encoder::VisualBert(m) => &m.mlm,
+            Encoder::ViLBert(m) => &m.mlm,
+            Encoder::Lxmert(m) => &m.mlm,
         };
+        let words = self.encoder.word_embeddings().val();
         let mlm = if set.mlm {
             mlm_loss(
                 head,
@@ -815,7 +800,7 @@ impl PretrainModel {
         };
         let mrfr = match (&self.mrfr, &image, &batch.unmasked_features) {
             (Some(head), Some(image), Some(original)) if set.mrfr => mrfr_loss(
-                head.forward(image.clone(), self.region_projection()),
+                head.forward(image.clone(), self.encoder.region_projection().val()),
                 original.clone(),
                 &batch.region_positions,
             ),
@@ -905,11 +890,7 @@ impl PretrainModel {
 
     /// Width of the region vectors the model reads.
     pub fn feature_width(&self) -> usize {
-        match &self.encoder {
-            Encoder::VisualBert(m) => m.visual_bert.embeddings.visual_projection.weight.dims()[0],
-            Encoder::ViLBert(m) => m.bert.v_embeddings.image_embeddings.weight.dims()[0],
-            Encoder::Lxmert(m) => m.lxmert.encoder.visn_fc.visn_fc.weight.dims()[0],
-        }
+        self.encoder.region_projection().dims()[0]
     }
 
     /// Copies `source`'s word-embedding rows and MLM output biases into the first rows of this
@@ -972,17 +953,29 @@ impl PretrainModel {
 
     /// Rows of the word-embedding table (shared with the MLM decoder).
     pub fn vocab_size(&self) -> usize {
-        match &self.encoder {
-            Encoder::VisualBert(m) => {
-                m.visual_bert.embeddings.text.word_embeddings.weight.dims()[0]
-            }
-            Encoder::ViLBert(m) => m.bert.embeddings.word_embeddings.weight.dims()[0],
-            Encoder::Lxmert(m) => m.lxmert.embeddings.word_embeddings.weight.dims()[0],
-        }
+        self.encoder.word_embeddings().dims()[0]
     }
 }
 
 impl Encoder {
+    /// The word-embedding table `[vocab, hidden]` (shared with the MLM decoder).
+    pub fn word_embeddings(&self) -> &Param<Tensor<2>> {
+        match self {
+            Encoder::VisualBert(m) => &m.visual_bert.embeddings.text.word_embeddings.weight,
+            Encoder::ViLBert(m) => &m.bert.embeddings.word_embeddings.weight,
+            Encoder::Lxmert(m) => &m.lxmert.embeddings.word_embeddings.weight,
+        }
+    }
+
+    /// The region input projection `[feature_dim, hidden]` (MRFR's tied output).
+    pub fn region_projection(&self) -> &Param<Tensor<2>> {
+        match self {
+            Encoder::VisualBert(m) => &m.visual_bert.embeddings.visual_projection.weight,
+            Encoder::ViLBert(m) => &m.bert.v_embeddings.image_embeddings.weight,
+            Encoder::Lxmert(m) => &m.lxmert.encoder.visn_fc.visn_fc.weight,
+        }
+    }
+
     /// Width of the joint pooled vector (VQA head input).
     pub fn joint_width(&self) -> usize {
         match self {

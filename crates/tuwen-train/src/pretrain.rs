@@ -1065,7 +1065,8 @@ pub fn run(
         m.with_objective_heads(cfg, spec.region_head_classes(), &ad[0])
     };
     run_dir.save_spec(&spec)?;
-    if rank == 0 && ranks > 1 {
+    if rank == 0 {
+        // (A no-op alone.)
         crate::distributed::barrier()?;
     }
     let candidates = weights.candidates(

@@ -34,10 +34,10 @@ use tuwen_io::PathContext;
 use tuwen_objectives::itc::{ItcHead, l2_normalize};
 use tuwen_objectives::mlm::{IGNORE, MaskingConfig};
 
-use crate::batch::{HostBatch, ImageRegions, PretrainBatch, SceneBatcher, View, matched_pairs};
+use crate::batch::{HostBatch, ImageRegions, SceneBatcher, View, matched_pairs};
 use crate::config::Source;
 use crate::data::Data;
-use crate::model::{Encoder, PretrainModel};
+use crate::model::PretrainModel;
 use crate::retrieval::{Recalls, similarities, top_k};
 use crate::run_dir::{LoadedRun, Which};
 
@@ -225,38 +225,6 @@ pub fn read_texts(path: &Path) -> Result<Vec<String>, String> {
     Ok(texts)
 }
 
-/// The pooled vector of one unimodal `view` (`Text` or `Image`) of `batch`: the pass
-/// [`PretrainModel::unimodal`] runs for that side, without running the other.
-fn pooled(model: &PretrainModel, batch: &PretrainBatch, view: View) -> Result<Tensor<2>, String> {
-    let e = |e: tuwen_fusion::InputError| e.to_string();
-    Ok(match (&model.encoder, view) {
-        (Encoder::VisualBert(m), _) => {
-            m.visual_bert
-                .try_forward(batch.visual_bert_input(view))
-                .map_err(e)?
-                .pooler_output
-        }
-        (Encoder::ViLBert(m), View::Text) => {
-            m.bert
-                .try_forward(batch.vilbert_input(view))
-                .map_err(e)?
-                .pooled_output_t
-        }
-        (Encoder::ViLBert(m), _) => {
-            m.bert
-                .try_forward(batch.vilbert_input(view))
-                .map_err(e)?
-                .pooled_output_v
-        }
-        (Encoder::Lxmert(m), _) => {
-            m.lxmert
-                .try_forward(batch.lxmert_input(view))
-                .map_err(e)?
-                .pooled_output
-        }
-    })
-}
-
 /// A trained run with an ITC head, ready to rank image files against texts and back.
 #[derive(Debug)]
 pub struct Retriever {
@@ -352,7 +320,11 @@ impl Retriever {
     fn embed_regions(&self, regions: Vec<ImageRegions>) -> Result<Vec<Vec<f32>>, String> {
         let texts = vec![String::new(); regions.len()];
         let batch = self.host(regions, texts)?.to_device(&self.device);
-        let x = pooled(&self.run.model, &batch, View::Image)?;
+        let x = self
+            .run
+            .model
+            .pooled(&batch, View::Image)
+            .map_err(|e| e.to_string())?;
         self.project(x, &self.itc().image_proj)
     }
 
@@ -370,7 +342,11 @@ impl Retriever {
         let batch = self
             .host(vec![null; texts.len()], texts.to_vec())?
             .to_device(&self.device);
-        let x = pooled(&self.run.model, &batch, View::Text)?;
+        let x = self
+            .run
+            .model
+            .pooled(&batch, View::Text)
+            .map_err(|e| e.to_string())?;
         self.project(x, &self.itc().text_proj)
     }
 
