@@ -5,13 +5,17 @@
 //! one stream (e.g. 768 wide) against keys/values of another (1024 wide) into a third width, and
 //! BERT checkpoints keep the output projection in a separate block with its own LayerNorm.
 
+use crate::dropout::dropout;
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::tensor::Device;
 use burn::tensor::activation::softmax;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Int, Tensor};
 
 use crate::AttentionMask;
+use crate::blocks::linear_positions;
 
 /// Query/key/value projections and the attention itself (HF `BertSelfAttention`).
 #[derive(Module, Debug)]
@@ -65,8 +69,8 @@ impl Attention {
     /// Keys and values of `keys_values` `[B, S, kv_width]`, split into heads.
     pub fn key_values(&self, keys_values: Tensor<3>) -> KeyValues {
         KeyValues {
-            keys: self.heads(self.key.forward(keys_values.clone())),
-            values: self.heads(self.value.forward(keys_values)),
+            keys: self.heads(linear_positions(&self.key, keys_values.clone())),
+            values: self.heads(linear_positions(&self.value, keys_values)),
         }
     }
 
@@ -80,7 +84,35 @@ impl Attention {
         mask: Option<&AttentionMask>,
     ) -> Tensor<3> {
         let [batch, q_len, _] = queries.dims();
-        let q = self.heads(self.query.forward(queries));
+        let q = self.heads(linear_positions(&self.query, queries));
+        let context = if q.device().is_autodiff() {
+            self.attend_decomposed(q, kv, mask)
+        } else {
+            // Inference: the backend's fused attention (one kernel per batch x head on Flex,
+            // flash attention on CubeCL backends); it has no dropout, which is off here anyway.
+            let bias = mask.map(|mask| mask.bias().clone());
+            attention(
+                q,
+                kv.keys.clone(),
+                kv.values.clone(),
+                None,
+                bias,
+                AttentionModuleOptions::default(),
+            )
+        };
+        context
+            .swap_dims(1, 2)
+            .reshape([batch, q_len, self.n_heads * self.head_dim])
+    }
+
+    /// `softmax(q k^T / sqrt(d) + mask) v` with dropout on the probabilities, from tensor ops
+    /// that autodiff differentiates (Burn's fused attention has no backward and no dropout).
+    fn attend_decomposed(
+        &self,
+        q: Tensor<4>,
+        kv: &KeyValues,
+        mask: Option<&AttentionMask>,
+    ) -> Tensor<4> {
         let scores = q
             .matmul(kv.keys.clone().swap_dims(2, 3))
             .div_scalar((self.head_dim as f32).sqrt());
@@ -88,12 +120,7 @@ impl Attention {
             Some(mask) => scores + mask.bias().clone(),
             None => scores,
         };
-        let probs = self.dropout.forward(softmax(scores, 3));
-        probs.matmul(kv.values.clone()).swap_dims(1, 2).reshape([
-            batch,
-            q_len,
-            self.n_heads * self.head_dim,
-        ])
+        dropout(&self.dropout, softmax(scores, 3)).matmul(kv.values.clone())
     }
 
     /// Attends from `queries` `[B, Sq, query_width]` over `keys_values` `[B, Sk, kv_width]`.

@@ -17,6 +17,7 @@
 
 use std::path::Path;
 
+use crate::dropout::dropout;
 use burn::module::Module;
 use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear,
@@ -180,7 +181,7 @@ impl BertEmbeddings {
 
     /// LayerNorm + dropout over summed embeddings.
     pub fn normalize(&self, summed: Tensor<3>) -> Tensor<3> {
-        self.dropout.forward(self.layer_norm.forward(summed))
+        dropout(&self.dropout, self.layer_norm.forward(summed))
     }
 
     /// Text embeddings `[batch, len, hidden]`.

@@ -2,6 +2,8 @@
 //! the HF modules (`attention.self`, `attention.output`, `intermediate`, `output`) so that the
 //! weight mapping in [`crate::weights`] stays a handful of renames.
 
+use crate::activation::gelu;
+use crate::dropout::dropout;
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Gelu, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
@@ -24,6 +26,17 @@ pub struct LayerDims {
     pub hidden_dropout: f64,
     /// Dropout on attention probabilities.
     pub attention_dropout: f64,
+}
+
+/// `linear` applied at every position of `x` `[B, S, d_in]` as one `[B * S, d_in]` matrix
+/// product. Burn's `Linear` keeps a `[B, S, d]` input batched unless folding the batch makes the
+/// product squarer, so e.g. `[32, 68, 384] x [384, 384]` ran as 32 small products that each
+/// re-pack the whole weight: half the speed on Flex (docs/benchmarks.md, "Linear layers").
+pub fn linear_positions(linear: &Linear, x: Tensor<3>) -> Tensor<3> {
+    let [batch, len, width] = x.dims();
+    let out = linear.forward(x.reshape([batch * len, width]));
+    let out_width = out.dims()[1];
+    out.reshape([batch, len, out_width])
 }
 
 /// `LayerNorm(residual + dropout(dense(x)))` (HF `BertSelfOutput` / `BertOutput`).
@@ -50,7 +63,7 @@ impl ResidualOutput {
     /// Projects `x`, adds `residual` and normalises.
     pub fn forward(&self, x: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
         self.layer_norm
-            .forward(self.dropout.forward(self.dense.forward(x)) + residual)
+            .forward(dropout(&self.dropout, linear_positions(&self.dense, x)) + residual)
     }
 }
 
@@ -144,7 +157,8 @@ impl Intermediate {
 
     /// Forward pass.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.activation.forward(self.dense.forward(x))
+        // `self.activation` is Burn's exact GELU; crate::activation::gelu computes the same.
+        gelu(linear_positions(&self.dense, x))
     }
 }
 

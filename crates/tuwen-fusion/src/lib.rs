@@ -17,18 +17,23 @@
 //!   semantics over any [`generate::StepModel`]: the caption decoder, or VisualBERT as the
 //!   unified-VLP captioner ([`VisualBertForPreTraining::caption_stepper`]).
 //! * [`heads`] — pretraining heads (MLM with a decoder tied to the word embeddings, pair heads).
+//! * [`activation`] — the exact GELU through tuwen's vectorised kernel on CPU backends.
+//! * [`dropout`] — dropout with counter-based masks built on the host on CPU backends.
 //! * [`init`] — HF BERT's weight initialisation for models trained from scratch.
 //! * [`mask`] — attention masks as values (HF convention in, additive bias out).
 //! * [`blocks`] — the Transformer pieces shared by all encoders.
 //! * [`weights`] — strict checkpoint loading: every missing, unused or mis-shaped tensor is an error.
 
+pub mod activation;
 pub mod attention;
 pub mod bert;
 pub mod blocks;
 pub mod cross;
 pub mod decoder;
+pub mod dropout;
 pub mod generate;
 pub mod heads;
+mod host;
 pub mod init;
 mod input;
 pub mod lxmert;

@@ -21,6 +21,7 @@
 
 use std::path::Path;
 
+use crate::dropout::dropout;
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Gelu, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::{Device, Int, Tensor};
@@ -236,7 +237,7 @@ impl VisualFeatureEncoder {
     pub fn forward(&self, features: Tensor<3>, boxes: Tensor<3>) -> Tensor<3> {
         let x = self.visn_layer_norm.forward(self.visn_fc.forward(features));
         let y = self.box_layer_norm.forward(self.box_fc.forward(boxes));
-        self.dropout.forward((x + y).div_scalar(2.0))
+        dropout(&self.dropout, (x + y).div_scalar(2.0))
     }
 }
 

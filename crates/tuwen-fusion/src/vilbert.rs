@@ -21,6 +21,7 @@
 
 use std::path::Path;
 
+use crate::dropout::dropout;
 use burn::module::Module;
 use burn::nn::{
     Dropout, DropoutConfig, Gelu, LayerNorm, LayerNormConfig, Linear, LinearConfig, Relu,
@@ -364,7 +365,7 @@ impl ImageEmbeddings {
     pub fn forward(&self, features: Tensor<3>, locations: Tensor<3>) -> Tensor<3> {
         let sum = self.image_embeddings.forward(features)
             + self.image_location_embeddings.forward(locations);
-        self.dropout.forward(self.layer_norm.forward(sum))
+        dropout(&self.dropout, self.layer_norm.forward(sum))
     }
 }
 
@@ -778,7 +779,7 @@ impl ViLBertForPreTraining {
         ViLBertPreTrainingOutput {
             prediction_scores_t: self.mlm.forward(encoder.sequence_output_t.clone(), words),
             prediction_scores_v: self.region_head.forward(encoder.sequence_output_v.clone()),
-            seq_relationship_score: self.itm.forward(self.itm_dropout.forward(pooled)),
+            seq_relationship_score: self.itm.forward(dropout(&self.itm_dropout, pooled)),
             encoder,
         }
     }

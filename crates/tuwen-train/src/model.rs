@@ -9,6 +9,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::SeedableRng;
 use tuwen_fusion::decoder::{CaptionDecoder, DecoderConfig};
+use tuwen_fusion::dropout::dropout;
 use tuwen_fusion::init::{BertInit, bert_init};
 use tuwen_fusion::lxmert::AnswerHead;
 use tuwen_fusion::vilbert::{PooledFusion, RegionHead};
@@ -615,7 +616,9 @@ impl PretrainModel {
                     PooledFusion::Mul => out.pooled_output_t * out.pooled_output_v,
                     PooledFusion::Sum => out.pooled_output_t + out.pooled_output_v,
                 };
-                let logits = model.itm.forward(model.itm_dropout.forward(pooled.clone()));
+                let logits = model
+                    .itm
+                    .forward(dropout(&model.itm_dropout, pooled.clone()));
                 (
                     out.sequence_output_t,
                     pooled,

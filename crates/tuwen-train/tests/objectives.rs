@@ -289,12 +289,14 @@ fn visual_bert_mrc_trains() {
 }
 
 /// LXMERT's object head classifies masked regions (as slowly as ViLBERT's region head; held
-/// out on more scenes, as the regions masked in 48 are too few to measure a small fall).
+/// out on more scenes, as the regions masked in 48 are too few to measure a small fall). Its
+/// held-out loss falls steadily but slowly (2.8% in 1,000 steps after the GELU and matrix
+/// product changes of issue 12 moved the rounding), so it trains 1,500.
 #[test]
 fn lxmert_mrc_trains() {
     let mut cfg = config(
-        1000,
-        100,
+        1500,
+        150,
         "architecture = \"lxmert\"",
         "region_mask_prob = 0.5",
         "[objectives.mrc]\nenabled = true",
