@@ -10,7 +10,8 @@
 //! ```
 //!
 //! `TUWEN_BENCH_ITERS` / `TUWEN_BENCH_WARMUP` override each work's counts (the reference reads
-//! the counts tuwen used from `meta.json`).
+//! the counts tuwen used from `meta.json`); `TUWEN_BENCH_BACKEND=ndarray` runs the works on
+//! Burn's ndarray backend instead of Flex.
 
 #[path = "../benches/workloads/mod.rs"]
 mod workloads;
@@ -43,6 +44,17 @@ fn counts(warmup: usize, iters: usize) -> (usize, usize) {
         var("TUWEN_BENCH_WARMUP", warmup),
         var("TUWEN_BENCH_ITERS", iters).max(1),
     )
+}
+
+/// The CPU backend the works run on: Flex unless `TUWEN_BENCH_BACKEND=ndarray` (to compare
+/// Burn's CPU backends on the same work; `cargo xtask bench` measures Flex, tuwen's default).
+fn backend() -> (Device, &'static str) {
+    match std::env::var("TUWEN_BENCH_BACKEND").as_deref() {
+        #[allow(deprecated)]
+        Ok("ndarray") => (Device::ndarray(), "ndarray"),
+        Ok("flex") | Err(_) => (Device::flex(), "flex"),
+        Ok(other) => panic!("TUWEN_BENCH_BACKEND={other}: expected flex or ndarray"),
+    }
 }
 
 /// Threads of the rayon pool Flex computes on.
@@ -93,7 +105,7 @@ fn measure(
             "iters": iters,
             "threads": threads(),
             "params": params,
-            "backend": "flex",
+            "backend": backend().1,
     });
     if loss {
         line["first_loss"] = first.into();
@@ -108,7 +120,7 @@ fn measure(
 #[ignore = "a benchmark: run by `cargo xtask bench`"]
 fn default_step() {
     let work = "default-step";
-    let ad = Device::flex().autodiff();
+    let ad = backend().0.autodiff();
     let (cfg, model, host, shape) = workloads::default_run(&ad);
     let encoder = workloads::encoder_config(&cfg, &shape, None);
     let what = format!(
@@ -146,7 +158,7 @@ fn default_step() {
 #[ignore = "a benchmark: run by `cargo xtask bench`"]
 fn visualbert_minilm_step() {
     let work = "visualbert-minilm-step";
-    let ad = Device::flex().autodiff();
+    let ad = backend().0.autodiff();
     let (cfg, model, host, spec) = workloads::minilm_run(&ad);
     let encoder = workloads::encoder_config(&cfg, &spec.shape, spec.bert.clone());
     let what = "visualbert-minilm whole step: 384x6, 12 heads, B32 x (T32 + R36 x 2048-d), \
@@ -176,7 +188,7 @@ fn visualbert_minilm_step() {
 #[ignore = "a benchmark: run by `cargo xtask bench`"]
 fn visualbert_minilm_forward() {
     let work = "visualbert-minilm-forward";
-    let device = Device::flex();
+    let device = backend().0;
     let (cfg, model, host, spec) = workloads::minilm_run(&device);
     let encoder = workloads::encoder_config(&cfg, &spec.shape, spec.bert.clone());
     let Encoder::VisualBert(model) = model.encoder else {
