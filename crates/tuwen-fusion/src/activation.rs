@@ -4,7 +4,7 @@
 //! (libm `erff`, ~13 ns per element on the development machine), which cost a MiniLM-size
 //! training step more than its feed-forward matrix products. [`gelu`] reads the values to the
 //! host and evaluates them with [`tuwen_kernels::gelu`] (vectorised, multithreaded, within a
-//! few ulp of the exact erf form). Under autodiff it builds `x * slope + offset` from two
+//! few ulp of the exact erf form; in place for inference). Under autodiff it builds `x * slope + offset` from two
 //! constants ([`tuwen_kernels::gelu::GeluLine`]): the same value, and the gradient
 //! `grad * gelu'(x)` that Burn's GELU backward computes, with one multiplication. GPU
 //! backends and other dtypes keep Burn's GELU.
@@ -21,17 +21,24 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
         return activation::gelu(x);
     }
     let shape = x.shape();
-    let data = x.clone().into_data();
-    let Some(values) = tuwen_kernels::f32_values(data.as_bytes()) else {
-        return activation::gelu(x);
-    };
     let constant =
         |values: Vec<f32>| Tensor::<D>::from_data(TensorData::new(values, shape.clone()), &device);
     if device.is_autodiff() {
+        let data = x.clone().into_data();
+        let Some(values) = tuwen_kernels::f32_values(data.as_bytes()) else {
+            return activation::gelu(x);
+        };
         let line = tuwen_kernels::gelu::gelu_line(values);
         x * constant(line.slope) + constant(line.offset)
     } else {
-        constant(tuwen_kernels::gelu::gelu(values))
+        // Inference: a tensor nothing else holds reads back without a copy, is updated in
+        // place and goes back without one either.
+        let mut values = x
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap_or_else(|err| unreachable!("an F32 tensor reads back as f32: {err}"));
+        tuwen_kernels::gelu::gelu_in_place(&mut values);
+        constant(values)
     }
 }
 

@@ -70,34 +70,31 @@ fn normal(x: f32) -> (f32, f32) {
     (cdf, pdf)
 }
 
-/// The exact GELU `x Φ(x)` of every element of `x`.
-pub fn gelu(x: &[f32]) -> Vec<f32> {
-    let mut out = vec![0.0f32; x.len()];
-    out.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK))
-        .for_each(|(out, x)| gelu_chunk(x, out));
-    out
+/// Replaces every element of `x` with its exact GELU `x Φ(x)`, in place (no allocation: a
+/// tensor read back without a copy is updated and handed back).
+pub fn gelu_in_place(x: &mut [f32]) {
+    x.par_chunks_mut(CHUNK).for_each(gelu_chunk);
 }
 
-fn gelu_chunk(x: &[f32], out: &mut [f32]) {
+fn gelu_chunk(x: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has the features the function was compiled for.
-        return unsafe { gelu_avx2(x, out) };
+        return unsafe { gelu_avx2(x) };
     }
-    gelu_scalar(x, out)
+    gelu_scalar(x)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn gelu_avx2(x: &[f32], out: &mut [f32]) {
-    gelu_scalar(x, out)
+fn gelu_avx2(x: &mut [f32]) {
+    gelu_scalar(x)
 }
 
 #[inline(always)]
-fn gelu_scalar(x: &[f32], out: &mut [f32]) {
-    for (y, &x) in out.iter_mut().zip(x) {
-        *y = x * normal(x).0;
+fn gelu_scalar(x: &mut [f32]) {
+    for x in x.iter_mut() {
+        *x *= normal(*x).0;
     }
 }
 
@@ -207,7 +204,8 @@ mod tests {
     #[test]
     fn gelu_matches_the_f64_reference() {
         let x: Vec<f32> = grid().collect();
-        let y = gelu(&x);
+        let mut y = x.clone();
+        gelu_in_place(&mut y);
         for (&x, &y) in x.iter().zip(&y) {
             let want = gelu64(f64::from(x));
             let err = (f64::from(y) - want).abs();
