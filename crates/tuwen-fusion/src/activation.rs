@@ -24,22 +24,24 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     let constant =
         |values: Vec<f32>| Tensor::<D>::from_data(TensorData::new(values, shape.clone()), &device);
     if device.is_autodiff() {
-        let data = x.clone().into_data();
-        let Some(values) = tuwen_kernels::f32_values(data.as_bytes()) else {
-            return activation::gelu(x);
-        };
-        let line = tuwen_kernels::gelu::gelu_line(values);
+        // The graph keeps `x`: its values are read back as a copy.
+        let line = tuwen_kernels::gelu::gelu_line(&host_values(x.clone()));
         x * constant(line.slope) + constant(line.offset)
     } else {
-        // Inference: a tensor nothing else holds reads back without a copy, is updated in
-        // place and goes back without one either.
-        let mut values = x
-            .into_data()
-            .try_into_vec::<f32>()
-            .unwrap_or_else(|err| unreachable!("an F32 tensor reads back as f32: {err}"));
+        // A tensor nothing else holds reads back without a copy, is updated in place and goes
+        // back without one either.
+        let mut values = host_values(x);
         tuwen_kernels::gelu::gelu_in_place(&mut values);
         constant(values)
     }
+}
+
+/// The values of an F32 tensor on a host device, reusing its buffer when `x` holds the only
+/// reference to it.
+fn host_values<const D: usize>(x: Tensor<D>) -> Vec<f32> {
+    x.into_data()
+        .try_into_vec::<f32>()
+        .unwrap_or_else(|err| unreachable!("an F32 tensor reads back as f32: {err}"))
 }
 
 #[cfg(test)]

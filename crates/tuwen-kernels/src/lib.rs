@@ -15,13 +15,6 @@ pub mod gelu;
 
 use rayon::prelude::*;
 
-/// The f32 values of a tensor's host bytes, without copying; `None` when `bytes` is not
-/// aligned to or a multiple of 4 bytes. (Burn's `TensorData::as_slice` validates every element
-/// on the way: several times the cost of the kernels here.)
-pub fn f32_values(bytes: &[u8]) -> Option<&[f32]> {
-    bytemuck::try_cast_slice(bytes).ok()
-}
-
 /// Elements per parallel chunk of a mask.
 const CHUNK: usize = 1 << 16;
 
