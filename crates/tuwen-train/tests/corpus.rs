@@ -5,6 +5,8 @@
 //! retrieval, and exact resume; and, on `StoreBatcher` directly, the per-epoch shuffle, the
 //! Karpathy splits and the matching of Karpathy paths with store ids.
 
+mod micro_batches;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -224,20 +226,9 @@ fn mrc_kl_learns_the_stored_class_distributions() {
 /// batch's gradient and loss (the distributions follow their regions into each part).
 #[test]
 fn mrc_kl_splits_exactly_over_micro_batches() {
-    use burn::module::{Module, ModuleVisitor, Param};
-    use burn::tensor::Tensor;
     use tuwen_train::model::{ModelShape, PretrainModel};
-    use tuwen_train::pretrain::{ObjectiveWeights, step_gradients};
+    use tuwen_train::pretrain::ObjectiveWeights;
 
-    struct Grads<'a>(&'a burn::optim::GradientsParams, Vec<f32>);
-    impl ModuleVisitor for Grads<'_> {
-        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
-            if let Some(g) = self.0.get::<D>(p.id) {
-                self.1
-                    .extend(g.into_data().convert::<f32>().try_to_vec::<f32>().unwrap());
-            }
-        }
-    }
     let data = tempfile::tempdir().unwrap();
     write_corpus(data.path());
     let records = formats::coco_captions(&data.path().join("captions.json")).unwrap();
@@ -279,32 +270,14 @@ fn mrc_kl_splits_exactly_over_micro_batches() {
     let device = flex().autodiff();
     let model = PretrainModel::init(&cfg.model, &shape, &device);
     let weights = ObjectiveWeights::from_config(&cfg);
-    let grads = |parts: usize| {
-        let (g, l) = step_gradients(
-            &model,
-            &host,
-            std::slice::from_ref(&device),
-            parts,
-            weights,
-            7,
-        )
-        .unwrap();
-        let mut v = Grads(&g, Vec::new());
-        model.visit(&mut v);
-        (v.1, l)
-    };
+    let grads = |parts: usize| micro_batches::gradients(&model, &host, &device, parts, weights, 7);
     let ((whole, a), (split, b)) = (grads(1), grads(3));
     assert!(a.mrc_kl > 0.0, "{a:?}");
     assert!(
         (a.mrc_kl - b.mrc_kl).abs() <= 1e-5 * a.mrc_kl,
         "{a:?} vs {b:?}"
     );
-    let scale = whole.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-    let d = tuwen_testkit::max_abs_diff_slices(&whole, &split);
-    assert!(
-        d <= 1e-5 * scale.max(1.0),
-        "3 micro-batches vs 1: {d} (scale {scale})"
-    );
+    micro_batches::assert_same_gradients(&whole, &split);
 }
 
 #[test]

@@ -2,18 +2,17 @@
 //! held-out loss falls in a short run of a tiny model), is split exactly over micro-batches
 //! where its loss is a mean over items, and bad combinations are refused with a clear message.
 
+mod micro_batches;
+
 use std::path::Path;
 use std::sync::Arc;
 
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::optim::GradientsParams;
-use burn::tensor::Tensor;
 use tuwen_testkit::flex;
 use tuwen_train::batch::{REGION_CLASSES, SceneBatcher};
 use tuwen_train::config::TrainConfig;
 use tuwen_train::data::Data;
 use tuwen_train::model::{ModelShape, PretrainModel};
-use tuwen_train::pretrain::{ObjectiveWeights, StepLosses, run, step_batch, step_gradients};
+use tuwen_train::pretrain::{ObjectiveWeights, run, step_batch};
 
 /// A tiny run: `steps` steps, held-out evaluation every `every` steps, with `extra` TOML
 /// appended (sections `[model]`, `[data]`, `[objectives.*]` of its own).
@@ -330,21 +329,6 @@ fn unified_lm_trains() {
 }
 
 /// Collects every gradient of `model` in visiting order.
-struct Grads<'a>(&'a GradientsParams, Vec<Vec<f32>>);
-
-impl ModuleVisitor for Grads<'_> {
-    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
-        if let Some(g) = self.0.get::<D>(p.id) {
-            self.1.push(
-                g.into_data()
-                    .convert::<f32>()
-                    .try_into_vec::<f32>()
-                    .unwrap(),
-            );
-        }
-    }
-}
-
 /// Grounding, WRA, MRFR and LM are means over items (phrases, pairs, masked regions, caption
 /// tokens): a step split into micro-batches gives the whole batch's gradient and losses.
 #[test]
@@ -414,36 +398,14 @@ fn assert_splits_exactly(cfg: &TrainConfig, lm: bool) {
         &device,
     );
     let weights = ObjectiveWeights::from_config(cfg);
-    let grads = |parts: usize| -> (Vec<Vec<f32>>, StepLosses) {
-        let (g, l) = step_gradients(
-            &model,
-            &host,
-            std::slice::from_ref(&device),
-            parts,
-            weights,
-            5,
-        )
-        .unwrap();
-        let mut v = Grads(&g, Vec::new());
-        model.visit(&mut v);
-        (v.1, l)
-    };
+    let grads = |parts: usize| micro_batches::gradients(&model, &host, &device, parts, weights, 5);
     let (whole, a) = grads(1);
     let (split, b) = grads(3);
     assert!(
         a.grounding > 0.0 && a.mrfr > 0.0 && (a.lm > 0.0) == lm && a.wra != 0.0,
         "{a:?}"
     );
-    let scale = whole.iter().flatten().fold(0.0f32, |m, x| m.max(x.abs()));
-    let d = whole
-        .iter()
-        .zip(&split)
-        .map(|(x, y)| tuwen_testkit::max_abs_diff_slices(x, y))
-        .fold(0.0, f32::max);
-    assert!(
-        d <= 1e-5 * scale.max(1.0),
-        "3 micro-batches vs 1: {d} (scale {scale})"
-    );
+    micro_batches::assert_same_gradients(&whole, &split);
     for (x, y) in [
         (a.grounding, b.grounding),
         (a.wra, b.wra),
