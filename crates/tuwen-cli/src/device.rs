@@ -73,13 +73,41 @@ pub fn parse(name: &str) -> Result<Device> {
 }
 
 /// One device of a compiled-in backend, by name and optional index: `flex`, `ndarray`, `wgpu`
-/// (the default adapter), `wgpu:N` (the N-th adapter `tuwen devices` lists), `cuda`, `cuda:N`.
+/// (the default adapter), `wgpu:N` (the N-th adapter `tuwen devices` lists), `cuda`, `cuda:N`,
+/// and `wgpu:local` / `cuda:local`: the GPU whose index is this process's rank on its node in an
+/// MPI job (`OMPI_COMM_WORLD_LOCAL_RANK`; 0 outside one), so `mpirun -np 4 tuwen train --device
+/// cuda:local` gives each rank of a 4-GPU node its own GPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DeviceSpec {
     /// The backend.
     pub backend: DeviceName,
     /// Which of its devices (`None`: the default one).
-    pub index: Option<usize>,
+    pub index: Option<DeviceIndex>,
+}
+
+/// Which device of a backend `--device NAME:INDEX` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceIndex {
+    /// That index.
+    Number(usize),
+    /// This process's rank on its node (`local`).
+    LocalRank,
+}
+
+impl DeviceIndex {
+    /// The index: `LocalRank` read from Open MPI's `OMPI_COMM_WORLD_LOCAL_RANK` (0 when the
+    /// process was not started by mpirun).
+    pub fn resolve(self) -> Result<usize> {
+        match self {
+            DeviceIndex::Number(i) => Ok(i),
+            DeviceIndex::LocalRank => match std::env::var("OMPI_COMM_WORLD_LOCAL_RANK") {
+                Err(_) => Ok(0),
+                Ok(text) => text.trim().parse().map_err(|_| {
+                    anyhow::anyhow!("OMPI_COMM_WORLD_LOCAL_RANK = {text:?} is not a rank")
+                }),
+            },
+        }
+    }
 }
 
 impl std::str::FromStr for DeviceSpec {
@@ -87,11 +115,15 @@ impl std::str::FromStr for DeviceSpec {
 
     fn from_str(text: &str) -> Result<Self, String> {
         let (name, index) = match text.split_once(':') {
+            Some((name, "local")) => (name, Some(DeviceIndex::LocalRank)),
             Some((name, index)) => {
                 let index = index.parse::<usize>().map_err(|_| {
-                    format!("{text:?}: the device index after ':' must be a number (e.g. wgpu:1)")
+                    format!(
+                        "{text:?}: the device index after ':' must be a number or `local` \
+                         (e.g. wgpu:1, cuda:local)"
+                    )
                 })?;
-                (name, Some(index))
+                (name, Some(DeviceIndex::Number(index)))
             }
             None => (text, None),
         };
@@ -113,7 +145,8 @@ impl std::fmt::Display for DeviceSpec {
             .to_possible_value()
             .map_or_else(String::new, |p| p.get_name().to_string());
         match self.index {
-            Some(i) => write!(f, "{name}:{i}"),
+            Some(DeviceIndex::Number(i)) => write!(f, "{name}:{i}"),
+            Some(DeviceIndex::LocalRank) => write!(f, "{name}:local"),
             None => write!(f, "{name}"),
         }
     }
@@ -125,6 +158,11 @@ impl DeviceSpec {
         let Some(index) = self.index else {
             return self.backend.open();
         };
+        let local = match index {
+            DeviceIndex::LocalRank => " (this process's local rank)",
+            DeviceIndex::Number(_) => "",
+        };
+        let index = index.resolve()?;
         match self.backend {
             #[cfg(feature = "wgpu")]
             DeviceName::Wgpu => {
@@ -132,7 +170,8 @@ impl DeviceSpec {
                 match adapters.get(index) {
                     Some(device) => Ok(device.clone()),
                     None => bail!(
-                        "no wgpu adapter {index}: this machine has {} (`tuwen devices` lists them)",
+                        "no wgpu adapter {index}{local}: this machine has {} (`tuwen devices` \
+                         lists them)",
                         adapters.len()
                     ),
                 }

@@ -113,8 +113,9 @@ enum Command {
         #[arg(long)]
         steps: Option<usize>,
         /// Device(s): flex, ndarray, wgpu, wgpu:N, cuda, cuda:N (those compiled in; `tuwen
-        /// devices` lists them). Several = data parallelism (the batch is split across them;
-        /// the first holds the model).
+        /// devices` lists them). Several = data parallelism (the batch is split across them,
+        /// each device runs its share on a thread of its own, all at once; the first holds the
+        /// model and sums the gradients).
         #[arg(long, default_value = "flex")]
         device: Vec<DeviceSpec>,
     },

@@ -302,11 +302,18 @@ fn devices_lists_the_devices_and_indices_are_checked() {
         ("wgpu:99", "no wgpu adapter 99"),
         ("flex:1", "one device"),
         ("tpu", "this build has: flex, ndarray, wgpu"),
-        ("wgpu:x", "must be a number"),
+        ("wgpu:x", "must be a number or `local`"),
+        // `local`: the rank on the node that mpirun gives (here set by hand).
+        (
+            "wgpu:local",
+            "no wgpu adapter 99 (this process's local rank)",
+        ),
+        ("flex:local", "one device"),
     ] {
         let out = common::tuwen()
             .args(["train", "--steps", "1", "--device", device, "--run-dir"])
             .arg(tmp.path().join("run"))
+            .env("OMPI_COMM_WORLD_LOCAL_RANK", "99")
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);

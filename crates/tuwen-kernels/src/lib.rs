@@ -10,6 +10,8 @@
 //!   `random_like(Bernoulli)` draws each element from a ChaCha stream through `f64`
 //!   sampling: ~19 ns per element on the development machine).
 //! * [`gelu`] — the exact (erf) GELU and its derivative, vectorised and multithreaded.
+//! * [`splitmix64`] — SplitMix64's finaliser, the one seed mixer of the workspace (seeds of
+//!   steps, micro-batches, dropout masks and epochs).
 
 pub mod gelu;
 
@@ -17,6 +19,16 @@ use rayon::prelude::*;
 
 /// Elements per parallel chunk of a mask.
 const CHUNK: usize = 1 << 16;
+
+/// SplitMix64's output function (Steele, Lea and Flood; the constants of Vigna's reference
+/// implementation): nearby inputs give unrelated outputs, so `splitmix64(seed ^ splitmix64(i))`
+/// seeds the `i`-th stream of `seed`.
+pub fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
 
 /// One round of a 32-bit integer hash (Chris Wellons' `lowbias32`: two multiply-xorshift
 /// rounds with the constants his search found to have the lowest bias).

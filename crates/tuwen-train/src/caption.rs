@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use tuwen_fusion::dropout::with_mask_seed;
 
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor};
@@ -34,7 +35,7 @@ use crate::event::EvalMetrics;
 use crate::finetune::{TaskRun, is_core};
 use crate::images::ImagePipeline;
 use crate::model::{Encoder, PretrainModel};
-use crate::pretrain::{StepLosses, seeded};
+use crate::pretrain::StepLosses;
 use crate::run_dir::{LoadedRun, Which};
 use crate::trainer::{Groups, Task};
 
@@ -456,8 +457,10 @@ impl Task for CaptionTask {
     ) -> Result<(GradientsParams, StepLosses), String> {
         model.check_batch(&batch.host).map_err(|e| e.to_string())?;
         let device = &self.run.train_device;
-        let _rng = seeded(device, seed);
-        let out = model.caption_loss(&batch.host, &batch.host.to_device(device))?;
+        // Dropout masks keyed by the step seed (`tuwen_fusion::dropout`).
+        let out = with_mask_seed(seed, || {
+            model.caption_loss(&batch.host, &batch.host.to_device(device))
+        })?;
         let losses = StepLosses {
             lm: out.loss.loss.clone().into_scalar::<f32>(),
             lm_accuracy: out.accuracy,

@@ -28,6 +28,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
+use tuwen_kernels::splitmix64;
 
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -121,14 +122,6 @@ impl std::fmt::Debug for EpochOrders {
             .field("cached_epochs", &epochs)
             .finish()
     }
-}
-
-/// SplitMix64's finaliser: nearby inputs give unrelated outputs.
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce5_e9b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// The order in which epoch `epoch` visits `n` training images: a Fisher-Yates shuffle driven by

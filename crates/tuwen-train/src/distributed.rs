@@ -198,11 +198,11 @@ pub fn allreduce(
     };
     let mut flat = Flatten {
         grads: &grads,
-        values: Vec::new(),
-        present: Vec::new(),
+        parts: Vec::new(),
+        layout: Vec::new(),
     };
     model.visit(&mut flat);
-    let (mut values, present) = (flat.values, flat.present);
+    let (mut values, present) = flat.read();
     let mut scalars = losses.to_array().to_vec();
     scalars.extend(present.iter().map(|&p| f64::from(u8::from(p))));
     let start = Instant::now();
@@ -219,7 +219,8 @@ pub fn allreduce(
         stats.seconds += start.elapsed().as_secs_f64();
     }
     let mut rebuild = Rebuild {
-        values: &values,
+        values: Some(values),
+        all: None,
         present: &scalars[StepLosses::FIELDS..],
         offset: 0,
         index: 0,
@@ -230,33 +231,54 @@ pub fn allreduce(
     Ok((rebuild.grads, losses))
 }
 
-/// Every float parameter's gradient in visiting order (zeros where this rank has none).
+/// Every float parameter's gradient in visiting order, read back from the device in one
+/// transfer (one synchronisation on a GPU, not one per parameter).
 struct Flatten<'a> {
     grads: &'a GradientsParams,
-    values: Vec<f32>,
-    present: Vec<bool>,
+    /// The gradients present, flattened.
+    parts: Vec<Tensor<1>>,
+    /// Each parameter's element count and whether this rank has its gradient.
+    layout: Vec<(usize, bool)>,
 }
 
 impl ModuleVisitor for Flatten<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let n: usize = param.val().dims().iter().product();
-        match self.grads.get::<D>(param.id) {
-            Some(g) => {
-                let v = tuwen_weights::host::computed(g.into_data(), "gradient");
-                self.values.extend_from_slice(&v);
-                self.present.push(true);
-            }
-            None => {
-                self.values.extend(std::iter::repeat_n(0.0, n));
-                self.present.push(false);
-            }
-        }
+        let grad = self.grads.get::<D>(param.id);
+        self.layout.push((n, grad.is_some()));
+        self.parts.extend(grad.map(|g| g.reshape([n])));
     }
 }
 
-/// The summed gradients back into tensors, on each parameter's device (without autodiff).
+impl Flatten<'_> {
+    /// The flat gradient (zeros where this rank has none) and which parameters have one.
+    fn read(self) -> (Vec<f32>, Vec<bool>) {
+        let present: Vec<f32> = if self.parts.is_empty() {
+            Vec::new()
+        } else {
+            tuwen_weights::host::computed(Tensor::cat(self.parts, 0).into_data(), "gradient")
+        };
+        let total = self.layout.iter().map(|&(n, _)| n).sum();
+        let mut values = Vec::with_capacity(total);
+        let mut offset = 0;
+        for &(n, has) in &self.layout {
+            if has {
+                values.extend_from_slice(&present[offset..offset + n]);
+                offset += n;
+            } else {
+                values.extend(std::iter::repeat_n(0.0, n));
+            }
+        }
+        (values, self.layout.iter().map(|&(_, has)| has).collect())
+    }
+}
+
+/// The summed gradients back into tensors on the parameters' device (without autodiff): the
+/// flat sum is uploaded once and each gradient is a slice of it.
 struct Rebuild<'a> {
-    values: &'a [f32],
+    /// The flat sum, until the first parameter uploads it into `all`.
+    values: Option<Vec<f32>>,
+    all: Option<Tensor<1>>,
     present: &'a [f64],
     offset: usize,
     index: usize,
@@ -268,12 +290,14 @@ impl ModuleVisitor for Rebuild<'_> {
         let value = param.val();
         let shape = value.dims();
         let n: usize = shape.iter().product();
-        let slice = &self.values[self.offset..self.offset + n];
         if self.present[self.index] > 0.0 {
-            let device = value.device().inner();
-            let data = TensorData::new(slice.to_vec(), shape);
-            self.grads
-                .register::<D>(param.id, Tensor::from_data(data, &device));
+            let all = self.all.get_or_insert_with(|| {
+                let values = self.values.take().unwrap_or_default();
+                let len = values.len();
+                Tensor::from_data(TensorData::new(values, [len]), &value.device().inner())
+            });
+            let grad = all.clone().narrow(0, self.offset, n).reshape(shape);
+            self.grads.register::<D>(param.id, grad);
         }
         self.offset += n;
         self.index += 1;

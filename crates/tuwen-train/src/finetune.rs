@@ -8,6 +8,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use tuwen_fusion::dropout::with_mask_seed;
 
 use burn::module::{Module, ParamId};
 use burn::optim::GradientsParams;
@@ -832,11 +833,12 @@ impl crate::trainer::Task for VqaTask {
     ) -> Result<(GradientsParams, StepLosses), String> {
         model.check_batch(&batch.host).map_err(|e| e.to_string())?;
         let device = &self.run.train_device;
-        let _rng = seeded(device, seed);
         let head = model.vqa.as_ref().ok_or("the model has no VQA head")?;
-        let (out, accuracy) = model
-            .vqa_objective(head, &batch.host.to_device(device))
-            .map_err(|e| e.to_string())?;
+        // Dropout masks keyed by the step seed (`tuwen_fusion::dropout`).
+        let (out, accuracy) = with_mask_seed(seed, || {
+            model.vqa_objective(head, &batch.host.to_device(device))
+        })
+        .map_err(|e| e.to_string())?;
         let losses = StepLosses {
             vqa: out.loss.clone().into_scalar::<f32>(),
             vqa_accuracy: accuracy,

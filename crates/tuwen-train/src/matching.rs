@@ -8,13 +8,14 @@
 
 use burn::optim::GradientsParams;
 use tuwen_data::scene::Split;
+use tuwen_fusion::dropout::with_mask_seed;
 
 use crate::batch::HostBatch;
 use crate::data::Data;
 use crate::event::EvalMetrics;
 use crate::finetune::{TaskRun, is_core};
 use crate::model::{ObjectiveSet, PretrainModel};
-use crate::pretrain::{StepLosses, seeded};
+use crate::pretrain::StepLosses;
 use crate::trainer::{Groups, Task};
 
 /// Whether retrieval fine-tuning trains the parameter at `path`: the encoder, the ITC head and
@@ -58,7 +59,6 @@ impl Task for RetrievalTask {
     ) -> Result<(GradientsParams, StepLosses), String> {
         model.check_batch(batch).map_err(|e| e.to_string())?;
         let device = &self.run.train_device;
-        let _rng = seeded(device, seed);
         let set = ObjectiveSet {
             mlm: false,
             itm: true,
@@ -68,9 +68,11 @@ impl Task for RetrievalTask {
             seed,
             ..ObjectiveSet::default()
         };
-        let out = model
-            .objectives_with(Some(batch), &batch.to_device(device), &set)
-            .map_err(|e| e.to_string())?;
+        // Dropout masks keyed by the step seed (`tuwen_fusion::dropout`).
+        let out = with_mask_seed(seed, || {
+            model.objectives_with(Some(batch), &batch.to_device(device), &set)
+        })
+        .map_err(|e| e.to_string())?;
         let losses = StepLosses {
             itm: out.itm.loss.clone().into_scalar::<f32>(),
             itm_accuracy: out.itm_accuracy,

@@ -11,6 +11,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use tuwen_kernels::splitmix64;
 
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
@@ -113,6 +114,15 @@ impl StepLosses {
         .map(f64::from)
     }
 
+    /// Adds `other` value by value (a part's weighted losses to the step's), in f32.
+    fn add(&mut self, other: &StepLosses) {
+        let (mut sum, b) = (self.to_array(), other.to_array());
+        for (s, b) in sum.iter_mut().zip(b) {
+            *s = f64::from(*s as f32 + b as f32);
+        }
+        *self = Self::from_array(&sum);
+    }
+
     /// The inverse of [`StepLosses::to_array`].
     pub fn from_array(v: &[f64]) -> Self {
         let f = |i: usize| v[i] as f32;
@@ -158,8 +168,10 @@ pub struct Summary {
 static DEVICE_RNG: Mutex<()> = Mutex::new(());
 
 /// Seeds `device` (and its autodiff view) and holds the process-wide lock until the guard
-/// drops: Burn's generator is global per backend, so two runs initialising or stepping at once
-/// (parallel tests, several runs in one program) would otherwise interleave their draws.
+/// drops: Burn's generator is global per backend, so two runs initialising at once (parallel
+/// tests, several runs in one program) would otherwise interleave their draws. Training steps
+/// draw nothing from it: their dropout masks are keyed by the step's seed
+/// (`tuwen_fusion::dropout::with_mask_seed`).
 pub(crate) fn seeded(device: &Device, seed: u64) -> MutexGuard<'static, ()> {
     let guard = DEVICE_RNG
         .lock()
@@ -172,14 +184,6 @@ pub(crate) fn seeded(device: &Device, seed: u64) -> MutexGuard<'static, ()> {
 /// The generator seed of one training step.
 pub(crate) fn step_seed(seed: u64, step: usize) -> u64 {
     splitmix64(splitmix64(seed) ^ step as u64)
-}
-
-/// SplitMix64's finaliser: nearby inputs give unrelated outputs (seeds of steps and parts).
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// The vocabulary of the run: the BERT checkpoint's when the model starts from one, else the
@@ -749,9 +753,13 @@ impl From<LossWeights> for ObjectiveWeights {
 
 /// Losses and gradients of one step over micro-batches spread on `devices` (autodiff devices;
 /// the first is the main device, holding `model`): `devices.len() x micro_batches` contiguous
-/// row ranges, micro-batch `i` on device `i % devices.len()`. Returns the summed gradients (on
-/// the main device) and the step's losses over the whole batch. `seed` and the micro-batch index
-/// seed the random draws of each micro-batch. In an MPI job of `N` processes
+/// row ranges, micro-batch `i` on device `i % devices.len()`. Each device runs its micro-batches
+/// on a thread of its own, all devices at once (the other devices on a copy of the weights, made
+/// once per step); the gradients are summed on the main device in micro-batch order, so the
+/// result does not depend on the threads' timing. Returns the summed gradients and the step's
+/// losses over the whole batch. `seed` and the micro-batch index seed the random draws of each
+/// micro-batch (dropout masks included: nothing comes from a backend's global generator, so
+/// the same seed gives the same step on any devices). In an MPI job of `N` processes
 /// ([`crate::distributed`]) the batch is split into `N x devices x micro_batches` parts, this
 /// process computes its own contiguous share, and gradients and losses are summed over the
 /// processes.
@@ -765,7 +773,6 @@ pub fn step_gradients(
 ) -> Result<(GradientsParams, StepLosses), String> {
     let weights: ObjectiveWeights = weights.into();
     model.check_batch(host).map_err(|e| e.to_string())?;
-    let scalar = |t: &burn::tensor::Tensor<1>| t.clone().into_scalar::<f32>();
     let main = &devices[0];
     let (rank, ranks) = crate::distributed::placement()?;
     let local = devices.len() * micro_batches;
@@ -796,37 +803,115 @@ pub fn step_gradients(
         host.lm_targets().max(1) as f32,
         host.region_positions.len().max(1) as f32,
     ];
-    let replicas: Vec<PretrainModel> = devices
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            if i == 0 {
-                model.clone()
-            } else {
-                model.clone().fork(d)
-            }
-        })
-        .collect();
-    let mut accumulator = GradientsAccumulator::new();
-    let mut values = StepLosses::default();
     // This process's parts (`split` gives fewer parts than asked for a batch of fewer rows).
     let mine = (rank * local).min(parts.len())..((rank + 1) * local).min(parts.len());
-    for (i, part) in parts.iter().enumerate().take(mine.end).skip(mine.start) {
-        let d = (i - mine.start) % devices.len();
-        let replica = &replicas[d];
-        let batch = part.to_device(&devices[d]);
-        let out = {
-            // Random draws inside the step (dropout) are a function of (seed, step, part).
-            let part_seed = splitmix64(seed ^ splitmix64(i as u64));
-            let _rng = seeded(&devices[d], part_seed);
-            let set = ObjectiveSet {
-                seed: splitmix64(part_seed ^ 0x4a4d),
-                ..weights.set
-            };
-            replica
-                .objectives_with(Some(part), &batch, &set)
-                .map_err(|e| e.to_string())?
+    let context = PartContext {
+        parts: &parts,
+        totals,
+        weights: &weights,
+        seed,
+        main,
+    };
+    // Part `i` runs on device `(i - mine.start) % devices.len()`; each device's parts run in
+    // order on a thread of their own, all devices at once.
+    let shares: Vec<Vec<usize>> = (0..devices.len())
+        .map(|d| mine.clone().skip(d).step_by(devices.len()).collect())
+        .collect();
+    let mut outputs: Vec<(usize, PartOutput)> = if devices.len() == 1 {
+        context.run_share(model.clone(), &devices[0], &shares[0])?
+    } else {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = devices
+                .iter()
+                .zip(&shares)
+                .enumerate()
+                .map(|(d, (device, share))| {
+                    // The main device holds the model; the others get a copy of its weights.
+                    let replica = if d == 0 {
+                        model.clone()
+                    } else {
+                        model.clone().fork(device)
+                    };
+                    let context = &context;
+                    scope.spawn(move || context.run_share(replica, device, share))
+                })
+                .collect();
+            let mut all = Vec::new();
+            for handle in handles {
+                match handle.join() {
+                    Ok(share) => all.extend(share?),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+            Ok::<_, String>(all)
+        })?
+    };
+    // Summed in part order: the same sums whatever the devices' timing.
+    outputs.sort_by_key(|(i, _)| *i);
+    let mut accumulator = GradientsAccumulator::new();
+    let mut values = StepLosses::default();
+    for (_, out) in outputs {
+        values.add(&out.values);
+        if let Some(grads) = out.grads {
+            accumulator.accumulate(model, grads);
+        }
+    }
+    crate::distributed::allreduce(model, accumulator.grads(), values)
+}
+
+/// What every micro-batch of a step shares (see [`step_gradients`]).
+struct PartContext<'a> {
+    parts: &'a [HostBatch],
+    /// Items of each objective over the whole step: the denominators of the parts' shares.
+    totals: [f32; 10],
+    weights: &'a ObjectiveWeights,
+    seed: u64,
+    /// Where the gradients are summed.
+    main: &'a Device,
+}
+
+/// One micro-batch's contribution to a step.
+struct PartOutput {
+    /// Its weighted gradients on the main device; `None` when every objective had no items.
+    grads: Option<GradientsParams>,
+    /// Its losses, each weighted by the part's share of the objective's items.
+    values: StepLosses,
+}
+
+impl PartContext<'_> {
+    /// The parts `share` (indices into `parts`), in order, on `device` with `replica`.
+    fn run_share(
+        &self,
+        replica: PretrainModel,
+        device: &Device,
+        share: &[usize],
+    ) -> Result<Vec<(usize, PartOutput)>, String> {
+        share
+            .iter()
+            .map(|&i| Ok((i, self.run_part(&replica, device, i)?)))
+            .collect()
+    }
+
+    /// Forward and backward of part `i`. Its random draws (dropout masks, the objectives'
+    /// sampling) are a function of `(seed, i)` alone, whichever device or thread runs it.
+    fn run_part(
+        &self,
+        replica: &PretrainModel,
+        device: &Device,
+        i: usize,
+    ) -> Result<PartOutput, String> {
+        let scalar = |t: &burn::tensor::Tensor<1>| t.clone().into_scalar::<f32>();
+        let (part, totals, weights) = (&self.parts[i], &self.totals, self.weights);
+        let batch = part.to_device(device);
+        let part_seed = splitmix64(self.seed ^ splitmix64(i as u64));
+        let set = ObjectiveSet {
+            seed: splitmix64(part_seed ^ 0x4a4d),
+            ..weights.set
         };
+        let out = tuwen_fusion::dropout::with_mask_seed(part_seed, || {
+            replica.objectives_with(Some(part), &batch, &set)
+        })
+        .map_err(|e| e.to_string())?;
         // Each micro-batch's mean weighted by its share of the step's items: the sum of the
         // weighted gradients is the gradient of the whole batch's means.
         // (ITC contrasts within a micro-batch, as data-parallel training without gathering the
@@ -843,12 +928,16 @@ pub fn step_gradients(
             out.lm.count as f32 / totals[8],
             out.mrc_kl.count as f32 / totals[9],
         ];
-        values.mlm += scalar(&out.mlm.loss.loss) * w[0];
-        values.itm += scalar(&out.itm.loss) * w[1];
-        values.region += scalar(&out.region.loss) * w[2];
-        values.itm_accuracy += out.itm_accuracy * w[1];
-        values.itc += scalar(&out.itc.loss) * w[3];
-        values.vqa += scalar(&out.vqa.loss) * w[4];
+        let mut values = StepLosses {
+            mlm: scalar(&out.mlm.loss.loss) * w[0],
+            itm: scalar(&out.itm.loss) * w[1],
+            region: scalar(&out.region.loss) * w[2],
+            itm_accuracy: out.itm_accuracy * w[1],
+            itc: scalar(&out.itc.loss) * w[3],
+            vqa: scalar(&out.vqa.loss) * w[4],
+            lm_accuracy: out.lm_accuracy * w[8],
+            ..StepLosses::default()
+        };
         let mut loss = out.mlm.loss.loss.mul_scalar(w[0] * weights.mlm as f32)
             + out.itm.loss.mul_scalar(w[1] * weights.itm as f32)
             + out.region.loss.mul_scalar(w[2] * weights.region as f32)
@@ -863,20 +952,17 @@ pub fn step_gradients(
             (9, &out.mrc_kl, weights.mrc_kl, &mut values.mrc_kl),
         ] {
             if !part_loss.empty {
-                *value += scalar(&part_loss.loss) * w[k];
+                *value = scalar(&part_loss.loss) * w[k];
                 loss = loss + part_loss.loss.clone().mul_scalar(w[k] * weight as f32);
             }
         }
-        values.lm_accuracy += out.lm_accuracy * w[8];
         // A micro-batch where every objective is empty (e.g. MLM alone and no token masked)
         // has a constant loss: it contributes no gradient.
-        if !loss.is_tracked() {
-            continue;
-        }
-        let grads = GradientsParams::from_grads(loss.backward(), replica);
-        accumulator.accumulate(model, grads.to_device(main, model));
+        let grads = loss.is_tracked().then(|| {
+            GradientsParams::from_grads(loss.backward(), replica).to_device(self.main, replica)
+        });
+        Ok(PartOutput { grads, values })
     }
-    crate::distributed::allreduce(model, accumulator.grads(), values)
 }
 
 /// What a pretraining configuration trains on: the data (scenes or a caption corpus with a

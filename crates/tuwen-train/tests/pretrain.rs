@@ -548,6 +548,45 @@ fn two_devices_with_half_batches_give_the_gradient_of_one_device_with_the_whole_
     }
 }
 
+/// With dropout on, a micro-batch's masks depend on its index in the step alone: two devices
+/// running their micro-batches at once on their own threads give the gradients of one device
+/// running the same micro-batches in turn (same parts, same masks; only the sum order can
+/// differ), and repeated steps are identical whatever the threads' timing.
+#[test]
+fn with_dropout_two_devices_at_once_give_the_gradients_of_one_device_in_turn() {
+    let mut cfg = tiny_vilbert();
+    cfg.run.batch_size = 8;
+    cfg.model.dropout = 0.3;
+    let one = flex().autodiff();
+    #[allow(deprecated)]
+    let two = [flex().autodiff(), Device::ndarray().autodiff()];
+    let (host, model) = batch_and_model(&cfg);
+    let (in_turn, _) = gradients(&model, &host, std::slice::from_ref(&one), 2);
+    let scale = in_turn.iter().flatten().fold(0.0f32, |m, x| m.max(x.abs()));
+    let tol = 1e-5 * scale.max(1.0);
+    let (at_once, _) = gradients(&model, &host, &[one.clone(), one.clone()], 1);
+    let d = max_diff(&in_turn, &at_once);
+    assert!(
+        d <= tol,
+        "2 devices at once vs 1 device x 2 micro-batches: {d}"
+    );
+    assert_eq!(
+        gradients(&model, &host, &[one.clone(), one.clone()], 1).0,
+        at_once,
+        "a repeated step differs"
+    );
+    // Dropout does act: one micro-batch masks differently from two.
+    let (whole, _) = gradients(&model, &host, std::slice::from_ref(&one), 1);
+    assert!(max_diff(&whole, &in_turn) > 100.0 * tol);
+    // Different backends at once: within the backends' own difference.
+    let (mixed, _) = gradients(&model, &host, &two, 1);
+    let d = max_diff(&in_turn, &mixed);
+    assert!(
+        d <= 1e-3 * scale,
+        "flex + ndarray at once vs flex in turn: {d}"
+    );
+}
+
 #[test]
 fn a_diverging_run_skips_non_finite_steps_then_aborts_without_a_bad_checkpoint() {
     let mut cfg = tiny();
