@@ -306,11 +306,12 @@ fn lxmert_mrc_trains() {
 }
 
 /// ITC from scratch sits on a plateau while the unimodal pooled vectors barely depend on the
-/// input (at initialisation they differ by ~0.1%), then falls: 1,000 steps, with MLM + ITM as
-/// the default run trains it.
+/// input (at initialisation they differ by ~0.1%), then falls: 1,500 steps, with MLM + ITM as
+/// the default run trains it (where the plateau ends depends on the dropout draws: at 1,000
+/// steps one set of masks left the last two evaluations 9.98% under the first).
 #[test]
 fn itc_trains() {
-    let cfg = config(1000, 100, "itc_dim = 16", "", "");
+    let cfg = config(1500, 150, "itc_dim = 16", "", "");
     let v = held_out(&cfg, "eval/itc");
     assert_falls("eval/itc", &v, 0.1, false);
 }
