@@ -27,13 +27,16 @@ fn exp_nonpositive(x: f32) -> f32 {
     // Round to nearest by adding and removing 1.5 * 2^23 (vectorises; `f32::round` is a
     // libm call).
     const ROUND: f32 = 12_582_912.0;
-    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let shifted = x * std::f32::consts::LOG2_E + ROUND;
+    let n = shifted - ROUND;
     // ln 2 split in a part exact in f32 and the rest (Cody and Waite).
     let r = (x - n * 0.693_359_4) - n * -2.121_944_4e-4;
     let p = 1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0));
     let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * p))));
-    // 2^n through the exponent bits (n in [-126, 0] here).
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n through the exponent bits (n in [-126, 0] here). `shifted`'s low bits hold n as an
+    // integer (its ulp is 1): integer lanes, where `n as i32` (a saturating conversion)
+    // would leave the vector loop one lane at a time.
+    let scale = f32::from_bits(shifted.to_bits().wrapping_add(127) << 23);
     p * scale
 }
 
