@@ -494,18 +494,41 @@ fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// What the split-step tests share: a batch of 8 and a tiny ViLBERT with `dropout`, one Flex
+/// autodiff device, and two distinct devices (Flex and NdArray).
+struct SplitSetup {
+    host: tuwen_train::batch::HostBatch,
+    model: PretrainModel,
+    one: Device,
+    two: [Device; 2],
+}
+
+fn split_setup(dropout: f64) -> SplitSetup {
+    let mut cfg = tiny_vilbert();
+    cfg.run.batch_size = 8;
+    cfg.model.dropout = dropout;
+    let (host, model) = batch_and_model(&cfg);
+    #[allow(deprecated)]
+    let two = [flex().autodiff(), Device::ndarray().autodiff()];
+    SplitSetup {
+        host,
+        model,
+        one: flex().autodiff(),
+        two,
+    }
+}
+
 /// Data parallelism: 2 devices x batch b give the update of 1 device x batch 2b (the two
 /// "devices" here are the Flex and NdArray CPU backends: distinct devices with their own
 /// replica, gradients gathered on the first). Gradient accumulation likewise.
 #[test]
 fn two_devices_with_half_batches_give_the_gradient_of_one_device_with_the_whole_batch() {
-    let mut cfg = tiny_vilbert();
-    cfg.run.batch_size = 8;
-    cfg.model.dropout = 0.0;
-    let one = flex().autodiff();
-    #[allow(deprecated)]
-    let two = [flex().autodiff(), Device::ndarray().autodiff()];
-    let (host, model) = batch_and_model(&cfg);
+    let SplitSetup {
+        host,
+        model,
+        one,
+        two,
+    } = split_setup(0.0);
     assert!(!host.region_positions.is_empty() && !host.mlm_positions.is_empty());
     let (whole, v1) = gradients(&model, &host, std::slice::from_ref(&one), 1);
     assert!(
@@ -554,13 +577,12 @@ fn two_devices_with_half_batches_give_the_gradient_of_one_device_with_the_whole_
 /// differ), and repeated steps are identical whatever the threads' timing.
 #[test]
 fn with_dropout_two_devices_at_once_give_the_gradients_of_one_device_in_turn() {
-    let mut cfg = tiny_vilbert();
-    cfg.run.batch_size = 8;
-    cfg.model.dropout = 0.3;
-    let one = flex().autodiff();
-    #[allow(deprecated)]
-    let two = [flex().autodiff(), Device::ndarray().autodiff()];
-    let (host, model) = batch_and_model(&cfg);
+    let SplitSetup {
+        host,
+        model,
+        one,
+        two,
+    } = split_setup(0.3);
     let (in_turn, _) = gradients(&model, &host, std::slice::from_ref(&one), 2);
     let scale = in_turn.iter().flatten().fold(0.0f32, |m, x| m.max(x.abs()));
     let tol = 1e-5 * scale.max(1.0);
