@@ -24,6 +24,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Tensor, TensorData};
 
+use crate::flat::FlatGrads;
 use crate::model::PretrainModel;
 use crate::pretrain::StepLosses;
 
@@ -196,13 +197,9 @@ pub fn allreduce(
     let Some(world) = world()? else {
         return Ok((grads, losses));
     };
-    let mut flat = Flatten {
-        grads: &grads,
-        parts: Vec::new(),
-        layout: Vec::new(),
-    };
-    model.visit(&mut flat);
-    let (mut values, present) = flat.read();
+    let sizes = crate::flat::sizes(model);
+    let flat = crate::flat::gather_grads(model, &grads);
+    let (mut values, present) = expand(flat, &sizes);
     let mut scalars = losses.to_array().to_vec();
     scalars.extend(present.iter().map(|&p| f64::from(u8::from(p))));
     let start = Instant::now();
@@ -218,88 +215,58 @@ pub fn allreduce(
         stats.bytes += (values.len() * 4 + scalars.len() * 8) as u64;
         stats.seconds += start.elapsed().as_secs_f64();
     }
-    let mut rebuild = Rebuild {
-        values: Some(values),
-        all: None,
-        present: &scalars[StepLosses::FIELDS..],
-        offset: 0,
-        index: 0,
-        grads: GradientsParams::new(),
-    };
-    model.visit(&mut rebuild);
+    let present: Vec<bool> = scalars[StepLosses::FIELDS..]
+        .iter()
+        .map(|&p| p > 0.0)
+        .collect();
+    let grads = crate::flat::scatter_grads(model, compact(&values, &sizes, present, model));
     let losses = StepLosses::from_array(&scalars[..StepLosses::FIELDS]);
-    Ok((rebuild.grads, losses))
+    Ok((grads, losses))
 }
 
-/// Every float parameter's gradient in visiting order, read back from the device in one
-/// transfer (one synchronisation on a GPU, not one per parameter).
-struct Flatten<'a> {
-    grads: &'a GradientsParams,
-    /// The gradients present, flattened.
-    parts: Vec<Tensor<1>>,
-    /// Each parameter's element count and whether this rank has its gradient.
-    layout: Vec<(usize, bool)>,
-}
-
-impl ModuleVisitor for Flatten<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let n: usize = param.val().dims().iter().product();
-        let grad = self.grads.get::<D>(param.id);
-        self.layout.push((n, grad.is_some()));
-        self.parts.extend(grad.map(|g| g.reshape([n])));
-    }
-}
-
-impl Flatten<'_> {
-    /// The flat gradient (zeros where this rank has none) and which parameters have one.
-    fn read(self) -> (Vec<f32>, Vec<bool>) {
-        let present: Vec<f32> = if self.parts.is_empty() {
-            Vec::new()
+/// This rank's gradients as one host buffer over every parameter (read back in one transfer:
+/// one synchronisation on a GPU, not one per parameter), zeros where it has none, and which
+/// parameters have one.
+fn expand(flat: FlatGrads, sizes: &[usize]) -> (Vec<f32>, Vec<bool>) {
+    let mine: Vec<f32> = flat.values.map_or_else(Vec::new, |v| {
+        tuwen_weights::host::computed(v.into_data(), "gradient")
+    });
+    let mut values = Vec::with_capacity(sizes.iter().sum());
+    let mut offset = 0;
+    for (&n, &has) in sizes.iter().zip(&flat.present) {
+        if has {
+            values.extend_from_slice(&mine[offset..offset + n]);
+            offset += n;
         } else {
-            tuwen_weights::host::computed(Tensor::cat(self.parts, 0).into_data(), "gradient")
-        };
-        let total = self.layout.iter().map(|&(n, _)| n).sum();
-        let mut values = Vec::with_capacity(total);
-        let mut offset = 0;
-        for &(n, has) in &self.layout {
-            if has {
-                values.extend_from_slice(&present[offset..offset + n]);
-                offset += n;
-            } else {
-                values.extend(std::iter::repeat_n(0.0, n));
-            }
+            values.extend(std::iter::repeat_n(0.0, n));
         }
-        (values, self.layout.iter().map(|&(_, has)| has).collect())
     }
+    (values, flat.present)
 }
 
-/// The summed gradients back into tensors on the parameters' device (without autodiff): the
-/// flat sum is uploaded once and each gradient is a slice of it.
-struct Rebuild<'a> {
-    /// The flat sum, until the first parameter uploads it into `all`.
-    values: Option<Vec<f32>>,
-    all: Option<Tensor<1>>,
-    present: &'a [f64],
-    offset: usize,
-    index: usize,
-    grads: GradientsParams,
-}
-
-impl ModuleVisitor for Rebuild<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let value = param.val();
-        let shape = value.dims();
-        let n: usize = shape.iter().product();
-        if self.present[self.index] > 0.0 {
-            let all = self.all.get_or_insert_with(|| {
-                let values = self.values.take().unwrap_or_default();
-                let len = values.len();
-                Tensor::from_data(TensorData::new(values, [len]), &value.device().inner())
-            });
-            let grad = all.clone().narrow(0, self.offset, n).reshape(shape);
-            self.grads.register::<D>(param.id, grad);
+/// The summed buffer's `present` gradients, uploaded in one transfer to `model`'s device.
+fn compact(
+    values: &[f32],
+    sizes: &[usize],
+    present: Vec<bool>,
+    model: &PretrainModel,
+) -> FlatGrads {
+    let mut kept = Vec::new();
+    let mut offset = 0;
+    for (&n, &has) in sizes.iter().zip(&present) {
+        if has {
+            kept.extend_from_slice(&values[offset..offset + n]);
         }
-        self.offset += n;
-        self.index += 1;
+        offset += n;
     }
+    let values = (!kept.is_empty()).then(|| {
+        let device = model
+            .devices()
+            .into_iter()
+            .next()
+            .expect("a model has a device");
+        let len = kept.len();
+        Tensor::from_data(TensorData::new(kept, [len]), &device.inner())
+    });
+    FlatGrads { values, present }
 }

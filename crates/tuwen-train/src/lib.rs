@@ -14,6 +14,7 @@
 //! * [`checkpoint`] — model + optimiser + training state, written atomically.
 //! * [`guard`] — NaN/inf steps skipped and counted, abort after too many in a row.
 //! * [`metrics`] — `metrics.jsonl` and SVG plots of every series.
+//! * [`parallel`] — several devices in one process: the model's replicas, kept between steps.
 //! * [`distributed`] — data parallelism across processes started by Open MPI's `mpirun`.
 //! * [`pretrain`] — the pretraining loop (accumulation, data parallelism, evaluation, best/last
 //!   checkpoints; resumable bit for bit).
@@ -38,11 +39,13 @@ pub mod distributed;
 pub mod event;
 pub mod features;
 pub mod finetune;
+mod flat;
 pub mod guard;
 pub mod images;
 pub mod matching;
 pub mod metrics;
 pub mod model;
+pub mod parallel;
 pub mod params;
 pub mod prefetch;
 pub mod pretrain;

@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tuwen_kernels::splitmix64;
 
-use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::Device;
 use rand::SeedableRng;
@@ -33,6 +32,7 @@ use crate::config::{Architecture, Mixing, Source, TrainConfig};
 use crate::corpus::{StoreBatcher, read_captions};
 use crate::data::Data;
 use crate::model::{Encoder, ModelShape, ObjectiveSet, PretrainModel};
+use crate::parallel::DataParallel;
 use crate::retrieval::Recalls;
 use crate::run_dir::{ModelSpec, RunDir};
 use crate::trainer::{Groups, Task};
@@ -771,8 +771,29 @@ pub fn step_gradients(
     weights: impl Into<ObjectiveWeights>,
     seed: u64,
 ) -> Result<(GradientsParams, StepLosses), String> {
+    step_gradients_on(
+        &mut DataParallel::new(devices),
+        model,
+        host,
+        micro_batches,
+        weights,
+        seed,
+    )
+}
+
+/// [`step_gradients`] on `parallel`'s devices, with the replicas it keeps between steps (a
+/// training loop calls this one: the other devices' replicas are refreshed, not re-made).
+pub fn step_gradients_on(
+    parallel: &mut DataParallel,
+    model: &PretrainModel,
+    host: &HostBatch,
+    micro_batches: usize,
+    weights: impl Into<ObjectiveWeights>,
+    seed: u64,
+) -> Result<(GradientsParams, StepLosses), String> {
     let weights: ObjectiveWeights = weights.into();
     model.check_batch(host).map_err(|e| e.to_string())?;
+    let devices = parallel.devices().to_vec();
     let main = &devices[0];
     let (rank, ranks) = crate::distributed::placement()?;
     let local = devices.len() * micro_batches;
@@ -820,18 +841,14 @@ pub fn step_gradients(
     let mut outputs: Vec<(usize, PartOutput)> = if devices.len() == 1 {
         context.run_share(model.clone(), &devices[0], &shares[0])?
     } else {
+        // The main device holds the model; the others their replica, refreshed.
+        let replicas = parallel.replicas(model);
         std::thread::scope(|scope| {
             let handles: Vec<_> = devices
                 .iter()
                 .zip(&shares)
-                .enumerate()
-                .map(|(d, (device, share))| {
-                    // The main device holds the model; the others get a copy of its weights.
-                    let replica = if d == 0 {
-                        model.clone()
-                    } else {
-                        model.clone().fork(device)
-                    };
+                .zip(replicas)
+                .map(|((device, share), replica)| {
                     let context = &context;
                     scope.spawn(move || context.run_share(replica, device, share))
                 })
@@ -959,7 +976,15 @@ impl PartContext<'_> {
         // A micro-batch where every objective is empty (e.g. MLM alone and no token masked)
         // has a constant loss: it contributes no gradient.
         let grads = loss.is_tracked().then(|| {
-            GradientsParams::from_grads(loss.backward(), replica).to_device(self.main, replica)
+            let grads = GradientsParams::from_grads(loss.backward(), replica);
+            if device == self.main {
+                grads
+            } else {
+                // One transfer to the main device, not one per parameter.
+                let flat = crate::flat::gather_grads(replica, &grads)
+                    .to_device(&self.main.clone().inner());
+                crate::flat::scatter_grads(replica, flat)
+            }
         });
         Ok(PartOutput { grads, values })
     }
@@ -1173,7 +1198,7 @@ pub fn run(
         candidates,
         data,
         cfg: cfg.clone(),
-        devices: ad,
+        parallel: Mutex::new(DataParallel::new(&ad)),
         device: device.clone(),
         weights,
     });
@@ -1192,8 +1217,8 @@ pub fn run(
 struct PretrainTask {
     data: Data,
     cfg: TrainConfig,
-    /// Autodiff devices; the first holds the model.
-    devices: Vec<Device>,
+    /// Autodiff devices (the first holds the model) and the replicas on the others.
+    parallel: Mutex<DataParallel>,
     /// The main plain device (evaluation).
     device: Device,
     weights: ObjectiveWeights,
@@ -1216,10 +1241,10 @@ impl Task for PretrainTask {
         batch: &HostBatch,
         seed: u64,
     ) -> Result<(GradientsParams, StepLosses), String> {
-        step_gradients(
+        step_gradients_on(
+            &mut self.parallel.lock().unwrap_or_else(|e| e.into_inner()),
             model,
             batch,
-            &self.devices,
             self.cfg.run.grad_accum_steps,
             self.weights.for_step(&self.candidates, seed),
             seed,

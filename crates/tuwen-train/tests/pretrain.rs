@@ -12,7 +12,10 @@ use tuwen_train::batch::SceneBatcher;
 use tuwen_train::config::{Architecture, TrainConfig};
 use tuwen_train::data::Data;
 use tuwen_train::model::{ModelShape, PretrainModel};
-use tuwen_train::pretrain::{Event, LossWeights, StepLosses, run, step_batch, step_gradients};
+use tuwen_train::parallel::DataParallel;
+use tuwen_train::pretrain::{
+    Event, LossWeights, StepLosses, run, step_batch, step_gradients, step_gradients_on,
+};
 
 /// A run of a few seconds.
 fn tiny() -> TrainConfig {
@@ -606,6 +609,87 @@ fn with_dropout_two_devices_at_once_give_the_gradients_of_one_device_in_turn() {
     assert!(
         d <= 1e-3 * scale,
         "flex + ndarray at once vs flex in turn: {d}"
+    );
+}
+
+/// The other device's replica is kept between steps: at the next step only its weights are
+/// refreshed (one flat transfer from the main device), and the step then gives exactly what a
+/// freshly forked replica gives, with the main model's new weights (a stale replica would not).
+#[test]
+fn a_kept_replica_is_refreshed_with_the_main_models_new_weights() {
+    use burn::optim::{AdamWConfig, ModuleOptimizer};
+    let SplitSetup {
+        host, model, two, ..
+    } = split_setup(0.0);
+    let weights = LossWeights {
+        region: 1.0,
+        vqa: 1.0,
+    };
+    let values = |model: &PretrainModel, grads: &GradientsParams| {
+        let mut v = Grads(grads, Vec::new());
+        model.visit(&mut v);
+        v.1
+    };
+    let mut parallel = DataParallel::new(&two);
+    let (first, _) = step_gradients_on(&mut parallel, &model, &host, 1, weights, 11).unwrap();
+    assert_eq!(parallel.refreshes(), 0, "the first step forks");
+    let mut optim: ModuleOptimizer = AdamWConfig::new().init();
+    let moved = optim.step(1e-2, model.clone(), first);
+    let (kept, kept_losses) =
+        step_gradients_on(&mut parallel, &moved, &host, 1, weights, 12).unwrap();
+    assert_eq!(
+        parallel.refreshes(),
+        1,
+        "the second step refreshes the kept replica"
+    );
+    let (forked, forked_losses) = step_gradients(&moved, &host, &two, 1, weights, 12).unwrap();
+    assert_eq!(kept_losses, forked_losses);
+    assert_eq!(values(&moved, &kept), values(&moved, &forked));
+    let (stale, _) = step_gradients(&model, &host, &two, 1, weights, 12).unwrap();
+    assert_ne!(values(&moved, &kept), values(&model, &stale));
+}
+
+/// Timing, not a check: a step on two devices (Flex + wgpu when an adapter exists, else Flex +
+/// NdArray) with the replica kept and refreshed vs forked at every step, alternated, default
+/// model and a batch of 32:
+///
+/// ```sh
+/// cargo test --workspace --test pretrain -- --ignored --nocapture replica_kept_vs_forked
+/// ```
+#[test]
+#[ignore = "timing: prints figures"]
+fn replica_kept_vs_forked_timing() {
+    let mut cfg = TrainConfig::load(&tuwen_testkit::package_path("../../configs/default.toml"))
+        .expect("configs/default.toml");
+    cfg.run.batch_size = 32;
+    let (host, model) = batch_and_model(&cfg);
+    #[allow(deprecated)]
+    let other = tuwen_testkit::wgpu().unwrap_or_else(Device::ndarray);
+    let two = [flex().autodiff(), other.autodiff()];
+    let weights = LossWeights {
+        region: 1.0,
+        vqa: 1.0,
+    };
+    let mut parallel = DataParallel::new(&two);
+    let (mut kept, mut forked) = (Vec::new(), Vec::new());
+    for round in 0..12 {
+        let start = std::time::Instant::now();
+        step_gradients_on(&mut parallel, &model, &host, 1, weights, round).unwrap();
+        kept.push(start.elapsed().as_secs_f64() * 1e3);
+        let start = std::time::Instant::now();
+        step_gradients(&model, &host, &two, 1, weights, round).unwrap();
+        forked.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.drain(..2); // warm-up
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "flex + {:?}: step with the replica kept {:.1} ms, forked {:.1} ms (median of 10)",
+        two[1],
+        median(&mut kept),
+        median(&mut forked)
     );
 }
 
