@@ -24,7 +24,7 @@ pub(crate) struct FlatGrads {
 
 impl FlatGrads {
     /// The same gradients on `device` (one transfer).
-    pub fn to_device(self, device: &Device) -> Self {
+    pub fn into_device(self, device: &Device) -> Self {
         Self {
             values: self.values.map(|v| v.to_device(device)),
             present: self.present,

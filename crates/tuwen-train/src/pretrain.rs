@@ -982,7 +982,7 @@ impl PartContext<'_> {
             } else {
                 // One transfer to the main device, not one per parameter.
                 let flat = crate::flat::gather_grads(replica, &grads)
-                    .to_device(&self.main.clone().inner());
+                    .into_device(&self.main.clone().inner());
                 crate::flat::scatter_grads(replica, flat)
             }
         });
