@@ -434,8 +434,21 @@ fn bad_objective_configurations_are_refused_with_clear_messages() {
     );
     assert!(e.contains("objectives.itc"), "{e}");
     // Selected on the accuracy of an objective that is off: refused.
-    let e = err("[objectives.itm]\nenabled = false");
-    assert!(e.contains("eval.best"), "{e}");
+    let e = err("[objectives.itm]\nenabled = false\n[eval]\nbest = \"itm_accuracy\"");
+    assert!(
+        e.contains("eval.best") && e.contains("objectives.itm"),
+        "{e}"
+    );
+    // The default (mean of ITM and colour/shape MLM accuracy) with one of them off selects on
+    // the other; with both off it is refused.
+    for off in ["itm", "mlm"] {
+        let text = format!("[objectives.{off}]\nenabled = false");
+        TrainConfig::from_toml(&text, "one_off.toml").unwrap();
+    }
+    let e = err(
+        "[objectives.itm]\nenabled = false\n[objectives.mlm]\nenabled = false\n[objectives.itc]\nenabled = true\n[model]\nitc_dim = 8",
+    );
+    assert!(e.contains("both off"), "{e}");
     let e = err("[objectives.mrfr]\nenabled = true");
     assert!(e.contains("data.region_mask_prob"), "{e}");
     for arch in ["vilbert", "lxmert"] {
