@@ -15,7 +15,8 @@ transformers' own modules and repeats tuwen's work:
   HF's decay groups (no decay on biases and LayerNorm weights), the loss values read back as
   Python floats (tuwen reads its losses and the gradient norm every step);
 * kind "forward" — `VisualBertModel` (with its pooler) in eval mode under
-  `torch.inference_mode()`;
+  `torch.inference_mode()`; kind "forward-bf16" the same under
+  `torch.autocast("cpu", torch.bfloat16)` (tuwen's side runs its linear layers in bf16);
 * with `--bf16`, every step once more under `torch.autocast("cpu", torch.bfloat16)` (f32
   weights and optimiser), printed with `"variant": "bf16 autocast"`. Only meaningful on a CPU
   whose PyTorch build has bf16 kernels (AVX512-BF16 / AMX): on an AVX2-only CPU bf16 matrix
@@ -206,7 +207,7 @@ def step_work(meta, batch, autocast=None):
     return model, run
 
 
-def forward_work(meta, batch):
+def forward_work(meta, batch, autocast=None):
     m = meta["model"]
     model = VisualBertModel(hf_config(m), add_pooling_layer=True)
     located = with_location(model, m["location_dim"])
@@ -215,14 +216,18 @@ def forward_work(meta, batch):
     model.eval()
 
     def run():
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(
+            "cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None
+        ):
             out = model(
                 input_ids=batch["input_ids"],
                 attention_mask=batch["attention_mask"],
                 visual_embeds=batch["visual_embeds"],
                 visual_attention_mask=batch["visual_attention_mask"],
             )
-        return float(out.last_hidden_state[0, 0, 0])
+            # Read back as f32, as tuwen's side reads its f32 hidden states.
+            hidden = out.last_hidden_state.float()
+        return float(hidden[0, 0, 0])
 
     return model, run
 
@@ -270,7 +275,12 @@ def main():
     for work_dir in dirs:
         meta = json.loads((work_dir / "meta.json").read_text())
         batch = load_batch(work_dir, meta)
-        build = {"step": step_work, "forward": forward_work}[meta["kind"]]
+        build = {
+            "step": step_work,
+            "forward": forward_work,
+            # tuwen's linear layers in bf16: the reference under bf16 autocast.
+            "forward-bf16": lambda m, b: forward_work(m, b, autocast=torch.bfloat16),
+        }[meta["kind"]]
         model, run = build(meta, batch)
         measure(meta, model, run)
         del model, run

@@ -223,6 +223,21 @@ pub fn run(opts: &Options) -> Result<()> {
             p.map_or("—".to_string(), |p| ms(p.ms)),
             p.map_or("—".to_string(), |p| format!("{:.2}x", p.ms / t.ms)),
         );
+        // A bf16 work against the reference's f32 figure of the same work too.
+        if let Some(p) = t
+            .work
+            .strip_suffix("-bf16")
+            .and_then(|f32_work| by_work.get(&(f32_work, None)))
+        {
+            println!(
+                "| `{}` (PyTorch f32: `{}`) | {} | {} | {:.2}x |",
+                t.work,
+                p.work,
+                ms(t.ms),
+                ms(p.ms),
+                p.ms / t.ms
+            );
+        }
         for p in torch
             .iter()
             .filter(|p| p.work == t.work && p.variant.is_some())

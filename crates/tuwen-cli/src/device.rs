@@ -295,3 +295,54 @@ mod tests {
         assert!(parse("tpu").unwrap_err().to_string().contains("flex"));
     }
 }
+
+/// Precision of the Transformer's linear layers at inference (`--precision`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Precision {
+    /// f32 throughout.
+    #[default]
+    F32,
+    /// bf16 products with f32 accumulation (PyTorch's bf16 autocast for `nn.Linear`), on the
+    /// CPU backends of a CPU with AVX512-BF16 (`tuwen_fusion::precision`).
+    Bf16,
+}
+
+impl Precision {
+    /// Whether this precision runs on `device`: bf16 is refused on a GPU backend (it would move
+    /// every layer's data through host memory) and on a CPU without AVX512-BF16.
+    pub fn check(self, device: DeviceName) -> Result<()> {
+        if self == Precision::F32 {
+            return Ok(());
+        }
+        let cpu = match device {
+            #[cfg(feature = "flex")]
+            DeviceName::Flex => true,
+            #[cfg(feature = "ndarray")]
+            DeviceName::Ndarray => true,
+            #[allow(unreachable_patterns)]
+            _ => false,
+        };
+        if !cpu {
+            bail!(
+                "--precision bf16 runs on the CPU backends (flex, ndarray); on {device:?} use \
+                 --precision f32"
+            );
+        }
+        if !tuwen_fusion::precision::cpu_has_bf16() {
+            bail!(
+                "--precision bf16 needs a CPU with AVX512-BF16 (this one lacks it; emulating \
+                 bf16 would be slower than f32): use --precision f32"
+            );
+        }
+        Ok(())
+    }
+
+    /// Runs `f` with the linear layers in this precision on `device` (after [`Self::check`]).
+    pub fn run<R>(self, device: DeviceName, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        self.check(device)?;
+        match self {
+            Precision::F32 => f(),
+            Precision::Bf16 => tuwen_fusion::precision::with_bf16(f),
+        }
+    }
+}

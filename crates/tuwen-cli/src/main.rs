@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use tuwen_cli::device::{BackboneName, DeviceName, DeviceSpec, DtypeName};
+use tuwen_cli::device::{BackboneName, DeviceName, DeviceSpec, DtypeName, Precision};
 use tuwen_cli::{caption, extract, parity, retrieve, score, serve, train, vqa};
 use tuwen_regions::ExtractorConfig;
 use tuwen_tokenizer::{BertTokenizer, TokenizerOptions};
@@ -172,6 +172,10 @@ enum Command {
         /// Backend (those compiled in).
         #[arg(long, value_enum, default_value_t = DeviceName::Flex)]
         device: DeviceName,
+        /// Precision of the Transformer's linear layers: bf16 (CPU backends with AVX512-BF16)
+        /// multiplies in bfloat16 with f32 accumulation, as PyTorch's bf16 autocast.
+        #[arg(long, value_enum, default_value_t = Precision::F32)]
+        precision: Precision,
         /// JPEG/PNG files.
         #[arg(required = true)]
         images: Vec<PathBuf>,
@@ -230,6 +234,10 @@ enum Command {
         /// Backend (those compiled in).
         #[arg(long, value_enum, default_value_t = DeviceName::Flex)]
         device: DeviceName,
+        /// Precision of the Transformer's linear layers: bf16 (CPU backends with AVX512-BF16)
+        /// multiplies in bfloat16 with f32 accumulation, as PyTorch's bf16 autocast.
+        #[arg(long, value_enum, default_value_t = Precision::F32)]
+        precision: Precision,
         /// JPEG/PNG files.
         #[arg(required_unless_present = "eval")]
         images: Vec<PathBuf>,
@@ -576,24 +584,28 @@ fn run(cli: Cli) -> Result<()> {
             checkpoint,
             top,
             json,
-            device,
+            device: device_name,
+            precision,
             images,
         } => {
-            let device = device.open()?;
+            precision.check(device_name)?;
+            let device = device_name.open()?;
             let which = checkpoint.parse().map_err(anyhow::Error::msg)?;
-            let failed = vqa::answer(
-                &vqa::VqaArgs {
-                    run: &run,
-                    question: &question,
-                    which,
-                    top,
-                    json,
-                    images: &images,
-                    device: &device,
-                },
-                &mut std::io::stdout().lock(),
-                &mut std::io::stderr(),
-            )?;
+            let failed = precision.run(device_name, || {
+                vqa::answer(
+                    &vqa::VqaArgs {
+                        run: &run,
+                        question: &question,
+                        which,
+                        top,
+                        json,
+                        images: &images,
+                        device: &device,
+                    },
+                    &mut std::io::stdout().lock(),
+                    &mut std::io::stderr(),
+                )
+            })?;
             anyhow::ensure!(
                 failed == 0,
                 "{failed} of {} images could not be answered",
@@ -617,10 +629,12 @@ fn run(cli: Cli) -> Result<()> {
             image_dir,
             captions,
             out,
-            device,
+            device: device_name,
+            precision,
             images,
         } => {
-            let device = device.open()?;
+            precision.check(device_name)?;
+            let device = device_name.open()?;
             let which = checkpoint.parse().map_err(anyhow::Error::msg)?;
             let decoding = caption::Decoding {
                 beams: beam,
@@ -631,39 +645,43 @@ fn run(cli: Cli) -> Result<()> {
                 early_stopping,
             };
             if eval {
-                let scores = caption::evaluate(&caption::EvalArgs {
-                    run: &run,
-                    which,
-                    decoding,
-                    held_out: match (&image_dir, &captions) {
-                        (Some(dir), Some(annotations)) => caption::HeldOut::Files {
-                            dir,
-                            annotations,
-                            images: scenes,
+                let scores = precision.run(device_name, || {
+                    caption::evaluate(&caption::EvalArgs {
+                        run: &run,
+                        which,
+                        decoding,
+                        held_out: match (&image_dir, &captions) {
+                            (Some(dir), Some(annotations)) => caption::HeldOut::Files {
+                                dir,
+                                annotations,
+                                images: scenes,
+                            },
+                            _ => caption::HeldOut::Scenes {
+                                split: split.into(),
+                                images: scenes,
+                            },
                         },
-                        _ => caption::HeldOut::Scenes {
-                            split: split.into(),
-                            images: scenes,
-                        },
-                    },
-                    out_dir: out.as_deref(),
-                    device: &device,
+                        out_dir: out.as_deref(),
+                        device: &device,
+                    })
                 })?;
                 println!("{scores}");
                 return Ok(());
             }
-            let failed = caption::caption(
-                &caption::CaptionArgs {
-                    run: &run,
-                    which,
-                    decoding,
-                    json,
-                    images: &images,
-                    device: &device,
-                },
-                &mut std::io::stdout().lock(),
-                &mut std::io::stderr(),
-            )?;
+            let failed = precision.run(device_name, || {
+                caption::caption(
+                    &caption::CaptionArgs {
+                        run: &run,
+                        which,
+                        decoding,
+                        json,
+                        images: &images,
+                        device: &device,
+                    },
+                    &mut std::io::stdout().lock(),
+                    &mut std::io::stderr(),
+                )
+            })?;
             anyhow::ensure!(
                 failed == 0,
                 "{failed} of {} images could not be captioned",

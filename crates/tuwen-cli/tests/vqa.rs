@@ -79,6 +79,55 @@ fn a_pretrained_run_is_fine_tuned_for_vqa_and_answers_questions_about_image_file
         "{stderr}"
     );
 
+    // The linear layers in bf16 (CPUs with AVX512-BF16): the same ranking up to bf16's
+    // rounding; refused on a GPU backend and on CPUs without the instructions.
+    let answer = |precision: &str, device: &str| {
+        tuwen()
+            .args(["vqa", "--run"])
+            .arg(&ft)
+            .args(["--question", "what color is the shape?", "--json"])
+            .args(["--precision", precision, "--device", device])
+            .arg(&image)
+            .output()
+            .unwrap()
+    };
+    let scores = |out: &std::process::Output| -> Vec<(String, f64)> {
+        ok(out);
+        let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let answers = line["answers"].as_array().unwrap();
+        let score = |a: &serde_json::Value| a["score"].as_f64().unwrap();
+        answers
+            .iter()
+            .map(|a| (a["answer"].as_str().unwrap().to_string(), score(a)))
+            .collect()
+    };
+    let bf16 = answer("bf16", "flex");
+    if tuwen_fusion::precision::cpu_has_bf16() {
+        let (f32_scores, bf16_scores) = (scores(&answer("f32", "flex")), scores(&bf16));
+        let differ = f32_scores.iter().zip(&bf16_scores).any(|(a, b)| a.1 != b.1);
+        assert!(differ, "bf16 gave the f32 scores: {bf16_scores:?}");
+        // Every answer both list scores within bf16's rounding of its f32 score (so the top
+        // answers agree unless two were within that distance).
+        for (answer, bf16_score) in &bf16_scores {
+            if let Some((_, f32_score)) = f32_scores.iter().find(|(a, _)| a == answer) {
+                assert!(
+                    (f32_score - bf16_score).abs() < 0.05,
+                    "{answer}: f32 {f32_score}, bf16 {bf16_score}"
+                );
+            }
+        }
+        assert!(bf16_scores[0].1 >= f32_scores[0].1 - 0.05);
+    } else {
+        assert!(String::from_utf8_lossy(&bf16.stderr).contains("AVX512-BF16"));
+    }
+    let gpu = answer("bf16", "wgpu");
+    assert!(!gpu.status.success());
+    assert!(
+        String::from_utf8_lossy(&gpu.stderr).contains("--precision bf16 runs on the CPU backends"),
+        "{}",
+        String::from_utf8_lossy(&gpu.stderr)
+    );
+
     // A run without a VQA head, and a directory that is no run: clear errors.
     let out = tuwen()
         .args(["vqa", "--run"])

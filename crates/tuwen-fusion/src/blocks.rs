@@ -32,9 +32,11 @@ pub struct LayerDims {
 /// product. Burn's `Linear` keeps a `[B, S, d]` input batched unless folding the batch makes the
 /// product squarer, so e.g. `[32, 68, 384] x [384, 384]` ran as 32 small products that each
 /// re-pack the whole weight: half the speed on Flex (docs/benchmarks.md, "Linear layers").
+/// Inside a [`crate::precision::with_bf16`] scope the product runs in bf16 where supported.
 pub fn linear_positions(linear: &Linear, x: Tensor<3>) -> Tensor<3> {
     let [batch, len, width] = x.dims();
-    let out = linear.forward(x.reshape([batch * len, width]));
+    let x = x.reshape([batch * len, width]);
+    let out = crate::precision::linear_bf16(linear, &x).unwrap_or_else(|| linear.forward(x));
     let out_width = out.dims()[1];
     out.reshape([batch, len, out_width])
 }

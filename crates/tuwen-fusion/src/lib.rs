@@ -20,6 +20,7 @@
 //! * [`activation`] — the exact GELU through tuwen's vectorised kernel on CPU backends.
 //! * [`dropout`] — dropout with counter-based masks built on the host on CPU backends.
 //! * [`init`] — HF BERT's weight initialisation for models trained from scratch.
+//! * [`precision`] — bf16 linear layers for CPU inference (AVX512-BF16), as PyTorch's autocast.
 //! * [`mask`] — attention masks as values (HF convention in, additive bias out).
 //! * [`blocks`] — the Transformer pieces shared by all encoders.
 //! * [`weights`] — strict checkpoint loading: every missing, unused or mis-shaped tensor is an error.
@@ -38,6 +39,7 @@ pub mod init;
 mod input;
 pub mod lxmert;
 pub mod mask;
+pub mod precision;
 mod rows;
 pub mod vilbert;
 pub mod visual_bert;

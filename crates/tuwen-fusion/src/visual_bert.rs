@@ -169,7 +169,7 @@ impl VisualBertEmbeddings {
         visual_token_type_ids: Tensor<2, Int>,
         visual_locations: Option<Tensor<3>>,
     ) -> Tensor<3> {
-        let mut visual = self.visual_projection.forward(visual_embeds)
+        let mut visual = crate::blocks::linear_positions(&self.visual_projection, visual_embeds)
             + self
                 .visual_position_embeddings
                 .forward(visual_token_type_ids.zeros_like())

@@ -10,9 +10,12 @@
 //!   `random_like(Bernoulli)` draws each element from a ChaCha stream through `f64`
 //!   sampling: ~19 ns per element on the development machine).
 //! * [`gelu`] — the exact (erf) GELU and its derivative, vectorised and multithreaded.
+//! * [`bf16`] — matrix products in bfloat16 with f32 accumulation on CPUs with AVX512-BF16
+//!   (Burn's Flex computes bf16 products in f32; `gemm` has no bf16 kernel).
 //! * [`splitmix64`] — SplitMix64's finaliser, the one seed mixer of the workspace (seeds of
 //!   steps, micro-batches, dropout masks and epochs).
 
+pub mod bf16;
 pub mod gelu;
 
 use rayon::prelude::*;

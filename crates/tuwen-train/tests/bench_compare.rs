@@ -187,7 +187,27 @@ fn visualbert_minilm_step() {
 #[test]
 #[ignore = "a benchmark: run by `cargo xtask bench`"]
 fn visualbert_minilm_forward() {
-    let work = "visualbert-minilm-forward";
+    minilm_forward(
+        "visualbert-minilm-forward",
+        false,
+        "encoder forward (inference): visualbert-minilm, B32 x (T32 + R36 x 2048-d)",
+    );
+}
+
+/// The same forward with the linear layers in bf16 (`tuwen_fusion::precision::with_bf16`;
+/// the reference runs under `torch.autocast("cpu", torch.bfloat16)`). On a CPU without
+/// AVX512-BF16 tuwen's scope changes nothing: the line then says `"bf16": false`.
+#[test]
+#[ignore = "a benchmark: run by `cargo xtask bench`"]
+fn visualbert_minilm_forward_bf16() {
+    minilm_forward(
+        "visualbert-minilm-forward-bf16",
+        true,
+        "encoder forward (inference), linear layers in bf16: visualbert-minilm, B32 x (T32 + R36 x 2048-d)",
+    );
+}
+
+fn minilm_forward(work: &str, bf16: bool, what: &str) {
     let device = backend().0;
     let (cfg, model, host, spec) = workloads::minilm_run(&device);
     let encoder = workloads::encoder_config(&cfg, &spec.shape, spec.bert.clone());
@@ -195,14 +215,14 @@ fn visualbert_minilm_forward() {
         panic!("visualbert-minilm is a VisualBERT");
     };
     let model = model.visual_bert;
-    let what = "encoder forward (inference): visualbert-minilm, B32 x (T32 + R36 x 2048-d)";
     let params = workloads::params(&model);
     let counts = counts(2, 10);
+    let kind = if bf16 { "forward-bf16" } else { "forward" };
     workloads::export(
         &bench_dir(work),
         work,
         what,
-        "forward",
+        kind,
         &encoder,
         &cfg,
         &host,
@@ -210,11 +230,21 @@ fn visualbert_minilm_forward() {
         counts.0.max(1),
         counts.1,
     );
+    if bf16 && !tuwen_fusion::precision::bf16_supported(&device) {
+        eprintln!("{work}: this CPU lacks AVX512-BF16: the linear layers run in f32");
+    }
     let input = host.to_device(&device).visual_bert_input(View::Joint);
-    measure(work, false, what, params, counts, || {
+    let forward = || {
         let out = model.forward(input.clone());
         let hidden = out.last_hidden_state.into_data();
         let _pooled = out.pooler_output.into_data();
         hidden.as_slice::<f32>().map_or(0.0, |v| v[0])
+    };
+    measure(work, false, what, params, counts, || {
+        if bf16 {
+            tuwen_fusion::precision::with_bf16(forward)
+        } else {
+            forward()
+        }
     });
 }
