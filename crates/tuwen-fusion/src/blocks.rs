@@ -36,7 +36,11 @@ pub struct LayerDims {
 pub fn linear_positions(linear: &Linear, x: Tensor<3>) -> Tensor<3> {
     let [batch, len, width] = x.dims();
     let x = x.reshape([batch * len, width]);
-    let out = crate::precision::linear_bf16(linear, &x).unwrap_or_else(|| linear.forward(x));
+    let out = if crate::precision::bf16_active(&x.device()) {
+        crate::precision::linear_bf16(linear, x)
+    } else {
+        linear.forward(x)
+    };
     let out_width = out.dims()[1];
     out.reshape([batch, len, out_width])
 }

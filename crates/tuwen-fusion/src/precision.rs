@@ -7,11 +7,10 @@
 //!
 //! Where it applies: inference (tensors not tracked by autodiff) on a CPU backend (Flex,
 //! ndarray) of a CPU with AVX512-BF16 (`tuwen_kernels::bf16`): the layer's input and weight are
-//! read to the host, multiplied there, and the result is a tensor on the input's device. The
-//! caller opens a scope only for a CPU device (`tuwen vqa --precision bf16` refuses the others:
-//! on a GPU it would move every layer through host memory). Under autodiff (training) or on a
-//! CPU without the instruction set the scope changes nothing and the layers run in f32;
-//! [`bf16_supported`] says which.
+//! read to the host, multiplied there, and the result is a tensor on the input's device.
+//! Elsewhere — under autodiff (training), on a GPU backend (Burn's own dtypes are the way there),
+//! on a CPU without the instruction set — the scope changes nothing and the layers run in f32;
+//! [`bf16_supported`] says which (`tuwen vqa --precision bf16` refuses those cases).
 
 use std::cell::Cell;
 
@@ -40,10 +39,16 @@ pub fn cpu_has_bf16() -> bool {
     tuwen_kernels::bf16::available()
 }
 
-/// Whether a [`with_bf16`] scope runs tensors of (CPU) `device` in bf16: not an autodiff device,
-/// and this CPU has AVX512-BF16.
+/// Whether a [`with_bf16`] scope runs tensors of `device` in bf16: a CPU backend (Flex,
+/// ndarray) without autodiff, on a CPU with AVX512-BF16.
 pub fn bf16_supported(device: &Device) -> bool {
-    !device.is_autodiff() && cpu_has_bf16()
+    !device.is_autodiff() && crate::host::is_host(device) && cpu_has_bf16()
+}
+
+/// Whether this thread is inside a [`with_bf16`] scope and `device` supports it: the linear
+/// layers on it run through [`linear_bf16`].
+pub(crate) fn bf16_active(device: &Device) -> bool {
+    BF16.with(Cell::get) && bf16_supported(device)
 }
 
 /// The f32 values of `data`, borrowed (no copy).
@@ -52,21 +57,15 @@ fn f32s<'a>(data: &'a TensorData, what: &str) -> &'a [f32] {
         .unwrap_or_else(|e| panic!("{what}: the backend returned no f32 values: {e:?}"))
 }
 
-/// `linear(x)` for `x` `[rows, d_in]` in bf16 when a scope is open and `x`'s device supports it;
-/// `None` otherwise (the caller runs the layer in f32).
-pub(crate) fn linear_bf16(linear: &Linear, x: &Tensor<2>) -> Option<Tensor<2>> {
-    if !BF16.with(Cell::get) {
-        return None;
-    }
+/// `linear(x)` for `x` `[rows, d_in]` in bf16 (when [`bf16_active`]). `x` is taken by value:
+/// a tensor nothing else holds reads back to the host without a copy.
+pub(crate) fn linear_bf16(linear: &Linear, x: Tensor<2>) -> Tensor<2> {
     let device = x.device();
-    if !bf16_supported(&device) {
-        return None;
-    }
     let [rows, d_in] = x.dims();
     let weight = linear.weight.val().into_data();
     let d_out = weight.shape()[1];
     let packed = tuwen_kernels::bf16::PackedB::new(f32s(&weight, "linear weight"), d_in, d_out);
-    let input = x.clone().into_data();
+    let input = x.into_data();
     let mut out = vec![0.0; rows * d_out];
     tuwen_kernels::bf16::matmul(f32s(&input, "linear input"), rows, &packed, &mut out);
     if let Some(bias) = &linear.bias {
@@ -75,10 +74,7 @@ pub(crate) fn linear_bf16(linear: &Linear, x: &Tensor<2>) -> Option<Tensor<2>> {
         out.chunks_mut(d_out)
             .for_each(|row| row.iter_mut().zip(bias).for_each(|(o, b)| *o += b));
     }
-    Some(Tensor::from_data(
-        TensorData::new(out, [rows, d_out]),
-        &device,
-    ))
+    Tensor::from_data(TensorData::new(out, [rows, d_out]), &device)
 }
 
 #[cfg(test)]
