@@ -17,6 +17,9 @@ transformers' own modules and repeats tuwen's work:
 * kind "forward" — `VisualBertModel` (with its pooler) in eval mode under
   `torch.inference_mode()`; kind "forward-bf16" the same under
   `torch.autocast("cpu", torch.bfloat16)` (tuwen's side runs its linear layers in bf16);
+* kind "extract" — `tuwen extract-regions`'s per-image work with torchvision: resize, the
+  `mobilenet_v2` feature map (the same weights file), `roi_align` of tuwen's proposals, the
+  classifier, softmax, `nms`, the kept regions;
 * with `--bf16`, every step once more under `torch.autocast("cpu", torch.bfloat16)` (f32
   weights and optimiser), printed with `"variant": "bf16 autocast"`. Only meaningful on a CPU
   whose PyTorch build has bf16 kernels (AVX512-BF16 / AMX): on an AVX2-only CPU bf16 matrix
@@ -129,7 +132,9 @@ def load_batch(work_dir: Path, meta):
 
 
 def params(model):
-    return sum(p.numel() for p in model.parameters())
+    # BatchNorm's running statistics count too: Burn keeps them as (untrained) parameters.
+    stats = (b.numel() for n, b in model.named_buffers() if n.endswith(("running_mean", "running_var")))
+    return sum(p.numel() for p in model.parameters()) + sum(stats)
 
 
 def step_work(meta, batch, autocast=None):
@@ -232,6 +237,54 @@ def forward_work(meta, batch, autocast=None):
     return model, run
 
 
+def extract_work(meta, _batch):
+    """tuwen's `RegionExtractor::extract` on each photo: resize, MobileNetV2 features,
+    RoIAlign of tuwen's proposals (exported), classifier, softmax, NMS, the kept regions."""
+    import torchvision
+    from PIL import Image
+    from safetensors.torch import load_file
+    from torchvision.ops import nms, roi_align
+
+    c = meta["config"]
+    model = torchvision.models.mobilenet_v2(num_classes=1000)
+    model.load_state_dict(load_file(meta["weights"]))
+    model.eval()
+    mean = torch.tensor(c["mean"]).reshape(1, 3, 1, 1)
+    std = torch.tensor(c["std"]).reshape(1, 3, 1, 1)
+    images = []
+    for im in meta["images"]:
+        rgb = np.asarray(Image.open(im["file"]).convert("RGB"))
+        pixels = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 255.0
+        (w, h), (rw, rh) = im["size"], im["resized"]
+        boxes = torch.tensor(im["proposals"], dtype=torch.float32)
+        scale = torch.tensor([rw / w, rh / h, rw / w, rh / h])
+        rows = torch.cat([torch.zeros(len(boxes), 1), boxes * scale], dim=1)
+        images.append((pixels, (rh, rw), boxes, rows))
+
+    def run():
+        kept = 0
+        with torch.inference_mode():
+            for pixels, size, boxes, rows in images:
+                x = F.interpolate(pixels, size=size, mode="bilinear", antialias=True)
+                fmap = model.features((x - mean) / std)
+                pooled = roi_align(
+                    fmap,
+                    rows,
+                    output_size=tuple(c["pool_size"]),
+                    spatial_scale=1.0 / 32,
+                    sampling_ratio=c["sampling_ratio"],
+                    aligned=True,
+                )
+                vectors = pooled.mean((2, 3))
+                probs = model.classifier(vectors).softmax(1)
+                scores = probs.max(1).values
+                keep = nms(boxes, scores, c["nms_iou"])[: c["max_regions"]]
+                kept += len(vectors[keep])
+        return float(kept)
+
+    return model, run
+
+
 def measure(meta, model, run, variant=None):
     warmup, iters = max(1, meta["warmup"]), max(1, meta["iters"])
     first = run()
@@ -255,7 +308,7 @@ def measure(meta, model, run, variant=None):
         "params": params(model),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "attn_implementation": model.config._attn_implementation,
+        "attn_implementation": getattr(getattr(model, "config", None), "_attn_implementation", None),
     }
     if meta["kind"] == "step":
         line["first_loss"] = first
@@ -274,12 +327,13 @@ def main():
     torch.manual_seed(0)
     for work_dir in dirs:
         meta = json.loads((work_dir / "meta.json").read_text())
-        batch = load_batch(work_dir, meta)
+        batch = None if meta["kind"] == "extract" else load_batch(work_dir, meta)
         build = {
             "step": step_work,
             "forward": forward_work,
             # tuwen's linear layers in bf16: the reference under bf16 autocast.
             "forward-bf16": lambda m, b: forward_work(m, b, autocast=torch.bfloat16),
+            "extract": extract_work,
         }[meta["kind"]]
         model, run = build(meta, batch)
         measure(meta, model, run)

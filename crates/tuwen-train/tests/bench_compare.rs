@@ -248,3 +248,88 @@ fn minilm_forward(work: &str, bf16: bool, what: &str) {
         }
     });
 }
+
+/// `tuwen extract-regions`'s per-image work on four real photos (the `photos` asset: coffee,
+/// chelsea, motorcycle_left, rocket; decoded before timing): resize to a shorter side of 448,
+/// the ImageNet MobileNetV2's feature map, RoIAlign 7 x 7 of the ~190 detector-free proposals,
+/// the classifier on every proposal, NMS 0.5, 36 kept. The reference repeats it with
+/// torchvision's `mobilenet_v2` (the same weights file), `roi_align` and `nms` on the same
+/// proposals.
+#[test]
+#[ignore = "a benchmark: run by `cargo xtask bench`"]
+fn extract_regions() {
+    use tuwen_regions::{ExtractorConfig, RegionExtractor};
+    let work = "extract-regions";
+    let (weights, photos) = match (
+        tuwen_assets::locate("mobilenet_v2", "mobilenet_v2.safetensors"),
+        tuwen_assets::locate("photos", "coffee.png"),
+    ) {
+        (Ok(w), Ok(p)) => (w, p.parent().expect("a directory").to_path_buf()),
+        (Err(e), _) | (_, Err(e)) => panic!("{work} needs the assets (cargo xtask assets): {e}"),
+    };
+    let device = backend().0;
+    let backbone =
+        tuwen_vision::Backbone::from_torchvision("mobilenet_v2", &weights, 1000, &device)
+            .expect("the MobileNetV2 asset");
+    let config = ExtractorConfig::default();
+    let files = [
+        "coffee.png",
+        "chelsea.png",
+        "motorcycle_left.png",
+        "rocket.jpg",
+    ];
+    let images: Vec<_> = files
+        .iter()
+        .map(|f| tuwen_vision::load_rgb(photos.join(f)).expect("a photo"))
+        .collect();
+    let described: Vec<serde_json::Value> = files
+        .iter()
+        .zip(&images)
+        .map(|(file, image)| {
+            let (w, h) = image.dimensions();
+            let resized = tuwen_vision::Preprocess::resize_shorter(image, config.shorter_side);
+            let proposals = config.proposals.propose(w as f32, h as f32);
+            serde_json::json!({
+                "file": photos.join(file),
+                "size": [w, h],
+                "resized": [resized.width(), resized.height()],
+                "proposals": proposals.iter().map(|b| [b.x1, b.y1, b.x2, b.y2]).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let counts = counts(1, 5);
+    let what = "region extraction of 4 photos (MobileNetV2, RoIAlign 7x7 of ~190 proposals, classifier, NMS, 36 kept)";
+    let dir = bench_dir(work);
+    std::fs::create_dir_all(&dir).expect("bench directory");
+    let meta = serde_json::json!({
+        "work": work,
+        "what": what,
+        "kind": "extract",
+        "warmup": counts.0.max(1),
+        "iters": counts.1,
+        "weights": weights,
+        "images": described,
+        "config": {
+            "shorter_side": config.shorter_side,
+            "max_regions": config.max_regions,
+            "nms_iou": config.nms_iou,
+            "pool_size": config.pool_size,
+            "sampling_ratio": config.sampling_ratio,
+            "mean": config.normalization.mean,
+            "std": config.normalization.std,
+        },
+    });
+    std::fs::write(dir.join("meta.json"), meta.to_string()).expect("meta.json");
+    let params = match &backbone {
+        tuwen_vision::Backbone::MobileNetV2(m) => workloads::params(m.as_ref()),
+        tuwen_vision::Backbone::ResNet(m) => workloads::params(m.as_ref()),
+    };
+    let extractor = RegionExtractor::new(backbone, config);
+    measure(work, false, what, params, counts, || {
+        let regions: usize = images
+            .iter()
+            .map(|image| extractor.extract(image, None, &device).len())
+            .sum();
+        regions as f32
+    });
+}
