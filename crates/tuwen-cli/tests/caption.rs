@@ -148,6 +148,21 @@ fn a_pretrained_run_is_fine_tuned_to_caption_and_its_captions_are_scored() {
         "{stderr}"
     );
 
+    // The linear layers in bf16 (CPUs with AVX512-BF16): captions the same image.
+    if tuwen_fusion::precision::cpu_has_bf16() {
+        let out = tuwen()
+            .args(["caption", "--run"])
+            .arg(&ft)
+            .args(["--beam", "3", "--json", "--precision", "bf16"])
+            .arg(&image)
+            .output()
+            .unwrap();
+        ok(&out);
+        let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let caption = line["caption"].as_str().unwrap();
+        assert!(!caption.trim().is_empty(), "{line}");
+    }
+
     // A run that does not caption, and a directory that is no run: clear errors.
     let out = tuwen()
         .args(["caption", "--run"])
