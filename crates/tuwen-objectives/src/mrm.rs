@@ -51,6 +51,7 @@ pub struct MaskedRegions {
 
 /// Masks regions of `features` (`[batch * regions * dim]`). Padded regions (`region_mask == 0`)
 /// and, with `skip_first`, region 0 of every image (ViLBERT's global token) are never chosen.
+/// The same as [`plan_region_masks`] then [`RegionMaskPlan::apply`].
 pub fn mask_regions(
     features: &[f32],
     region_mask: &[i64],
@@ -60,34 +61,107 @@ pub fn mask_regions(
     config: &RegionMaskingConfig,
     rng: &mut impl Rng,
 ) -> MaskedRegions {
+    plan_region_masks(region_mask, batch, skip_first, config, rng).apply(features, dim)
+}
+
+/// What masking does to one chosen region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegionMaskOp {
+    /// Its feature is zeroed.
+    Zero,
+    /// Its feature becomes the feature at flat region `source` (a real region of another
+    /// image).
+    Swap {
+        /// Flat index (`image * regions + region`) of the region copied.
+        source: usize,
+    },
+    /// Its feature is kept.
+    Keep,
+}
+
+/// The regions [`mask_regions`] chooses and what it does to each: its random draws, which
+/// depend on the region mask alone, not on the features (so a data-parallel process can draw
+/// the whole batch's masks and then read only the features its rows and their swaps need).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegionMaskPlan {
+    /// Flat indices of the chosen regions, ascending.
+    pub positions: Vec<usize>,
+    /// What happens to each chosen region, in the order of `positions`.
+    pub ops: Vec<RegionMaskOp>,
+}
+
+/// Draws the masks of [`mask_regions`] (the same draws, in the same order).
+pub fn plan_region_masks(
+    region_mask: &[i64],
+    batch: usize,
+    skip_first: bool,
+    config: &RegionMaskingConfig,
+    rng: &mut impl Rng,
+) -> RegionMaskPlan {
     let regions = region_mask.len() / batch.max(1);
-    let mut out = MaskedRegions {
-        features: features.to_vec(),
+    let mut plan = RegionMaskPlan {
         positions: Vec::new(),
+        ops: Vec::new(),
     };
     for (flat, &real) in region_mask.iter().enumerate() {
         let (image, region) = (flat / regions, flat % regions);
         if real == 0 || (skip_first && region == 0) || !rng.random_bool(config.mask_prob) {
             continue;
         }
-        out.positions.push(flat);
-        let row = flat * dim..(flat + 1) * dim;
         let r: f64 = rng.random();
-        if r < config.zero_prob {
-            out.features[row].fill(0.0);
+        let op = if r < config.zero_prob {
+            RegionMaskOp::Zero
         } else if r < config.zero_prob + config.swap_prob && batch > 1 {
             let other = (image + rng.random_range(1..batch)) % batch;
             let candidates: Vec<usize> = (0..regions)
                 .filter(|&j| region_mask[other * regions + j] != 0)
                 .collect();
-            if let Some(&j) = candidates.get(rng.random_range(0..candidates.len().max(1))) {
-                let src = (other * regions + j) * dim;
-                let copy = features[src..src + dim].to_vec();
-                out.features[row].copy_from_slice(&copy);
+            match candidates.get(rng.random_range(0..candidates.len().max(1))) {
+                Some(&j) => RegionMaskOp::Swap {
+                    source: other * regions + j,
+                },
+                None => RegionMaskOp::Keep,
+            }
+        } else {
+            RegionMaskOp::Keep
+        };
+        plan.positions.push(flat);
+        plan.ops.push(op);
+    }
+    plan
+}
+
+impl RegionMaskPlan {
+    /// The flat regions read by swaps into the chosen regions of `images` (`image -> bool`).
+    pub fn sources_for(&self, regions: usize, images: impl Fn(usize) -> bool) -> Vec<usize> {
+        self.positions
+            .iter()
+            .zip(&self.ops)
+            .filter_map(|(&flat, op)| match op {
+                RegionMaskOp::Swap { source } if images(flat / regions.max(1)) => Some(*source),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// `features` (`[regions, dim]` rows) masked by the plan (swaps read the unmasked features).
+    pub fn apply(&self, features: &[f32], dim: usize) -> MaskedRegions {
+        let mut out = MaskedRegions {
+            features: features.to_vec(),
+            positions: self.positions.clone(),
+        };
+        for (&flat, op) in self.positions.iter().zip(&self.ops) {
+            let row = flat * dim..(flat + 1) * dim;
+            match *op {
+                RegionMaskOp::Zero => out.features[row].fill(0.0),
+                RegionMaskOp::Swap { source } => {
+                    out.features[row].copy_from_slice(&features[source * dim..(source + 1) * dim])
+                }
+                RegionMaskOp::Keep => {}
             }
         }
+        out
     }
-    out
 }
 
 /// The rows of `x` `[B, V, D]` at flat region `positions` (`b * V + v`): `[positions, D]`.

@@ -586,6 +586,11 @@ impl StoreReader {
         &self.meta
     }
 
+    /// The index entry of image `id` (its region count and size, without reading its shard).
+    pub fn entry(&self, id: &str) -> Option<&IndexEntry> {
+        self.by_id.get(id).map(|&i| &self.index[i])
+    }
+
     /// Index entries in insertion order.
     pub fn entries(&self) -> &[IndexEntry] {
         &self.index

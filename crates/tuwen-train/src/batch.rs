@@ -23,7 +23,7 @@ use tuwen_fusion::lxmert::LxmertInput;
 use tuwen_fusion::{ViLBertInput, VisualBertInput};
 use tuwen_objectives::itm::MatchLabel;
 use tuwen_objectives::mlm::{IGNORE, MaskingConfig, mask_tokens};
-use tuwen_objectives::mrm::{RegionMaskingConfig, mask_regions};
+use tuwen_objectives::mrm::{RegionMaskingConfig, plan_region_masks};
 use tuwen_regions::{BoxXyxy, LocationEncoding};
 use tuwen_tokenizer::{BertTokenizer, TokenizerError, TokenizerOptions};
 
@@ -404,16 +404,9 @@ impl HostBatch {
 
     /// `parts` contiguous row ranges of near-equal size (the first ones one row larger).
     pub fn split(&self, parts: usize) -> Vec<HostBatch> {
-        let parts = parts.clamp(1, self.rows.max(1));
-        let (base, extra) = (self.rows / parts, self.rows % parts);
-        let mut start = 0;
-        (0..parts)
-            .map(|i| {
-                let len = base + usize::from(i < extra);
-                let part = self.slice(start..start + len);
-                start += len;
-                part
-            })
+        part_rows(self.rows, parts)
+            .into_iter()
+            .map(|rows| self.slice(rows))
             .collect()
     }
 
@@ -616,12 +609,24 @@ impl SceneBatcher {
         indices: &[u64],
         rng: &mut impl Rng,
     ) -> Result<HostBatch, BatchError> {
+        self.host_batch_rows(split, indices, None, rng)
+    }
+
+    /// [`SceneBatcher::host_batch`] whose rows outside `own` (when given) have no region features
+    /// computed (see [`Shard`]): the rows in `own` are those of the whole batch.
+    pub fn host_batch_rows(
+        &self,
+        split: Split,
+        indices: &[u64],
+        own: Option<std::ops::Range<usize>>,
+        rng: &mut impl Rng,
+    ) -> Result<HostBatch, BatchError> {
         let scenes: Vec<(u64, Scene)> = indices.iter().map(|&i| self.scene(split, i)).collect();
         let pools: Vec<&[String]> = scenes.iter().map(|(_, s)| s.captions.as_slice()).collect();
         let (captions, itm) = pair_captions(&pools, self.mismatch_prob, rng);
         let negative_ok = negative_candidates(&pools, &captions);
         let phrases = self.phrase_links(&scenes, &captions, &itm)?;
-        let mut host = self.assemble(split, scenes.clone(), captions, itm, true, rng)?;
+        let mut host = self.assemble(split, scenes.clone(), captions, itm, true, own, rng)?;
         host.negative_ok = negative_ok;
         host.phrases = phrases
             .into_iter()
@@ -725,7 +730,7 @@ impl SceneBatcher {
             gold.push(vec![qa.answer.clone()]);
         }
         let itm = vec![MatchLabel::Match; b];
-        let mut vqa = self.assemble(split, scenes, questions, itm, false, rng)?;
+        let mut vqa = self.assemble(split, scenes, questions, itm, false, None, rng)?;
         vqa.answers = targets;
         Ok((vqa, gold))
     }
@@ -741,7 +746,7 @@ impl SceneBatcher {
     ) -> Result<HostBatch, BatchError> {
         let scenes: Vec<(u64, Scene)> = indices.iter().map(|&i| self.scene(split, i)).collect();
         let itm = vec![MatchLabel::Match; scenes.len()];
-        self.assemble(split, scenes, captions.to_vec(), itm, false, rng)
+        self.assemble(split, scenes, captions.to_vec(), itm, false, None, rng)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -752,35 +757,51 @@ impl SceneBatcher {
         captions: Vec<String>,
         itm: Vec<MatchLabel>,
         mask: bool,
+        own: Option<std::ops::Range<usize>>,
         rng: &mut impl Rng,
     ) -> Result<HostBatch, BatchError> {
+        let d = self.feature_dim();
         let images = scenes
             .iter()
-            .map(|(index, scene)| {
-                let (features, locations, count) = self.regions(split, *index, scene);
-                let mut labels = vec![IGNORE; count];
-                for (k, o) in scene.objects.iter().enumerate() {
-                    let shape = tuwen_data::scene::Shape::ALL
-                        .iter()
-                        .position(|&s| s == o.shape)
-                        .unwrap_or(0);
-                    labels[1 + k] = (shape * COLORS.len() + o.color) as i64;
+            .enumerate()
+            .map(|(row, (index, scene))| match &own {
+                Some(own) if !own.contains(&row) => {
+                    ImageRegions::unread(1 + scene.objects.len(), d, 0)
                 }
-                ImageRegions {
-                    features,
-                    locations,
-                    labels,
-                    class_probs: Vec::new(),
-                }
+                _ => self.image_regions(split, *index, scene),
             })
             .collect();
         let text = TextSide {
             tokenizer: &self.tokenizer,
             masking: self.masking,
             region_masking: self.region_masking,
-            feature_dim: self.feature_dim(),
+            feature_dim: d,
         };
-        assemble(&text, images, captions, itm, mask, rng)
+        let load = |row: usize| {
+            let (index, scene) = &scenes[row];
+            Ok(self.image_regions(split, *index, scene))
+        };
+        let shard = own.map(|own| Shard { own, load: &load });
+        assemble(&text, images, captions, itm, mask, shard.as_ref(), rng)
+    }
+
+    /// The regions of scene `index` (features, box encodings, shape-and-colour labels).
+    fn image_regions(&self, split: Split, index: u64, scene: &Scene) -> ImageRegions {
+        let (features, locations, count) = self.regions(split, index, scene);
+        let mut labels = vec![IGNORE; count];
+        for (k, o) in scene.objects.iter().enumerate() {
+            let shape = tuwen_data::scene::Shape::ALL
+                .iter()
+                .position(|&s| s == o.shape)
+                .unwrap_or(0);
+            labels[1 + k] = (shape * COLORS.len() + o.color) as i64;
+        }
+        ImageRegions {
+            features,
+            locations,
+            labels,
+            class_probs: Vec::new(),
+        }
     }
 
     /// [`SceneBatcher::host_batch`] moved to `device`.
@@ -793,6 +814,21 @@ impl SceneBatcher {
     ) -> Result<PretrainBatch, BatchError> {
         Ok(self.host_batch(split, indices, rng)?.to_device(device))
     }
+}
+
+/// The row ranges of [`HostBatch::split`]: `rows` cut into `parts` contiguous ranges (at most
+/// `rows`, at least one), the first `rows % parts` one row longer.
+pub fn part_rows(rows: usize, parts: usize) -> Vec<std::ops::Range<usize>> {
+    let parts = parts.clamp(1, rows.max(1));
+    let (base, extra) = (rows / parts, rows % parts);
+    let mut start = 0;
+    (0..parts)
+        .map(|i| {
+            let len = base + usize::from(i < extra);
+            start += len;
+            start - len..start
+        })
+        .collect()
 }
 
 /// Why a batch could not be built.
@@ -813,6 +849,12 @@ pub enum BatchError {
         got: usize,
         /// Values it should hold (regions x width).
         want: usize,
+    },
+    /// A row's regions could not be read from the feature store.
+    #[error("reading regions: {reason}")]
+    Store {
+        /// The store's message (naming the image and the file).
+        reason: String,
     },
 }
 
@@ -917,17 +959,43 @@ pub(crate) fn matched_pairs(
         feature_dim,
     };
     let itm = vec![MatchLabel::Match; texts.len()];
-    assemble(&text, images, texts, itm, false, rng)
+    assemble(&text, images, texts, itm, false, None, rng)
 }
 
 /// Tokenises, masks and pads `captions` against `images` into a [`HostBatch`] (`mask`: MLM and
 /// region masking as configured; otherwise none).
+/// The rows of a batch one process of a data-parallel job computes ([`crate::distributed`]):
+/// only their region features are read; the other rows are drawn alike (captions, token and
+/// region masks: every process draws the whole batch, so the objectives' denominators and its
+/// parts are those of one process) with empty features, except rows whose features a swap
+/// into `own` reads, which `load` reads.
+pub(crate) struct Shard<'a> {
+    /// The rows computed here.
+    pub own: std::ops::Range<usize>,
+    /// Reads row `i`'s regions.
+    pub load: &'a dyn Fn(usize) -> Result<ImageRegions, BatchError>,
+}
+
+impl ImageRegions {
+    /// `count` regions with no features read (zeros), no labels and `classes` zero
+    /// probabilities each: a row another process computes.
+    pub(crate) fn unread(count: usize, dim: usize, classes: usize) -> Self {
+        Self {
+            features: vec![0.0; count * dim],
+            locations: vec![0.0; count * 5],
+            labels: vec![IGNORE; count],
+            class_probs: vec![0.0; count * classes],
+        }
+    }
+}
+
 pub(crate) fn assemble(
     text: &TextSide<'_>,
     images: Vec<ImageRegions>,
     captions: Vec<String>,
     itm: Vec<MatchLabel>,
     mask: bool,
+    shard: Option<&Shard<'_>>,
     rng: &mut impl Rng,
 ) -> Result<HostBatch, BatchError> {
     let masking = MaskingConfig {
@@ -1014,7 +1082,24 @@ pub(crate) fn assemble(
                     }
                 })
                 .collect();
-            let m = mask_regions(&features, &matched_regions, b, d, true, config, rng);
+            let plan = plan_region_masks(&matched_regions, b, true, config, rng);
+            if let Some(shard) = shard {
+                // A swap into one of this process's rows reads another row's feature: that row
+                // is read too (the others' features stay empty).
+                let mut loaded = Vec::new();
+                for source in plan.sources_for(regions, |row| shard.own.contains(&row)) {
+                    let row = source / regions;
+                    if shard.own.contains(&row) || loaded.contains(&row) {
+                        continue;
+                    }
+                    let image = (shard.load)(row)?;
+                    image.check(row, d)?;
+                    let at = row * regions * d;
+                    features[at..at + image.features.len()].copy_from_slice(&image.features);
+                    loaded.push(row);
+                }
+            }
+            let m = plan.apply(&features, d);
             let unmasked = (!m.positions.is_empty()).then_some(features);
             (m.features, m.positions, unmasked)
         }

@@ -42,7 +42,8 @@ use tuwen_regions::{BoxXyxy, LocationEncoding, StoreReader};
 use tuwen_tokenizer::BertTokenizer;
 
 use crate::batch::{
-    HostBatch, ImageRegions, TextSide, assemble, negative_candidates, pair_captions,
+    BatchError, HostBatch, ImageRegions, Shard, TextSide, assemble, negative_candidates,
+    pair_captions,
 };
 use crate::config::CaptionFormat;
 
@@ -408,16 +409,53 @@ impl StoreBatcher {
         indices: &[u64],
         rng: &mut impl Rng,
     ) -> Result<HostBatch, String> {
+        self.host_batch_rows(split, indices, None, rng)
+    }
+
+    /// [`StoreBatcher::host_batch`] reading from the store only the rows in `own` (when given)
+    /// and those their region swaps read (see [`crate::batch::Shard`]); the other rows get
+    /// their region count from the store's index. The rows in `own` are those of the whole
+    /// batch.
+    pub fn host_batch_rows(
+        &self,
+        split: Split,
+        indices: &[u64],
+        own: Option<std::ops::Range<usize>>,
+        rng: &mut impl Rng,
+    ) -> Result<HostBatch, String> {
         let rows = self.image_rows(split, indices)?;
         let pools: Vec<&[String]> = rows.iter().map(|(_, c)| c.as_slice()).collect();
         let (captions, itm) = pair_captions(&pools, self.mismatch_prob, rng);
         let negative_ok = negative_candidates(&pools, &captions);
-        let regions = rows
-            .iter()
-            .map(|(id, _)| self.regions(id))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut host =
-            assemble(&self.text(), regions, captions, itm, true, rng).map_err(|e| e.to_string())?;
+        let (dim, classes) = (self.feature_dim(), self.classes());
+        let regions =
+            rows.iter()
+                .enumerate()
+                .map(|(row, (id, _))| match &own {
+                    Some(own) if !own.contains(&row) => {
+                        let entry = self.store.entry(id).ok_or_else(|| {
+                            format!("image {id} is not in the feature store's index")
+                        })?;
+                        Ok(ImageRegions::unread(1 + entry.regions, dim, classes))
+                    }
+                    _ => self.regions(id),
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+        let load = |row: usize| {
+            self.regions(&rows[row].0)
+                .map_err(|reason| BatchError::Store { reason })
+        };
+        let shard = own.map(|own| Shard { own, load: &load });
+        let mut host = assemble(
+            &self.text(),
+            regions,
+            captions,
+            itm,
+            true,
+            shard.as_ref(),
+            rng,
+        )
+        .map_err(|e| e.to_string())?;
         host.negative_ok = negative_ok;
         Ok(host)
     }
@@ -436,7 +474,15 @@ impl StoreBatcher {
             .map(|(id, _)| self.regions(id))
             .collect::<Result<Vec<_>, _>>()?;
         let itm = vec![MatchLabel::Match; rows.len()];
-        assemble(&self.text(), regions, captions.to_vec(), itm, false, rng)
-            .map_err(|e| e.to_string())
+        assemble(
+            &self.text(),
+            regions,
+            captions.to_vec(),
+            itm,
+            false,
+            None,
+            rng,
+        )
+        .map_err(|e| e.to_string())
     }
 }

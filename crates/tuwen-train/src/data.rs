@@ -29,9 +29,23 @@ impl Data {
         indices: &[u64],
         rng: &mut impl Rng,
     ) -> Result<HostBatch, String> {
+        self.host_batch_rows(split, indices, None, rng)
+    }
+
+    /// [`Data::host_batch`] with the region features of the rows in `own` only (when given;
+    /// see [`crate::batch::Shard`]): what one process of a data-parallel job computes.
+    pub fn host_batch_rows(
+        &self,
+        split: Split,
+        indices: &[u64],
+        own: Option<std::ops::Range<usize>>,
+        rng: &mut impl Rng,
+    ) -> Result<HostBatch, String> {
         match self {
-            Self::Scenes(b) => b.host_batch(split, indices, rng).map_err(|e| e.to_string()),
-            Self::Store(b) => b.host_batch(split, indices, rng),
+            Self::Scenes(b) => b
+                .host_batch_rows(split, indices, own, rng)
+                .map_err(|e| e.to_string()),
+            Self::Store(b) => b.host_batch_rows(split, indices, own, rng),
         }
     }
 

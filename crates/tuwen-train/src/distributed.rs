@@ -1,7 +1,10 @@
 //! Data parallelism across processes: `mpirun -np N tuwen train` (Open MPI, the `mpi` feature).
 //!
-//! Every rank builds the whole batch of each step (a pure function of the seed and the step: no
-//! data is sent), splits it into `N x devices x micro-batches` parts as one process would, and
+//! Every rank draws the whole batch of each step (a pure function of the seed and the step: no
+//! data is sent) but reads the region features of its own rows only
+//! ([`crate::pretrain::own_rows`], [`crate::batch::Shard`]: the other rows' captions and masks
+//! are drawn alike, so every rank's parts are those of one process), splits it into
+//! `N x devices x micro-batches` parts as one process would, and
 //! computes the gradients of its own contiguous parts, each weighted by its share of the whole
 //! batch's items; the gradients are then summed over the ranks (every gradient in one flat
 //! buffer, sent in buckets of [`tuwen_mpi::BUCKET`] values; then the step's losses in a second,

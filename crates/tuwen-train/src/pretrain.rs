@@ -584,9 +584,42 @@ fn metric_values(
 /// have (with a finite corpus, example `i` is position `i mod images` of epoch `i / images`, each
 /// epoch a permutation seeded by (seed, epoch): see `corpus`).
 pub fn step_batch(data: &Data, cfg: &TrainConfig, step: usize) -> Result<HostBatch, String> {
+    step_batch_rows(data, cfg, step, None)
+}
+
+/// [`step_batch`] with the region features of the rows in `own` only (when given; the other
+/// rows are drawn alike: [`crate::batch::Shard`]), as one process of a data-parallel job
+/// builds it ([`own_rows`]).
+pub fn step_batch_rows(
+    data: &Data,
+    cfg: &TrainConfig,
+    step: usize,
+    own: Option<std::ops::Range<usize>>,
+) -> Result<HostBatch, String> {
     let (mut rng, indices) = crate::trainer::step_examples(cfg.run.seed, step, cfg.run.batch_size);
-    data.host_batch(Split::Train, &indices, &mut rng)
+    data.host_batch_rows(Split::Train, &indices, own, &mut rng)
         .map_err(|e| format!("step {step}: {e}"))
+}
+
+/// The rows of a batch of `rows` that process `rank` of `ranks` computes when each process
+/// splits its share into `local` parts (devices x micro-batches): the rows of parts
+/// `rank * local .. (rank + 1) * local` of the whole batch cut into `ranks * local` parts
+/// ([`HostBatch::split`]), as [`step_gradients`] takes them. `None` alone (every row).
+pub fn own_rows(
+    rows: usize,
+    rank: usize,
+    ranks: usize,
+    local: usize,
+) -> Option<std::ops::Range<usize>> {
+    if ranks <= 1 {
+        return None;
+    }
+    let parts = crate::batch::part_rows(rows, ranks * local);
+    let mine = (rank * local).min(parts.len())..((rank + 1) * local).min(parts.len());
+    Some(match (parts.get(mine.start), mine.is_empty()) {
+        (Some(first), false) => first.start..parts[mine.end - 1].end,
+        _ => rows..rows,
+    })
 }
 
 /// Weights of the objectives that have one (MLM, ITM and ITC count 1).
@@ -1199,6 +1232,7 @@ pub fn run(
         data,
         cfg: cfg.clone(),
         parallel: Mutex::new(DataParallel::new(&ad)),
+        devices: ad.len(),
         device: device.clone(),
         weights,
     });
@@ -1219,6 +1253,8 @@ struct PretrainTask {
     cfg: TrainConfig,
     /// Autodiff devices (the first holds the model) and the replicas on the others.
     parallel: Mutex<DataParallel>,
+    /// How many devices `parallel` holds.
+    devices: usize,
     /// The main plain device (evaluation).
     device: Device,
     weights: ObjectiveWeights,
@@ -1232,7 +1268,11 @@ impl Task for PretrainTask {
     type Batch = HostBatch;
 
     fn batch(&self, step: usize) -> Result<HostBatch, String> {
-        step_batch(&self.data, &self.cfg, step)
+        // In an MPI job only this process's rows have their region features read.
+        let (rank, ranks) = crate::distributed::placement()?;
+        let local = self.devices * self.cfg.run.grad_accum_steps;
+        let own = own_rows(self.cfg.run.batch_size, rank, ranks, local);
+        step_batch_rows(&self.data, &self.cfg, step, own)
     }
 
     fn gradients(

@@ -211,3 +211,49 @@ fn the_image_view_sees_unmasked_regions() {
         unmasked[3 * r * d..7 * r * d].to_vec()
     );
 }
+
+/// One process of a data-parallel job builds its rows only (`host_batch_rows`): its parts of the
+/// batch are those of the whole batch — masks, labels and the region swaps into its rows (which
+/// read other rows' features) included — and so are the step's totals; the other rows' features
+/// are not computed, except those a swap reads.
+#[test]
+fn a_process_builds_its_own_rows_as_the_whole_batch_has_them() {
+    let mut b = batcher();
+    // Many swaps: rows of one process read features of the others'.
+    b.region_masking = Some(RegionMaskingConfig {
+        mask_prob: 0.5,
+        zero_prob: 0.2,
+        swap_prob: 0.7,
+    });
+    let indices: Vec<u64> = (0..12).collect();
+    let build = |own| {
+        let mut rng = StdRng::seed_from_u64(9);
+        b.host_batch_rows(Split::Train, &indices, own, &mut rng)
+            .unwrap()
+    };
+    let whole = build(None);
+    let (ranks, local) = (3, 2);
+    let (mut read_for_swaps, mut unread) = (0, 0);
+    for rank in 0..ranks {
+        let own = tuwen_train::pretrain::own_rows(12, rank, ranks, local).unwrap();
+        let mine = build(Some(own.clone()));
+        assert_eq!(mine.mlm_positions, whole.mlm_positions);
+        assert_eq!(mine.region_positions, whole.region_positions);
+        assert_eq!(mine.itm, whole.itm);
+        let (a, b) = (mine.split(ranks * local), whole.split(ranks * local));
+        for part in rank * local..(rank + 1) * local {
+            assert_eq!(a[part], b[part], "rank {rank}, part {part}");
+        }
+        let width = whole.regions * whole.feature_dim;
+        for row in (0..12).filter(|r| !own.contains(r)) {
+            let features = &mine.unmasked_features.as_ref().unwrap()[row * width..][..width];
+            if features.iter().all(|&v| v == 0.0) {
+                unread += 1;
+            } else {
+                read_for_swaps += 1;
+            }
+        }
+    }
+    assert!(read_for_swaps > 0, "no swap read another process's row");
+    assert!(unread > 0, "every other row was read");
+}

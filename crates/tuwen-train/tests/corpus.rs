@@ -280,6 +280,66 @@ fn mrc_kl_splits_exactly_over_micro_batches() {
     micro_batches::assert_same_gradients(&whole, &split);
 }
 
+/// One process of a data-parallel job reads from the store only its rows and those its region
+/// swaps read (`host_batch_rows`); its parts of the batch are those of the whole batch.
+#[test]
+fn a_process_reads_its_own_rows_from_the_store() {
+    let data = tempfile::tempdir().unwrap();
+    write_corpus(data.path());
+    let records = formats::coco_captions(&data.path().join("captions.json")).unwrap();
+    let store = StoreReader::open(data.path().join("store")).unwrap();
+    let tokens =
+        BertTokenizer::word_vocabulary(records.iter().map(|r| &r.caption), 1000, true).unwrap();
+    let tokenizer = BertTokenizer::from_tokens(&tokens, TokenizerOptions::default()).unwrap();
+    let masking = tuwen_objectives::mrm::RegionMaskingConfig {
+        mask_prob: 0.6,
+        zero_prob: 0.2,
+        swap_prob: 0.7,
+    };
+    let (batcher, _) = StoreBatcher::new(
+        &records,
+        store,
+        6,
+        1,
+        tokenizer,
+        MaskingConfig::default(),
+        0.3,
+        Some(masking),
+    )
+    .unwrap();
+    let indices: Vec<u64> = (0..12).collect();
+    let build = |own| {
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(5);
+        batcher
+            .host_batch_rows(Split::Train, &indices, own, &mut rng)
+            .unwrap()
+    };
+    let whole = build(None);
+    assert!(whole.distribution_classes == CLASSES && !whole.region_positions.is_empty());
+    let (ranks, local) = (2, 3);
+    let mut read_for_swaps = 0;
+    for rank in 0..ranks {
+        let own = tuwen_train::pretrain::own_rows(12, rank, ranks, local).unwrap();
+        let mine = build(Some(own.clone()));
+        assert_eq!(mine.region_positions, whole.region_positions);
+        let (a, b) = (mine.split(ranks * local), whole.split(ranks * local));
+        for part in rank * local..(rank + 1) * local {
+            assert_eq!(a[part], b[part], "rank {rank}, part {part}");
+        }
+        let width = whole.regions * whole.feature_dim;
+        let unmasked = mine.unmasked_features.as_ref().unwrap();
+        read_for_swaps += (0..12)
+            .filter(|r| !own.contains(r))
+            .filter(|&r| {
+                unmasked[r * width..(r + 1) * width]
+                    .iter()
+                    .any(|&v| v != 0.0)
+            })
+            .count();
+    }
+    assert!(read_for_swaps > 0, "no swap read another process's row");
+}
+
 #[test]
 fn mrc_kl_needs_stored_distributions_and_masked_regions() {
     let data = tempfile::tempdir().unwrap();
