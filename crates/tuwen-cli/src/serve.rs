@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Result, anyhow};
 use tuwen_serve::{Batching, Limits, Runs, ServeConfig, Server};
 
-use crate::device::DeviceName;
+use crate::device::{DeviceName, Precision};
 
 /// What `tuwen serve` was asked.
 #[derive(Debug, clap::Args)]
@@ -63,11 +63,16 @@ pub struct ServeArgs {
     /// Backend (those compiled in).
     #[arg(long, value_enum, default_value_t = DeviceName::Flex)]
     pub device: DeviceName,
+    /// Precision of the Transformers' linear layers while answering (bf16: CPU backends with
+    /// AVX512-BF16, as `tuwen vqa --precision bf16`).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
 }
 
 impl ServeArgs {
     /// The server configuration these arguments describe (opens the device).
     pub fn config(self) -> Result<ServeConfig> {
+        self.precision.check(self.device)?;
         let backend = format!("{:?}", self.device).to_lowercase();
         Ok(ServeConfig {
             runs: Runs {
@@ -94,6 +99,7 @@ impl ServeArgs {
             },
             device: self.device.open()?,
             backend,
+            bf16: self.precision == Precision::Bf16,
         })
     }
 }

@@ -535,6 +535,48 @@ fn png(width: u32, height: u32) -> Vec<u8> {
     bytes.into_inner()
 }
 
+/// `tuwen serve --precision bf16` answers as `tuwen vqa --precision bf16` does (its workers
+/// run inside a bf16 scope) and says so in `/v1/info`.
+#[test]
+fn a_bf16_server_answers_as_the_bf16_cli_does() {
+    let Some(runs) = runs("a_bf16_server_answers_as_the_bf16_cli_does") else {
+        return;
+    };
+    if !tuwen_fusion::precision::cpu_has_bf16() {
+        // Refused at start (tested for `tuwen vqa` in tests/vqa.rs): nothing to serve.
+        eprintln!("this CPU lacks AVX512-BF16: no bf16 server");
+        return;
+    }
+    let server = Server::start(runs, &["--precision", "bf16"]);
+    let addr = server.addr;
+    assert_eq!(get(addr, "/v1/info").json()["precision"], "bf16");
+    let (photo, question) = &runs.photos[0];
+    let reply = ask(addr, photo, question);
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let served = answers(&reply.json()["answers"]);
+    let cli = |precision: &str| -> Value {
+        let out = tuwen()
+            .args(["vqa", "--run"])
+            .arg(&runs.vqa)
+            .args(["--question", question, "--json", "--precision", precision])
+            .arg(photo)
+            .output()
+            .unwrap();
+        serde_json::from_str(ok(&out).trim()).unwrap()
+    };
+    assert_same_answers(&served, &answers(&cli("bf16")["answers"]));
+    assert_ne!(
+        served,
+        answers(&cli("f32")["answers"]),
+        "the server answered in f32"
+    );
+}
+
 #[test]
 fn every_limit_and_malformed_request_gets_a_json_error_and_the_server_keeps_serving() {
     let Some(runs) =

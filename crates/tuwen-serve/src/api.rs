@@ -106,6 +106,7 @@ async fn info(State(state): State<Arc<AppState>>) -> axum::Json<Value> {
         "name": "tuwen",
         "version": env!("CARGO_PKG_VERSION"),
         "backend": state.backend,
+        "precision": state.precision,
         "threads": state.threads,
         "models": state.served,
         "limits": state.limits,

@@ -112,6 +112,10 @@ pub struct ServeConfig {
     pub device: Device,
     /// The backend's name, for `GET /v1/info`.
     pub backend: String,
+    /// Run the Transformers' linear layers of every request in bf16
+    /// (`tuwen_fusion::precision::with_bf16`; CPU backends with AVX512-BF16, f32 elsewhere).
+    /// Loading (the search index included) stays f32.
+    pub bf16: bool,
 }
 
 impl ServeConfig {
@@ -126,6 +130,7 @@ impl ServeConfig {
             batching: Batching::default(),
             device: Device::default(),
             backend: "default".into(),
+            bf16: false,
         }
     }
 }
@@ -148,6 +153,8 @@ pub(crate) struct AppState {
     /// Slots of image decodes running at once (one per CPU).
     decodes: Arc<Semaphore>,
     backend: String,
+    /// `"bf16"` or `"f32"`, for `GET /v1/info`.
+    precision: &'static str,
     threads: usize,
 }
 
@@ -177,9 +184,9 @@ impl Server {
                 config.runs.clone(),
                 config.device.clone(),
             );
-            let (threads, images) = (config.threads, images.clone());
+            let (threads, images, bf16) = (config.threads, images.clone(), config.bf16);
             tokio::task::spawn_blocking(move || {
-                start_workers(&queue, &runs, &images, &device, threads)
+                start_workers(&queue, &runs, &images, &device, threads, bf16)
             })
             .await
             .map_err(|e| format!("loading the models: {e}"))??
@@ -194,6 +201,7 @@ impl Server {
             permits: Arc::new(Semaphore::new(config.limits.max_concurrent)),
             decodes: Arc::new(Semaphore::new(cpus)),
             backend: config.backend,
+            precision: if config.bf16 { "bf16" } else { "f32" },
             threads: config.threads,
         };
         Ok(Self {
@@ -302,13 +310,15 @@ struct Started {
 }
 
 /// Starts `threads` model workers one after the other (so only the first computes the search
-/// index); the first that cannot load its models stops them all.
+/// index); the first that cannot load its models stops them all. With `bf16` each worker
+/// answers its requests inside a bf16 scope.
 fn start_workers(
     queue: &Arc<JobQueue<Job>>,
     runs: &models::Runs,
     images: &[PathBuf],
     device: &Device,
     threads: usize,
+    bf16: bool,
 ) -> Result<Started, String> {
     let mut workers = Vec::new();
     let mut first = None;
@@ -321,7 +331,11 @@ fn start_workers(
             .spawn(move || match Models::load(&runs, &images, &device) {
                 Ok(models) => {
                     let _ = ready.send(Ok(models.served()));
-                    work(i, &worker_queue, &models);
+                    if bf16 {
+                        tuwen_fusion::precision::with_bf16(|| work(i, &worker_queue, &models));
+                    } else {
+                        work(i, &worker_queue, &models);
+                    }
                 }
                 Err(e) => {
                     let _ = ready.send(Err(e));
