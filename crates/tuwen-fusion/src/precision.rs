@@ -1,6 +1,6 @@
 //! Reduced precision for inference: inside [`with_bf16`], the Transformer's position-wise linear
-//! layers ([`crate::blocks::linear_positions`]: attention projections, outputs, feed-forward)
-//! multiply in bfloat16 with f32 accumulation, as PyTorch's `torch.autocast(dtype=bfloat16)`
+//! layers ([`crate::blocks::linear_positions`]: attention projections, outputs, feed-forward, and
+//! VisualBERT's visual projection) multiply in bfloat16 with f32 accumulation, as PyTorch's `torch.autocast(dtype=bfloat16)`
 //! runs `nn.Linear`: inputs and weights rounded to bf16 (nearest even), products summed in f32,
 //! the bias added in f32. Everything else (embeddings, LayerNorm, softmax, the per-head
 //! attention products, GELU) stays f32, so masks and softmax need no half-precision care.
