@@ -123,6 +123,12 @@ pub fn run(opts: &Options) -> Result<()> {
     let mut env: Vec<(&str, String)> = vec![
         ("RAYON_NUM_THREADS", threads_s.clone()),
         ("TUWEN_BENCH_DIR", dir.to_string_lossy().into_owned()),
+        // What `tuwen` sets with `mallopt` at start-up (crates/tuwen-cli/src/main.rs): the
+        // bench binary does not run tuwen's main.
+        (
+            "GLIBC_TUNABLES",
+            "glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=536870912".into(),
+        ),
     ];
     if let Some(n) = opts.iters {
         env.push(("TUWEN_BENCH_ITERS", n.to_string()));
