@@ -386,6 +386,20 @@ fn answers(list: &Value) -> Vec<(String, f64)> {
         .collect()
 }
 
+/// The answers `tuwen vqa --json --precision PRECISION` gives for `photo` and `question` with
+/// the VQA run.
+fn cli_answers(runs: &Runs, photo: &Path, question: &str, precision: &str) -> Vec<(String, f64)> {
+    let out = tuwen()
+        .args(["vqa", "--run"])
+        .arg(&runs.vqa)
+        .args(["--question", question, "--json", "--precision", precision])
+        .arg(photo)
+        .output()
+        .unwrap();
+    let line: Value = serde_json::from_str(ok(&out).trim()).unwrap();
+    answers(&line["answers"])
+}
+
 fn assert_same_answers(got: &[(String, f64)], want: &[(String, f64)]) {
     assert_eq!(got.len(), want.len(), "{got:?} vs {want:?}");
     for ((a, s), (b, t)) in got.iter().zip(want) {
@@ -446,18 +460,7 @@ fn every_endpoint_answers_as_the_cli_commands_do() {
         String::from_utf8_lossy(&reply.body)
     );
     let served = answers(&reply.json()["answers"]);
-    let cli: Value = serde_json::from_str(
-        ok(&tuwen()
-            .args(["vqa", "--run"])
-            .arg(&runs.vqa)
-            .args(["--question", question, "--json"])
-            .arg(photo)
-            .output()
-            .unwrap())
-        .trim(),
-    )
-    .unwrap();
-    assert_same_answers(&served, &answers(&cli["answers"]));
+    assert_same_answers(&served, &cli_answers(runs, photo, question, "f32"));
     let two = post(
         addr,
         "/v1/vqa",
@@ -559,20 +562,10 @@ fn a_bf16_server_answers_as_the_bf16_cli_does() {
         String::from_utf8_lossy(&reply.body)
     );
     let served = answers(&reply.json()["answers"]);
-    let cli = |precision: &str| -> Value {
-        let out = tuwen()
-            .args(["vqa", "--run"])
-            .arg(&runs.vqa)
-            .args(["--question", question, "--json", "--precision", precision])
-            .arg(photo)
-            .output()
-            .unwrap();
-        serde_json::from_str(ok(&out).trim()).unwrap()
-    };
-    assert_same_answers(&served, &answers(&cli("bf16")["answers"]));
+    assert_same_answers(&served, &cli_answers(runs, photo, question, "bf16"));
     assert_ne!(
         served,
-        answers(&cli("f32")["answers"]),
+        cli_answers(runs, photo, question, "f32"),
         "the server answered in f32"
     );
 }

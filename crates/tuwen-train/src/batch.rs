@@ -962,8 +962,6 @@ pub(crate) fn matched_pairs(
     assemble(&text, images, texts, itm, false, None, rng)
 }
 
-/// Tokenises, masks and pads `captions` against `images` into a [`HostBatch`] (`mask`: MLM and
-/// region masking as configured; otherwise none).
 /// The rows of a batch one process of a data-parallel job computes ([`crate::distributed`]):
 /// only their region features are read; the other rows are drawn alike (captions, token and
 /// region masks: every process draws the whole batch, so the objectives' denominators and its
@@ -989,6 +987,9 @@ impl ImageRegions {
     }
 }
 
+/// Tokenises, masks and pads `captions` against `images` into a [`HostBatch`] (`mask`: MLM and
+/// region masking as configured; otherwise none).
+/// With `shard`, the rows outside `shard.own` carry no features except those a swap reads.
 pub(crate) fn assemble(
     text: &TextSide<'_>,
     images: Vec<ImageRegions>,

@@ -51,8 +51,8 @@ impl DataParallel {
         let mut flat = None;
         let mut all = vec![model.clone()];
         for (device, slot) in self.devices[1..].iter().zip(&mut self.replicas) {
+            // A device equal to the main one never keeps a replica: forking there copies nothing.
             let replica = match slot.take() {
-                _ if device == main => model.clone().fork(device),
                 None => model.clone().fork(device),
                 Some(kept) => {
                     self.refreshes += 1;

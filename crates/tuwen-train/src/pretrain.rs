@@ -615,11 +615,17 @@ pub fn own_rows(
         return None;
     }
     let parts = crate::batch::part_rows(rows, ranks * local);
-    let mine = (rank * local).min(parts.len())..((rank + 1) * local).min(parts.len());
+    let mine = own_parts(parts.len(), rank, local);
     Some(match (parts.get(mine.start), mine.is_empty()) {
         (Some(first), false) => first.start..parts[mine.end - 1].end,
         _ => rows..rows,
     })
+}
+
+/// The indices of the `parts` parts of a step that process `rank` computes with `local`
+/// parts per process; fewer when `split` gave fewer parts than asked (a batch of fewer rows).
+fn own_parts(parts: usize, rank: usize, local: usize) -> std::ops::Range<usize> {
+    (rank * local).min(parts)..((rank + 1) * local).min(parts)
 }
 
 /// Weights of the objectives that have one (MLM, ITM and ITC count 1).
@@ -857,8 +863,7 @@ pub fn step_gradients_on(
         host.lm_targets().max(1) as f32,
         host.region_positions.len().max(1) as f32,
     ];
-    // This process's parts (`split` gives fewer parts than asked for a batch of fewer rows).
-    let mine = (rank * local).min(parts.len())..((rank + 1) * local).min(parts.len());
+    let mine = own_parts(parts.len(), rank, local);
     let context = PartContext {
         parts: &parts,
         totals,

@@ -222,6 +222,33 @@ fn mrc_kl_learns_the_stored_class_distributions() {
     }
 }
 
+/// [`write_corpus`] in `dir` as a training batcher (6 held-out images) with `masking` of the
+/// regions and `mismatch_prob` mismatched captions.
+fn corpus_batcher(
+    dir: &Path,
+    masking: tuwen_objectives::mrm::RegionMaskingConfig,
+    mismatch_prob: f64,
+) -> StoreBatcher {
+    write_corpus(dir);
+    let records = formats::coco_captions(&dir.join("captions.json")).unwrap();
+    let store = StoreReader::open(dir.join("store")).unwrap();
+    let tokens =
+        BertTokenizer::word_vocabulary(records.iter().map(|r| &r.caption), 1000, true).unwrap();
+    let tokenizer = BertTokenizer::from_tokens(&tokens, TokenizerOptions::default()).unwrap();
+    let (batcher, _) = StoreBatcher::new(
+        &records,
+        store,
+        6,
+        1,
+        tokenizer,
+        MaskingConfig::default(),
+        mismatch_prob,
+        Some(masking),
+    )
+    .unwrap();
+    batcher
+}
+
 /// MRC-KL is a mean over masked regions: a step split into micro-batches gives the whole
 /// batch's gradient and loss (the distributions follow their regions into each part).
 #[test]
@@ -230,27 +257,11 @@ fn mrc_kl_splits_exactly_over_micro_batches() {
     use tuwen_train::pretrain::ObjectiveWeights;
 
     let data = tempfile::tempdir().unwrap();
-    write_corpus(data.path());
-    let records = formats::coco_captions(&data.path().join("captions.json")).unwrap();
-    let store = StoreReader::open(data.path().join("store")).unwrap();
-    let tokens =
-        BertTokenizer::word_vocabulary(records.iter().map(|r| &r.caption), 1000, true).unwrap();
-    let tokenizer = BertTokenizer::from_tokens(&tokens, TokenizerOptions::default()).unwrap();
     let masking = tuwen_objectives::mrm::RegionMaskingConfig {
         mask_prob: 0.5,
         ..tuwen_objectives::mrm::RegionMaskingConfig::VILBERT
     };
-    let (batcher, _) = StoreBatcher::new(
-        &records,
-        store,
-        6,
-        1,
-        tokenizer,
-        MaskingConfig::default(),
-        0.0,
-        Some(masking),
-    )
-    .unwrap();
+    let batcher = corpus_batcher(data.path(), masking, 0.0);
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(3);
     let host = batcher
         .host_batch(Split::Train, &(0..9).collect::<Vec<u64>>(), &mut rng)
@@ -285,28 +296,12 @@ fn mrc_kl_splits_exactly_over_micro_batches() {
 #[test]
 fn a_process_reads_its_own_rows_from_the_store() {
     let data = tempfile::tempdir().unwrap();
-    write_corpus(data.path());
-    let records = formats::coco_captions(&data.path().join("captions.json")).unwrap();
-    let store = StoreReader::open(data.path().join("store")).unwrap();
-    let tokens =
-        BertTokenizer::word_vocabulary(records.iter().map(|r| &r.caption), 1000, true).unwrap();
-    let tokenizer = BertTokenizer::from_tokens(&tokens, TokenizerOptions::default()).unwrap();
     let masking = tuwen_objectives::mrm::RegionMaskingConfig {
         mask_prob: 0.6,
         zero_prob: 0.2,
         swap_prob: 0.7,
     };
-    let (batcher, _) = StoreBatcher::new(
-        &records,
-        store,
-        6,
-        1,
-        tokenizer,
-        MaskingConfig::default(),
-        0.3,
-        Some(masking),
-    )
-    .unwrap();
+    let batcher = corpus_batcher(data.path(), masking, 0.3);
     let indices: Vec<u64> = (0..12).collect();
     let build = |own| {
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(5);
