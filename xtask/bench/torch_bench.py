@@ -13,7 +13,9 @@ transformers' own modules and repeats tuwen's work:
   to the word embeddings, its sentence-image head for ITM, cross-entropy losses summed with
   the configured weights, backward, `clip_grad_norm_` (global norm), `torch.optim.AdamW` with
   HF's decay groups (no decay on biases and LayerNorm weights), the loss values read back as
-  Python floats (tuwen reads its losses and the gradient norm every step);
+  Python floats (tuwen reads its losses and the gradient norm every step); kind "step-bf16"
+  the same under `torch.autocast("cpu", torch.bfloat16)` (tuwen's side trains with `[run]
+  precision = "bf16"`);
 * kind "forward" — `VisualBertModel` (with its pooler) in eval mode under
   `torch.inference_mode()`; kind "forward-bf16" the same under
   `torch.autocast("cpu", torch.bfloat16)` (tuwen's side runs its linear layers in bf16);
@@ -310,7 +312,7 @@ def measure(meta, model, run, variant=None):
         "transformers": transformers.__version__,
         "attn_implementation": getattr(getattr(model, "config", None), "_attn_implementation", None),
     }
-    if meta["kind"] == "step":
+    if meta["kind"] in ("step", "step-bf16"):
         line["first_loss"] = first
     if variant is not None:
         line["variant"] = variant
@@ -330,6 +332,8 @@ def main():
         batch = None if meta["kind"] == "extract" else load_batch(work_dir, meta)
         build = {
             "step": step_work,
+            # tuwen's training step with `[run] precision = "bf16"`: the reference under autocast.
+            "step-bf16": lambda m, b: step_work(m, b, autocast=torch.bfloat16),
             "forward": forward_work,
             # tuwen's linear layers in bf16: the reference under bf16 autocast.
             "forward-bf16": lambda m, b: forward_work(m, b, autocast=torch.bfloat16),

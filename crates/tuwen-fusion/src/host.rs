@@ -11,6 +11,11 @@ pub(crate) fn is_host(device: &Device) -> bool {
     name.starts_with("Device<Flex") || name.starts_with("Device<NdArray")
 }
 
+/// Whether `device` is Flex (with or without autodiff); see [`is_host`].
+pub(crate) fn is_flex(device: &Device) -> bool {
+    format!("{:?}", device.clone().inner()).starts_with("Device<Flex")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -19,8 +24,10 @@ mod tests {
     fn flex_and_ndarray_are_host_devices() {
         assert!(is_host(&Device::flex()));
         assert!(is_host(&Device::flex().autodiff()));
+        assert!(is_flex(&Device::flex().autodiff()));
         #[allow(deprecated)]
         let ndarray = Device::ndarray();
         assert!(is_host(&ndarray));
+        assert!(!is_flex(&ndarray));
     }
 }

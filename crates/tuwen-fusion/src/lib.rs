@@ -28,6 +28,8 @@
 pub mod activation;
 pub mod attention;
 pub mod bert;
+#[cfg(feature = "flex")]
+mod bf16_op;
 pub mod blocks;
 pub mod cross;
 pub mod decoder;

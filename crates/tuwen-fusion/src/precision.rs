@@ -1,24 +1,92 @@
-//! Reduced precision for inference: inside [`with_bf16`], the Transformer's position-wise linear
-//! layers ([`crate::blocks::linear_positions`]: attention projections, outputs, feed-forward, and
-//! VisualBERT's visual projection) multiply in bfloat16 with f32 accumulation, as PyTorch's `torch.autocast(dtype=bfloat16)`
-//! runs `nn.Linear`: inputs and weights rounded to bf16 (nearest even), products summed in f32,
-//! the bias added in f32. Everything else (embeddings, LayerNorm, softmax, the per-head
-//! attention products, GELU) stays f32, so masks and softmax need no half-precision care.
+//! Reduced precision: inside [`with_bf16`], the Transformer's position-wise linear layers
+//! ([`crate::blocks::linear_positions`]: attention projections, outputs, feed-forward, and
+//! VisualBERT's visual projection) multiply in bfloat16 with f32 accumulation, as PyTorch's
+//! `torch.autocast(dtype=bfloat16)` runs `nn.Linear`: inputs and weights rounded to bf16
+//! (nearest even), products summed in f32, the bias added in f32. Everything else (embeddings,
+//! LayerNorm, softmax, the per-head attention products, GELU, the loss, the optimiser's master
+//! weights) stays f32, so masks and softmax need no half-precision care.
 //!
-//! Where it applies: inference (tensors not tracked by autodiff) on a CPU backend (Flex,
-//! ndarray) of a CPU with AVX512-BF16 (`tuwen_kernels::bf16`): the layer's input and weight are
-//! read to the host, multiplied there, and the result is a tensor on the input's device.
-//! Elsewhere — under autodiff (training), on a GPU backend (Burn's own dtypes are the way there),
-//! on a CPU without the instruction set — the scope changes nothing and the layers run in f32;
-//! [`bf16_supported`] says which (`tuwen vqa --precision bf16` refuses those cases).
+//! Where it applies: CPU backends of a CPU with AVX512-BF16 (`tuwen_kernels::bf16`). On Flex,
+//! with or without autodiff, the product is a Burn backend extension of tuwen's own whose
+//! backward runs its two products in bf16 as well (training: `[run] precision = "bf16"`); this
+//! needs tuwen-fusion's `flex` feature (on in the `tuwen` CLI). On ndarray, inference only: the
+//! layer's input and weight are read to the host and multiplied there. Elsewhere — a GPU backend
+//! (Burn's own dtypes are the way there), ndarray under autodiff, a CPU without the instruction
+//! set — the scope changes nothing and the layers run in f32; [`bf16_supported`] says which
+//! (`tuwen vqa --precision bf16` and `tuwen train` with bf16 refuse those cases).
 
 use std::cell::Cell;
 
 use burn::nn::Linear;
 use burn::tensor::{Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use tuwen_kernels::bf16::Operand;
 
 thread_local! {
     static BF16: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Precision of the Transformer's linear layers (`[run] precision` of a training run, and
+/// `--precision` of the inference commands).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 throughout.
+    #[default]
+    F32,
+    /// bf16 products with f32 accumulation ([`with_bf16`]).
+    Bf16,
+}
+
+impl Precision {
+    /// Its name in configurations and on the command line (`f32`, `bf16`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// The precision of this thread's current scope.
+    pub fn current() -> Self {
+        if BF16.with(Cell::get) {
+            Precision::Bf16
+        } else {
+            Precision::F32
+        }
+    }
+
+    /// Runs `f` in this precision (bf16: inside [`with_bf16`]).
+    pub fn run<R>(self, f: impl FnOnce() -> R) -> R {
+        match self {
+            Precision::F32 => f(),
+            Precision::Bf16 => with_bf16(f),
+        }
+    }
+
+    /// Whether this precision runs on `device` ([`bf16_supported`]); the error says why not.
+    pub fn check(self, device: &Device) -> Result<(), String> {
+        if self == Precision::F32 || bf16_supported(device) {
+            return Ok(());
+        }
+        let name = format!("{:?}", device.clone().inner());
+        Err(if !cpu_has_bf16() {
+            "bf16 needs a CPU with AVX512-BF16 (this one lacks it; emulating bf16 would be \
+             slower than f32): use f32"
+                .to_string()
+        } else if device.is_autodiff() {
+            format!(
+                "bf16 training runs on Flex (this build: {}); {name} trains in f32",
+                if cfg!(feature = "flex") {
+                    "on"
+                } else {
+                    "tuwen-fusion's flex feature off"
+                }
+            )
+        } else {
+            format!("bf16 runs on the CPU backends (flex, ndarray), not on {name}: use f32")
+        })
+    }
 }
 
 /// Runs `f` with this thread's linear layers in bf16 where supported (see the module docs).
@@ -39,10 +107,16 @@ pub fn cpu_has_bf16() -> bool {
     tuwen_kernels::bf16::available()
 }
 
-/// Whether a [`with_bf16`] scope runs tensors of `device` in bf16: a CPU backend (Flex,
-/// ndarray) without autodiff, on a CPU with AVX512-BF16.
+/// Whether a [`with_bf16`] scope runs tensors of `device` in bf16: Flex (with or without
+/// autodiff, when tuwen-fusion's `flex` feature is on) or ndarray without autodiff, on a CPU with
+/// AVX512-BF16.
 pub fn bf16_supported(device: &Device) -> bool {
-    !device.is_autodiff() && crate::host::is_host(device) && cpu_has_bf16()
+    let backend = if crate::host::is_flex(device) {
+        cfg!(feature = "flex") || !device.is_autodiff()
+    } else {
+        crate::host::is_host(device) && !device.is_autodiff()
+    };
+    backend && cpu_has_bf16()
 }
 
 /// Whether this thread is inside a [`with_bf16`] scope and `device` supports it: the linear
@@ -51,23 +125,52 @@ pub(crate) fn bf16_active(device: &Device) -> bool {
     BF16.with(Cell::get) && bf16_supported(device)
 }
 
+/// `a b` for `a` `[m, k]` and `b` `[k, n]` in bf16 with f32 sums: the one call of
+/// `tuwen_kernels::bf16` (the Flex extension and the host path both come here).
+pub(crate) fn bf16_product(
+    a: Operand<'_>,
+    m: usize,
+    b: Operand<'_>,
+    k: usize,
+    n: usize,
+) -> Vec<f32> {
+    let packed = tuwen_kernels::bf16::PackedB::new(b, k, n);
+    let mut out = vec![0.0; m * n];
+    tuwen_kernels::bf16::matmul(a, m, &packed, &mut out);
+    out
+}
+
+/// `linear(x)` for `x` `[rows, d_in]` in bf16 (when [`bf16_active`]). `x` is taken by value:
+/// a tensor nothing else holds reads back to the host without a copy.
+pub(crate) fn linear_bf16(linear: &Linear, x: Tensor<2>) -> Tensor<2> {
+    #[cfg(feature = "flex")]
+    if crate::host::is_flex(&x.device()) {
+        let out = crate::bf16_op::bf16_matmul(x, linear.weight.val());
+        return match &linear.bias {
+            Some(bias) => out + bias.val().unsqueeze_dim(0),
+            None => out,
+        };
+    }
+    linear_bf16_host(linear, x)
+}
+
 /// The f32 values of `data`, borrowed (no copy).
 fn f32s<'a>(data: &'a TensorData, what: &str) -> &'a [f32] {
     data.as_slice()
         .unwrap_or_else(|e| panic!("{what}: the backend returned no f32 values: {e:?}"))
 }
 
-/// `linear(x)` for `x` `[rows, d_in]` in bf16 (when [`bf16_active`]). `x` is taken by value:
-/// a tensor nothing else holds reads back to the host without a copy.
-pub(crate) fn linear_bf16(linear: &Linear, x: Tensor<2>) -> Tensor<2> {
+/// [`linear_bf16`] through host memory (ndarray inference, and Flex without the `flex` feature).
+fn linear_bf16_host(linear: &Linear, x: Tensor<2>) -> Tensor<2> {
     let device = x.device();
-    let [rows, d_in] = x.dims();
+    let rows = x.dims()[0];
     let weight = linear.weight.val().into_data();
     let d_out = weight.shape()[1];
-    let packed = tuwen_kernels::bf16::PackedB::new(f32s(&weight, "linear weight"), d_in, d_out);
     let input = x.into_data();
-    let mut out = vec![0.0; rows * d_out];
-    tuwen_kernels::bf16::matmul(f32s(&input, "linear input"), rows, &packed, &mut out);
+    let w = f32s(&weight, "linear weight");
+    let d_in = w.len() / d_out.max(1);
+    let input = Operand::Rows(f32s(&input, "linear input"));
+    let mut out = bf16_product(input, rows, Operand::Rows(w), d_in, d_out);
     if let Some(bias) = &linear.bias {
         let bias = bias.val().into_data();
         let bias = f32s(&bias, "linear bias");
@@ -134,10 +237,105 @@ mod tests {
         assert_eq!(values(linear_positions(&linear, x)), f32_out);
     }
 
-    /// Training is untouched: under autodiff the scope runs the layer in f32.
+    /// `a b` in f64 for row-major `a` `[m, k]`, `b` `[k, n]`.
+    fn exact(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f64> {
+        let mut out = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] = (0..k)
+                    .map(|t| f64::from(a[i * k + t]) * f64::from(b[t * n + j]))
+                    .sum();
+            }
+        }
+        out
+    }
+
+    fn rounded(t: Tensor<2>) -> Vec<f32> {
+        let v: Vec<f32> = tuwen_weights::host::computed(t.into_data(), "test");
+        v.into_iter().map(tuwen_kernels::bf16::round).collect()
+    }
+
+    fn transposed(t: Tensor<2>) -> Tensor<2> {
+        t.transpose()
+    }
+
+    /// The largest difference of `got` from `want`, after checking each is within `tol`.
+    fn check(got: Tensor<2>, want: &[f64], tol: f64, what: &str) -> f64 {
+        let got: Vec<f32> = tuwen_weights::host::computed(got.into_data(), "test");
+        assert_eq!(got.len(), want.len(), "{what}: sizes");
+        let mut worst = 0.0f64;
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            let d = (f64::from(*g) - w).abs();
+            assert!(d < tol, "{what}[{i}]: {g} vs {w}");
+            worst = worst.max(d);
+        }
+        worst
+    }
+
+    /// Training in bf16 on Flex: the forward is `bf16(x) bf16(W) + b`, and the backward's two
+    /// products are bf16 too: `dx = bf16(dy) bf16(W)ᵀ`, `dW = bf16(x)ᵀ bf16(dy)` (sums in f32),
+    /// as PyTorch's autocast differentiates `nn.Linear`. The f32 gradients differ.
     #[test]
-    fn autodiff_tensors_stay_f32() {
+    fn training_in_a_scope_differentiates_in_bf16() {
         let device = Device::flex().autodiff();
+        if !bf16_supported(&device) {
+            eprintln!("this CPU lacks AVX512-BF16 (or the flex feature is off): nothing to check");
+            return;
+        }
+        let (linear, x) = layer_and_input(&device);
+        let x = x.require_grad();
+        let upstream = Tensor::<3>::random([2, 7, 40], Distribution::Normal(0.0, 1.0), &device);
+        let grads_of = |bf16: bool| {
+            let forward = || linear_positions(&linear, x.clone());
+            let y = if bf16 { with_bf16(forward) } else { forward() };
+            let out = y.clone().inner();
+            let grads = (y * upstream.clone()).sum().backward();
+            let dx = x.grad(&grads).expect("x has a gradient").reshape([14, 48]);
+            let dw = linear.weight.val().grad(&grads).expect("W has a gradient");
+            (out.reshape([14, 40]), dx, dw)
+        };
+        let (y16, dx16, dw16) = grads_of(true);
+        let (y32, dx32, dw32) = grads_of(false);
+        let (xs, w) = (
+            rounded(x.clone().inner().reshape([14, 48])),
+            rounded(linear.weight.val().inner()),
+        );
+        let dy = rounded(upstream.inner().reshape([14, 40]));
+        let bias: Vec<f32> =
+            tuwen_weights::host::computed(linear.bias.as_ref().unwrap().val().into_data(), "b");
+        let mut want_y = exact(&xs, &w, 14, 48, 40);
+        want_y
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v += f64::from(bias[i % 40]));
+        check(y16, &want_y, 1e-5, "y");
+        let w_t = rounded(transposed(linear.weight.val().inner()));
+        let x_t = rounded(transposed(x.clone().inner().reshape([14, 48])));
+        let want_dx = exact(&dy, &w_t, 14, 40, 48);
+        let want_dw = exact(&x_t, &dy, 48, 14, 40);
+        check(dx16, &want_dx, 1e-5, "dx");
+        check(dw16, &want_dw, 1e-5, "dW");
+        // The f32 run's gradients are not the bf16 ones.
+        assert!(
+            check(dx32, &want_dx, 1.0, "f32 dx") > 1e-4,
+            "the f32 run's dx came out bf16"
+        );
+        assert!(
+            check(dw32, &want_dw, 1.0, "f32 dW") > 1e-4,
+            "the f32 run's dW came out bf16"
+        );
+        assert!(
+            check(y32, &want_y, 1.0, "f32 y") > 1e-4,
+            "the f32 run's y came out bf16"
+        );
+    }
+
+    /// ndarray under autodiff has no bf16 operation: the scope runs the layer in f32.
+    #[test]
+    fn ndarray_training_stays_f32() {
+        #[allow(deprecated)]
+        let device = Device::ndarray().autodiff();
+        assert!(!bf16_supported(&device));
         let (linear, x) = layer_and_input(&device);
         let f32_out = values(linear_positions(&linear, x.clone()));
         let scoped = values(with_bf16(|| linear_positions(&linear, x)));
@@ -178,11 +376,11 @@ mod timing {
             let read_ms = start.elapsed().as_secs_f64() * 100.0;
             let host: Vec<f32> = tuwen_weights::host::computed(x.clone().into_data(), "x");
             let w: Vec<f32> = tuwen_weights::host::computed(linear.weight.val().into_data(), "w");
-            let packed = tuwen_kernels::bf16::PackedB::new(&w, d_in, d_out);
+            let packed = tuwen_kernels::bf16::PackedB::new(Operand::Rows(&w), d_in, d_out);
             let mut out = vec![0.0; 2176 * d_out];
             let start = Instant::now();
             for _ in 0..10 {
-                tuwen_kernels::bf16::matmul(&host, 2176, &packed, &mut out);
+                tuwen_kernels::bf16::matmul(Operand::Rows(&host), 2176, &packed, &mut out);
             }
             let kernel_ms = start.elapsed().as_secs_f64() * 100.0;
             let start = Instant::now();

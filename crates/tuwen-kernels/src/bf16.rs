@@ -1,6 +1,7 @@
 //! Matrix products in bfloat16 with f32 accumulation on CPUs with AVX512-BF16 (`vdpbf16ps`):
-//! `C = A B` with `A` `[m, k]` and `B` `[k, n]` row-major `f32`, both rounded to bf16 (nearest
-//! even, as PyTorch's autocast casts), products summed in f32.
+//! `C = A B` with `A` `[m, k]` and `B` `[k, n]` `f32` operands, each stored row-major or as its
+//! transpose ([`Operand`]: the backward's `xᵀ dy` and `dy Wᵀ` read their operands where they
+//! lie), both rounded to bf16 (nearest even, as PyTorch's autocast casts), products summed in f32.
 //!
 //! Written by hand: Burn's Flex backend computes its bf16 matmul by converting to f32, and the
 //! `gemm` crate has no bf16 kernel. Layout (BLIS-style): `B` packed once into panels of
@@ -49,6 +50,23 @@ pub fn round(x: f32) -> f32 {
     f32::from_bits(round_bits(x) << 16)
 }
 
+/// How a matrix operand lies in memory.
+#[derive(Clone, Copy, Debug)]
+pub enum Operand<'a> {
+    /// Row-major: `[rows, cols]`.
+    Rows(&'a [f32]),
+    /// The transpose row-major: `[cols, rows]` (a matrix whose columns are contiguous).
+    Transposed(&'a [f32]),
+}
+
+impl Operand<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Operand::Rows(v) | Operand::Transposed(v) => v.len(),
+        }
+    }
+}
+
 /// The right operand `B` `[k, n]`, rounded to bf16 and packed for the kernel.
 #[derive(Clone, Debug)]
 pub struct PackedB {
@@ -59,29 +77,23 @@ pub struct PackedB {
 }
 
 impl PackedB {
-    /// Packs `b` (`[k, n]`, row-major).
-    pub fn new(b: &[f32], k: usize, n: usize) -> Self {
+    /// Packs `b` (`[k, n]`), panels shared out over rayon's threads. Panics when the sizes
+    /// disagree or the CPU lacks AVX512-BF16 (check [`available`]).
+    pub fn new(b: Operand<'_>, k: usize, n: usize) -> Self {
         assert_eq!(b.len(), k * n, "B holds k x n values");
+        assert!(available(), "bf16 packing needs AVX512-BF16");
         let pairs = k.div_ceil(2);
-        let panels = n.div_ceil(NR);
-        let mut data = vec![0u32; panels * pairs * NR];
-        let zeros = vec![0.0; n];
-        for q in 0..pairs {
-            let lo = &b[2 * q * n..(2 * q + 1) * n];
-            let hi = if 2 * q + 1 < k {
-                &b[(2 * q + 1) * n..(2 * q + 2) * n]
-            } else {
-                &zeros[..]
-            };
-            for p in 0..panels {
-                let (c0, w) = (p * NR, NR.min(n - p * NR));
-                let at = (p * pairs + q) * NR;
-                let out = data[at..at + w].iter_mut();
-                for ((d, &l), &h) in out.zip(&lo[c0..c0 + w]).zip(&hi[c0..c0 + w]) {
-                    *d = round_bits(l) | (round_bits(h) << 16);
+        let mut data = vec![0u32; n.div_ceil(NR) * pairs * NR];
+        data.par_chunks_mut((pairs * NR).max(1))
+            .enumerate()
+            .for_each(|(p, panel)| {
+                let cols = p * NR..(p * NR + NR).min(n);
+                match b {
+                    Operand::Rows(b) => pack_rows(b, k, n, cols, panel),
+                    // SAFETY: `available()` was checked above.
+                    Operand::Transposed(bt) => unsafe { pack_columns(bt, k, cols, panel) },
                 }
-            }
-        }
+            });
         Self { k, n, data }
     }
 
@@ -96,9 +108,46 @@ impl PackedB {
     }
 }
 
-/// `out = a b` (`a` `[m, k]` row-major, `out` `[m, n]`). Panics when the sizes disagree or the
+/// Panel rows of `B` row-major (`[k, n]`): pair `q` of columns `cols` into `panel[q * NR..]`.
+fn pack_rows(b: &[f32], k: usize, n: usize, cols: std::ops::Range<usize>, panel: &mut [u32]) {
+    let zeros = [0.0; NR];
+    for (q, dst) in panel.chunks_exact_mut(NR).enumerate() {
+        let lo = &b[2 * q * n + cols.start..2 * q * n + cols.end];
+        let hi = if 2 * q + 1 < k {
+            &b[(2 * q + 1) * n + cols.start..(2 * q + 1) * n + cols.end]
+        } else {
+            &zeros[..cols.len()]
+        };
+        for ((d, &l), &h) in dst.iter_mut().zip(lo).zip(hi) {
+            *d = round_bits(l) | (round_bits(h) << 16);
+        }
+    }
+}
+
+/// Panel of `B` stored transposed (`bt` `[n, k]`): column `c` of `B` is row `c` of `bt`, whose
+/// pairs of `k` lie side by side, so a row rounds straight into pairs ([`round_row`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn pack_columns(bt: &[f32], k: usize, cols: std::ops::Range<usize>, panel: &mut [u32]) {
+    let pairs = k.div_ceil(2);
+    let mut column = vec![0u32; pairs];
+    for (j, c) in cols.enumerate() {
+        // SAFETY: the caller checked the instruction set.
+        unsafe { round_row(&bt[c * k..(c + 1) * k], &mut column) };
+        for (q, &pair) in column.iter().enumerate() {
+            panel[q * NR + j] = pair;
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn pack_columns(_bt: &[f32], _k: usize, _cols: std::ops::Range<usize>, _panel: &mut [u32]) {
+    unreachable!("bf16 matmul needs AVX512-BF16")
+}
+
+/// `out = a b` (`a` `[m, k]`, `out` `[m, n]` row-major). Panics when the sizes disagree or the
 /// CPU lacks AVX512-BF16 (check [`available`]).
-pub fn matmul(a: &[f32], m: usize, b: &PackedB, out: &mut [f32]) {
+pub fn matmul(a: Operand<'_>, m: usize, b: &PackedB, out: &mut [f32]) {
     let (k, n) = (b.k, b.n);
     assert_eq!(a.len(), m * k, "A holds m x k values");
     assert_eq!(out.len(), m * n, "C holds m x n values");
@@ -111,13 +160,21 @@ pub fn matmul(a: &[f32], m: usize, b: &PackedB, out: &mut [f32]) {
         // A rounded once: row i holds `pairs` bf16 pairs; zero rows pad it to whole MR blocks
         // (the kernel always computes MR rows: a fixed count keeps its accumulators in
         // registers). The buffer is kept for the thread's next product: a fresh one of this
-        // size would be page-faulted in again each time.
-        a16.clear();
+        // size would be page-faulted in again each time. Every row is written below.
         a16.resize(m.div_ceil(MR) * MR * pairs, 0);
-        a16.par_chunks_mut(pairs)
-            .zip(a.par_chunks(k.max(1)))
-            // SAFETY: `available()` was checked above.
-            .for_each(|(dst, row)| unsafe { round_row(row, dst) });
+        match a {
+            Operand::Rows(a) => a16[..m * pairs]
+                .par_chunks_mut(pairs.max(1))
+                .zip(a.par_chunks(k.max(1)))
+                // SAFETY: `available()` was checked above.
+                .for_each(|(dst, row)| unsafe { round_row(row, dst) }),
+            Operand::Transposed(at) => a16[..m * pairs]
+                .par_chunks_mut(16 * pairs.max(1))
+                .enumerate()
+                // SAFETY: `available()` was checked above.
+                .for_each(|(block, dst)| unsafe { round_columns(at, m, k, 16 * block, dst) }),
+        }
+        a16[m * pairs..].fill(0);
         // Row blocks of about an equal share per thread, multiples of MR.
         let rows = (m.div_ceil(rayon::current_num_threads() * 4))
             .div_ceil(MR)
@@ -128,6 +185,49 @@ pub fn matmul(a: &[f32], m: usize, b: &PackedB, out: &mut [f32]) {
             .enumerate()
             .for_each(|(t, c)| block(&a16[t * rows * pairs..], c.len() / n, pairs, b, c));
     });
+}
+
+/// Rows `i0..` of `A` (as many as `dst` holds, up to 16) rounded into pairs from `at`, `A`
+/// stored transposed (`[k, m]`): each pair of `at`'s rows gives one pair of 16 rows of `A`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn round_columns(at: &[f32], m: usize, k: usize, i0: usize, dst: &mut [u32]) {
+    use std::arch::x86_64::*;
+    let pairs = k.div_ceil(2);
+    let rows = dst.len() / pairs;
+    let zeros = [0.0f32; 16];
+    let mut packed = [0u32; 16];
+    for q in 0..pairs {
+        let lo = &at[2 * q * m + i0..2 * q * m + i0 + rows];
+        let hi = if 2 * q + 1 < k {
+            &at[(2 * q + 1) * m + i0..(2 * q + 1) * m + i0 + rows]
+        } else {
+            &zeros[..rows]
+        };
+        if rows == 16 {
+            // SAFETY: 16 floats read from each of `lo` and `hi`, 16 u32 written to `packed`.
+            unsafe {
+                let lo = _mm512_cvtneps_pbh(_mm512_loadu_ps(lo.as_ptr()));
+                let hi = _mm512_cvtneps_pbh(_mm512_loadu_ps(hi.as_ptr()));
+                let lo = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(lo));
+                let hi = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(hi));
+                let pair = _mm512_or_si512(lo, _mm512_slli_epi32::<16>(hi));
+                _mm512_storeu_si512(packed.as_mut_ptr().cast(), pair);
+            }
+        } else {
+            for ((p, &l), &h) in packed.iter_mut().zip(lo).zip(hi) {
+                *p = round_bits(l) | (round_bits(h) << 16);
+            }
+        }
+        for (r, &pair) in packed[..rows].iter().enumerate() {
+            dst[r * pairs + q] = pair;
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn round_columns(_at: &[f32], _m: usize, _k: usize, _i0: usize, _dst: &mut [u32]) {
+    unreachable!("bf16 matmul needs AVX512-BF16")
 }
 
 thread_local! {
@@ -234,6 +334,21 @@ impl Tile<'_> {
         }
         let mut tmp = [0f32; NR];
         for (i, acc) in acc.iter().enumerate().take(self.rows) {
+            if self.cols == NR {
+                // SAFETY: a whole row of the tile: NR floats from `i * ldc` lie within `c`
+                // (asserted above).
+                unsafe {
+                    let at = c.as_mut_ptr().add(i * ldc);
+                    let (mut v0, mut v1) = (acc[0], acc[1]);
+                    if self.accumulate {
+                        v0 = _mm512_add_ps(v0, _mm512_loadu_ps(at));
+                        v1 = _mm512_add_ps(v1, _mm512_loadu_ps(at.add(16)));
+                    }
+                    _mm512_storeu_ps(at, v0);
+                    _mm512_storeu_ps(at.add(16), v1);
+                }
+                continue;
+            }
             // SAFETY: `tmp` holds NR = 2 x 16 floats.
             unsafe {
                 _mm512_storeu_ps(tmp.as_mut_ptr(), acc[0]);
@@ -262,6 +377,13 @@ mod tests {
     fn values(n: usize, salt: u64) -> Vec<f32> {
         (0..n as u64)
             .map(|i| (crate::splitmix64(i ^ salt) >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
+            .collect()
+    }
+
+    /// `x` (`[rows, cols]`) transposed.
+    fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+        (0..cols * rows)
+            .map(|t| x[(t % rows) * cols + t / rows])
             .collect()
     }
 
@@ -299,22 +421,36 @@ mod tests {
             (37, 15, 70),
             (12, 1100, 32),
             (50, 64, 96),
+            (33, 17, 64),
         ] {
             let a = values(m * k, 1);
             let b = values(k * n, 2);
-            let mut c = vec![f32::NAN; m * n];
-            matmul(&a, m, &PackedB::new(&b, k, n), &mut c);
-            for i in 0..m {
-                for j in 0..n {
-                    let exact: f64 = (0..k)
-                        .map(|t| f64::from(round(a[i * k + t])) * f64::from(round(b[t * n + j])))
-                        .sum();
-                    let err = (f64::from(c[i * n + j]) - exact).abs();
-                    assert!(
-                        err <= 1e-6 * (k as f64).sqrt().max(1.0),
-                        "{m}x{k}x{n} at ({i}, {j}): {} vs {exact}",
-                        c[i * n + j]
-                    );
+            // The same operands stored transposed: `at` `[k, m]`, `bt` `[n, k]`.
+            let at = transpose(&a, m, k);
+            let bt = transpose(&b, k, n);
+            let layouts = [
+                (Operand::Rows(&a), Operand::Rows(&b)),
+                (Operand::Transposed(&at), Operand::Rows(&b)),
+                (Operand::Rows(&a), Operand::Transposed(&bt)),
+                (Operand::Transposed(&at), Operand::Transposed(&bt)),
+            ];
+            for (left, right) in layouts {
+                let mut c = vec![f32::NAN; m * n];
+                matmul(left, m, &PackedB::new(right, k, n), &mut c);
+                for i in 0..m {
+                    for j in 0..n {
+                        let exact: f64 = (0..k)
+                            .map(|t| {
+                                f64::from(round(a[i * k + t])) * f64::from(round(b[t * n + j]))
+                            })
+                            .sum();
+                        let err = (f64::from(c[i * n + j]) - exact).abs();
+                        assert!(
+                            err <= 1e-6 * (k as f64).sqrt().max(1.0),
+                            "{m}x{k}x{n} ({left:?}, {right:?}) at ({i}, {j}): {} vs {exact}",
+                            c[i * n + j]
+                        );
+                    }
                 }
             }
         }
@@ -329,7 +465,12 @@ mod tests {
         let (m, k, n) = (24, 256, 40);
         let (a, b) = (values(m * k, 3), values(k * n, 4));
         let mut c = vec![0.0; m * n];
-        matmul(&a, m, &PackedB::new(&b, k, n), &mut c);
+        matmul(
+            Operand::Rows(&a),
+            m,
+            &PackedB::new(Operand::Rows(&b), k, n),
+            &mut c,
+        );
         let mut worst = 0.0f64;
         for i in 0..m {
             for j in 0..n {

@@ -7,6 +7,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::schedule::Decay;
+use tuwen_fusion::precision::Precision;
 
 /// A whole run: `[run]`, `[optim]`, `[model]`, `[data]`, `[eval]`, `[objectives]`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -176,6 +177,11 @@ pub struct RunConfig {
     pub max_nan_steps: usize,
     /// Threads that build batches ahead of the training step (0: build them inline).
     pub loader_threads: usize,
+    /// Precision of the linear layers' products in the training steps: `"f32"`, or `"bf16"`
+    /// (bf16 operands, f32 sums, forward and backward; f32 master weights, optimiser, loss and
+    /// everything else: `tuwen_fusion::precision`). bf16 trains on Flex on a CPU with
+    /// AVX512-BF16 and is refused elsewhere. Evaluation runs in f32.
+    pub precision: Precision,
 }
 
 impl Default for RunConfig {
@@ -188,6 +194,7 @@ impl Default for RunConfig {
             log_every: 25,
             max_nan_steps: 10,
             loader_threads: 1,
+            precision: Precision::F32,
         }
     }
 }

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use tuwen_data::formats::CaptionRecord;
 use tuwen_data::scene::{SceneConfig, Split};
 use tuwen_fusion::BertConfig;
+use tuwen_fusion::precision::Precision;
 use tuwen_objectives::mixing::{Weighted, sample_task};
 use tuwen_objectives::mlm::MaskingConfig;
 use tuwen_objectives::mrm::RegionMaskingConfig;
@@ -881,6 +882,8 @@ pub fn step_gradients_on(
     } else {
         // The main device holds the model; the others their replica, refreshed.
         let replicas = parallel.replicas(model);
+        // The caller's precision scope holds on every device's thread.
+        let precision = Precision::current();
         std::thread::scope(|scope| {
             let handles: Vec<_> = devices
                 .iter()
@@ -888,7 +891,7 @@ pub fn step_gradients_on(
                 .zip(replicas)
                 .map(|((device, share), replica)| {
                     let context = &context;
-                    scope.spawn(move || context.run_share(replica, device, share))
+                    scope.spawn(move || precision.run(|| context.run_share(replica, device, share)))
                 })
                 .collect();
             let mut all = Vec::new();
@@ -1141,6 +1144,9 @@ pub fn run(
     let Some(device) = devices.first() else {
         return Err("no device to train on".into());
     };
+    for device in devices {
+        check_precision(cfg.run.precision, &device.clone().autodiff())?;
+    }
     // In an MPI job rank 0 sets the directory up first; the others then read what it wrote.
     let (rank, ranks) = crate::distributed::placement()?;
     if rank > 0 {
@@ -1250,6 +1256,13 @@ pub fn run(
         stop_after,
         &mut events,
     )
+}
+
+/// Refuses `[run] precision` on a training device that cannot run it.
+pub(crate) fn check_precision(precision: Precision, device: &Device) -> Result<(), String> {
+    precision
+        .check(device)
+        .map_err(|e| format!("run.precision = \"{}\": {e}", precision.name()))
 }
 
 /// Pretraining as a [`Task`] of the shared loop.

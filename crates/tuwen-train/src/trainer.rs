@@ -146,6 +146,9 @@ pub fn train<T: Task>(
     stop_after: Option<usize>,
     events: &mut impl FnMut(Event),
 ) -> Result<Summary, String> {
+    for device in model.devices() {
+        crate::pretrain::check_precision(cfg.run.precision, &device)?;
+    }
     let dir = run_dir.path();
     let ckpt_dir = run_dir.checkpoints();
     let o = &cfg.optim;
@@ -230,12 +233,11 @@ pub fn train<T: Task>(
     while state.step < end {
         let step = state.step;
         let batch = loader.next_batch()?;
-        let (mut grads, losses) = task
-            .gradients(
-                &model,
-                &batch,
-                crate::pretrain::step_seed(cfg.run.seed, step),
-            )
+        let seed = crate::pretrain::step_seed(cfg.run.seed, step);
+        let (mut grads, losses) = cfg
+            .run
+            .precision
+            .run(|| task.gradients(&model, &batch, seed))
             .map_err(|e| format!("step {step}: {e}"))?;
         if !groups.frozen.is_empty() {
             take_grads(&model, &mut grads, &groups.frozen);

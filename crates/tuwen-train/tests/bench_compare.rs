@@ -20,6 +20,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::tensor::Device;
+use tuwen_fusion::precision::Precision;
 use tuwen_train::batch::View;
 use tuwen_train::model::Encoder;
 use workloads::TrainStep;
@@ -119,12 +120,24 @@ fn measure(
 #[test]
 #[ignore = "a benchmark: run by `cargo xtask bench`"]
 fn default_step() {
-    let work = "default-step";
+    default_run_step("default-step", Precision::F32);
+}
+
+/// The same step with `[run] precision = "bf16"` (the reference under bf16 autocast).
+#[test]
+#[ignore = "a benchmark: run by `cargo xtask bench`"]
+fn default_step_bf16() {
+    default_run_step("default-step-bf16", Precision::Bf16);
+}
+
+fn default_run_step(work: &str, precision: Precision) {
     let ad = backend().0.autodiff();
-    let (cfg, model, host, shape) = workloads::default_run(&ad);
+    let (mut cfg, model, host, shape) = workloads::default_run(&ad);
+    cfg.run.precision = precision;
     let encoder = workloads::encoder_config(&cfg, &shape, None);
     let what = format!(
-        "default run's whole step: {}x{}, {} heads, B{} x (T{} + R{} x {}-d), MLM + ITM, AdamW, clip",
+        "default run's whole step{}: {}x{}, {} heads, B{} x (T{} + R{} x {}-d), MLM + ITM, AdamW, clip",
+        precision_note(precision, &ad),
         cfg.model.hidden_size,
         cfg.model.layers,
         cfg.model.heads,
@@ -139,7 +152,7 @@ fn default_step() {
         &bench_dir(work),
         work,
         &what,
-        "step",
+        step_kind(precision),
         &encoder,
         &cfg,
         &host,
@@ -151,25 +164,59 @@ fn default_step() {
     measure(work, true, &what, params, counts, || step.run(&host).1);
 }
 
+/// The reference's kind of a training step in `precision` (`step-bf16`: under bf16 autocast).
+fn step_kind(precision: Precision) -> &'static str {
+    match precision {
+        Precision::F32 => "step",
+        Precision::Bf16 => "step-bf16",
+    }
+}
+
+/// What a work's line says of its precision (and whether bf16 runs on this machine at all).
+fn precision_note(precision: Precision, device: &Device) -> &'static str {
+    match precision {
+        Precision::F32 => "",
+        Precision::Bf16 if precision.check(device).is_ok() => " in bf16",
+        Precision::Bf16 => {
+            eprintln!("bf16 is not available here: the step runs in f32");
+            " in bf16 (NOT AVAILABLE HERE: ran f32)"
+        }
+    }
+}
+
 /// `visualbert-minilm`'s whole optimiser step: MiniLM-L6-H384 VisualBERT (12 heads, dropout
 /// 0.1), 32 x (32 tokens + 36 regions of 2048-d), MLM 15% + ITM, AdamW, global-norm clipping.
 /// (`cargo xtask bench --torch-bf16` also measures the reference under bf16 autocast.)
 #[test]
 #[ignore = "a benchmark: run by `cargo xtask bench`"]
 fn visualbert_minilm_step() {
-    let work = "visualbert-minilm-step";
+    minilm_step("visualbert-minilm-step", Precision::F32);
+}
+
+/// The same step with `[run] precision = "bf16"` (the reference under bf16 autocast).
+#[test]
+#[ignore = "a benchmark: run by `cargo xtask bench`"]
+fn visualbert_minilm_step_bf16() {
+    minilm_step("visualbert-minilm-step-bf16", Precision::Bf16);
+}
+
+fn minilm_step(work: &str, precision: Precision) {
     let ad = backend().0.autodiff();
-    let (cfg, model, host, spec) = workloads::minilm_run(&ad);
+    let (mut cfg, model, host, spec) = workloads::minilm_run(&ad);
+    cfg.run.precision = precision;
     let encoder = workloads::encoder_config(&cfg, &spec.shape, spec.bert.clone());
-    let what = "visualbert-minilm whole step: 384x6, 12 heads, B32 x (T32 + R36 x 2048-d), \
-                MLM 15% + ITM, AdamW, clip, dropout 0.1";
+    let what = format!(
+        "visualbert-minilm whole step{}: 384x6, 12 heads, B32 x (T32 + R36 x 2048-d), \
+         MLM 15% + ITM, AdamW, clip, dropout 0.1",
+        precision_note(precision, &ad)
+    );
     let params = workloads::params(&model);
     let counts = counts(2, 5);
     workloads::export(
         &bench_dir(work),
         work,
-        what,
-        "step",
+        &what,
+        step_kind(precision),
         &encoder,
         &cfg,
         &host,
@@ -178,7 +225,7 @@ fn visualbert_minilm_step() {
         counts.1,
     );
     let mut step = TrainStep::new(&cfg, model, ad);
-    measure(work, true, what, params, counts, || step.run(&host).1);
+    measure(work, true, &what, params, counts, || step.run(&host).1);
 }
 
 /// The `visualbert-minilm` encoder's forward pass for inference (plain Flex device: no

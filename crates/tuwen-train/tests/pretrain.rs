@@ -612,6 +612,66 @@ fn with_dropout_two_devices_at_once_give_the_gradients_of_one_device_in_turn() {
     );
 }
 
+/// `[run] precision = "bf16"`: a step inside the precision scope computes in bf16 on every
+/// device's thread (two Flex replicas at once give the bf16 gradients of one device in turn),
+/// and those differ from the f32 ones by bf16's rounding, not more.
+#[test]
+fn a_bf16_step_is_bf16_on_every_device() {
+    use tuwen_fusion::precision::{Precision, bf16_supported};
+    let SplitSetup {
+        host, model, one, ..
+    } = split_setup(0.0);
+    if !bf16_supported(&one) {
+        eprintln!("no bf16 training here (CPU without AVX512-BF16): nothing to check");
+        return;
+    }
+    let bf16 = |devices: &[Device], micro: usize| {
+        Precision::Bf16.run(|| gradients(&model, &host, devices, micro))
+    };
+    let (in_turn, losses16) = bf16(std::slice::from_ref(&one), 2);
+    let (at_once, _) = bf16(&[one.clone(), one.clone()], 1);
+    let (f32_grads, losses32) = gradients(&model, &host, std::slice::from_ref(&one), 2);
+    let scale = f32_grads
+        .iter()
+        .flatten()
+        .fold(0.0f32, |m, x| m.max(x.abs()));
+    let rounding = max_diff(&in_turn, &f32_grads);
+    let split = max_diff(&in_turn, &at_once);
+    assert!(
+        split <= 1e-5 * scale,
+        "bf16 at once vs in turn: {split} (scale {scale})"
+    );
+    assert!(
+        rounding > 100.0 * split.max(1e-7 * scale),
+        "bf16 did not act: {rounding} vs {split}"
+    );
+    assert!(
+        rounding < 0.05 * scale,
+        "bf16 vs f32: {rounding} (scale {scale})"
+    );
+    assert!(
+        (losses16.mlm - losses32.mlm).abs() < 0.01 * losses32.mlm,
+        "{losses16:?} vs {losses32:?}"
+    );
+}
+
+/// bf16 training is refused, with the reason, where it cannot run (ndarray has no bf16
+/// operation under autodiff; without AVX512-BF16 nothing does).
+#[test]
+fn bf16_training_is_refused_on_a_device_without_it() {
+    let mut cfg = tiny_vilbert();
+    cfg.run.precision = tuwen_fusion::precision::Precision::Bf16;
+    cfg.run.steps = 1;
+    let dir = tempfile::tempdir().unwrap();
+    #[allow(deprecated)]
+    let ndarray = Device::ndarray();
+    let err = tuwen_train::pretrain::run(&cfg, dir.path(), &[ndarray], None, |_| {}).unwrap_err();
+    assert!(
+        err.contains("run.precision = \"bf16\"") && err.contains("f32"),
+        "{err}"
+    );
+}
+
 /// The other device's replica is kept between steps: at the next step only its weights are
 /// refreshed (one flat transfer from the main device), and the step then gives exactly what a
 /// freshly forked replica gives, with the main model's new weights (a stale replica would not).

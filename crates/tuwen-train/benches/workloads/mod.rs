@@ -16,6 +16,7 @@ use burn::tensor::Device;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tuwen_data::scene::SceneConfig;
+use tuwen_fusion::precision::Precision;
 use tuwen_fusion::{BertConfig, VisualBertConfig};
 use tuwen_objectives::itm::MatchLabel;
 use tuwen_objectives::mlm::{IGNORE, MaskingConfig, mask_tokens};
@@ -214,6 +215,8 @@ pub struct TrainStep {
     max_grad_norm: f32,
     seed: u64,
     step: u64,
+    /// `[run] precision`: the step's gradients run in its scope, as in `trainer::train`.
+    precision: Precision,
 }
 
 impl TrainStep {
@@ -238,6 +241,7 @@ impl TrainStep {
             max_grad_norm: o.max_grad_norm,
             seed: cfg.run.seed,
             step: 0,
+            precision: cfg.run.precision,
         }
     }
 
@@ -250,15 +254,20 @@ impl TrainStep {
     pub fn run(&mut self, host: &HostBatch) -> (f32, f32) {
         let mut model = self.model.take().expect("a model between steps");
         self.step += 1;
-        let (mut grads, losses) = step_gradients(
-            &model,
-            host,
-            std::slice::from_ref(&self.device),
-            self.micro_batches,
-            self.weights,
-            self.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ self.step,
-        )
-        .expect("a training step");
+        let seed = self.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ self.step;
+        let (mut grads, losses) = self
+            .precision
+            .run(|| {
+                step_gradients(
+                    &model,
+                    host,
+                    std::slice::from_ref(&self.device),
+                    self.micro_batches,
+                    self.weights,
+                    seed,
+                )
+            })
+            .expect("a training step");
         let norm = if self.max_grad_norm > 0.0 {
             clip_global_norm(&model, &mut grads, self.max_grad_norm)
         } else {
