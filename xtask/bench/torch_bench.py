@@ -19,6 +19,9 @@ transformers' own modules and repeats tuwen's work:
 * kind "forward" — `VisualBertModel` (with its pooler) in eval mode under
   `torch.inference_mode()`; kind "forward-bf16" the same under
   `torch.autocast("cpu", torch.bfloat16)` (tuwen's side runs its linear layers in bf16);
+* kind "answer" — `tuwen vqa` for one question: `VisualBertModel` and a VQA answer head
+  (hidden -> 2 hidden -> GELU -> LayerNorm -> answers) in eval mode under
+  `torch.inference_mode()`, the sigmoid scores read back; "answer-bf16" under autocast;
 * kind "extract" — `tuwen extract-regions`'s per-image work with torchvision: resize, the
   `mobilenet_v2` feature map (the same weights file), `roi_align` of tuwen's proposals, the
   classifier, softmax, `nms`, the kept regions;
@@ -239,6 +242,41 @@ def forward_work(meta, batch, autocast=None):
     return model, run
 
 
+def answer_work(meta, batch, autocast=None):
+    """`tuwen vqa` for one question: VisualBertModel's pooled output through the VQA answer head
+    (LXMERT's / tuwen's `AnswerHead`: hidden -> 2 hidden -> GELU -> LayerNorm -> answers), the
+    sigmoid scores read back."""
+    m = meta["model"]
+    model = VisualBertModel(hf_config(m), add_pooling_layer=True)
+    located = with_location(model, m["location_dim"])
+    if located is not None:
+        located.boxes = batch["boxes"]
+    h = m["hidden_size"]
+    head = torch.nn.Sequential(
+        torch.nn.Linear(h, 2 * h),
+        torch.nn.GELU(),
+        torch.nn.LayerNorm(2 * h, eps=1e-12),
+        torch.nn.Linear(2 * h, meta["answers"]),
+    )
+    both = torch.nn.ModuleList([model, head])
+    both.eval()
+
+    def run():
+        with torch.inference_mode(), torch.autocast(
+            "cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None
+        ):
+            out = model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                visual_embeds=batch["visual_embeds"],
+                visual_attention_mask=batch["visual_attention_mask"],
+            )
+            scores = torch.sigmoid(head(out.pooler_output)).float()
+        return float(scores[0, 0])
+
+    return both, run
+
+
 def extract_work(meta, _batch):
     """tuwen's `RegionExtractor::extract` on each photo: resize, MobileNetV2 features,
     RoIAlign of tuwen's proposals (exported), classifier, softmax, NMS, the kept regions."""
@@ -337,6 +375,8 @@ def main():
             "forward": forward_work,
             # tuwen's linear layers in bf16: the reference under bf16 autocast.
             "forward-bf16": lambda m, b: forward_work(m, b, autocast=torch.bfloat16),
+            "answer": answer_work,
+            "answer-bf16": lambda m, b: answer_work(m, b, autocast=torch.bfloat16),
             "extract": extract_work,
         }[meta["kind"]]
         model, run = build(meta, batch)

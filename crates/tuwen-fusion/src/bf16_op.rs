@@ -17,7 +17,7 @@ use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::tensor::{DType, Shape, Tensor, TensorData};
-use tuwen_kernels::bf16::Operand;
+use tuwen_kernels::bf16::{Operand, PackedB};
 
 /// Burn backend extension: `lhs [m, k] x rhs [k, n]` with both operands rounded to bf16
 /// (nearest even) and the products summed in f32. Implemented for Flex (f32 tensors; other
@@ -49,7 +49,8 @@ impl Bf16Matmul for Flex {
         );
         let device = lhs.device();
         let (lhs, rhs) = (MatrixView::of(lhs), MatrixView::of(rhs));
-        let out = crate::precision::bf16_product(lhs.operand(), m, rhs.operand(), k, n);
+        let packed = PackedB::new(rhs.operand(), k, n);
+        let out = crate::precision::bf16_product(lhs.operand(), m, &packed);
         Self::float_from_data(TensorData::new(out, [m, n]), &device)
     }
 }

@@ -6,24 +6,31 @@
 //! LayerNorm, softmax, the per-head attention products, GELU, the loss, the optimiser's master
 //! weights) stays f32, so masks and softmax need no half-precision care.
 //!
-//! Where it applies: CPU backends of a CPU with AVX512-BF16 (`tuwen_kernels::bf16`). On Flex,
-//! with or without autodiff, the product is a Burn backend extension of tuwen's own whose
-//! backward runs its two products in bf16 as well (training: `[run] precision = "bf16"`); this
-//! needs tuwen-fusion's `flex` feature (on in the `tuwen` CLI). On ndarray, inference only: the
-//! layer's input and weight are read to the host and multiplied there. Elsewhere — a GPU backend
-//! (Burn's own dtypes are the way there), ndarray under autodiff, a CPU without the instruction
-//! set — the scope changes nothing and the layers run in f32; [`bf16_supported`] says which
-//! (`tuwen vqa --precision bf16` and `tuwen train` with bf16 refuse those cases).
+//! Where it applies: CPU backends of a CPU with AVX512-BF16 (`tuwen_kernels::bf16`). Training
+//! (autodiff, Flex: `[run] precision = "bf16"`) goes through a Burn backend extension of
+//! tuwen's own whose backward runs its two products in bf16 as well; it needs tuwen-fusion's
+//! `flex` feature (on in the `tuwen` CLI). Inference (Flex, ndarray) multiplies in host memory,
+//! each weight packed once per outermost scope and kept while the scope lasts (a scope's
+//! inference weights must not change: the server's workers and `tuwen vqa` answer every request
+//! in one scope). Elsewhere — a GPU backend (Burn's own dtypes are the way there), ndarray under
+//! autodiff, a CPU without the instruction set — the scope changes nothing and the layers run in
+//! f32; [`bf16_supported`] says which (`tuwen vqa --precision bf16` and `tuwen train` with bf16
+//! refuse those cases).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
 
+use burn::module::ParamId;
 use burn::nn::Linear;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
-use tuwen_kernels::bf16::Operand;
+use tuwen_kernels::bf16::{Operand, PackedB};
 
 thread_local! {
     static BF16: Cell<bool> = const { Cell::new(false) };
+    /// Inference weights packed for the kernel in this thread's outermost scope, by parameter.
+    static PACKED: RefCell<HashMap<ParamId, Rc<PackedB>>> = RefCell::new(HashMap::new());
 }
 
 /// Precision of the Transformer's linear layers (`[run] precision` of a training run, and
@@ -96,6 +103,10 @@ pub fn with_bf16<R>(f: impl FnOnce() -> R) -> R {
     impl Drop for Restore {
         fn drop(&mut self) {
             BF16.with(|s| s.set(self.0));
+            if !self.0 {
+                // The outermost scope ends: its packed weights go.
+                PACKED.with_borrow_mut(HashMap::clear);
+            }
         }
     }
     let _restore = Restore(BF16.with(|s| s.replace(true)));
@@ -127,24 +138,18 @@ pub(crate) fn bf16_active(device: &Device) -> bool {
 
 /// `a b` for `a` `[m, k]` and `b` `[k, n]` in bf16 with f32 sums: the one call of
 /// `tuwen_kernels::bf16` (the Flex extension and the host path both come here).
-pub(crate) fn bf16_product(
-    a: Operand<'_>,
-    m: usize,
-    b: Operand<'_>,
-    k: usize,
-    n: usize,
-) -> Vec<f32> {
-    let packed = tuwen_kernels::bf16::PackedB::new(b, k, n);
-    let mut out = vec![0.0; m * n];
-    tuwen_kernels::bf16::matmul(a, m, &packed, &mut out);
+pub(crate) fn bf16_product(a: Operand<'_>, m: usize, b: &PackedB) -> Vec<f32> {
+    let mut out = vec![0.0; m * b.n()];
+    tuwen_kernels::bf16::matmul(a, m, b, &mut out);
     out
 }
 
-/// `linear(x)` for `x` `[rows, d_in]` in bf16 (when [`bf16_active`]). `x` is taken by value:
-/// a tensor nothing else holds reads back to the host without a copy.
+/// `linear(x)` for `x` `[rows, d_in]` in bf16 (when [`bf16_active`]). Training (autodiff, Flex)
+/// goes through the differentiable Flex operation; inference through host memory, the weight
+/// packed once per scope ([`packed_weight`]).
 pub(crate) fn linear_bf16(linear: &Linear, x: Tensor<2>) -> Tensor<2> {
     #[cfg(feature = "flex")]
-    if crate::host::is_flex(&x.device()) {
+    if x.device().is_autodiff() {
         let out = crate::bf16_op::bf16_matmul(x, linear.weight.val());
         return match &linear.bias {
             Some(bias) => out + bias.val().unsqueeze_dim(0),
@@ -160,17 +165,33 @@ fn f32s<'a>(data: &'a TensorData, what: &str) -> &'a [f32] {
         .unwrap_or_else(|e| panic!("{what}: the backend returned no f32 values: {e:?}"))
 }
 
-/// [`linear_bf16`] through host memory (ndarray inference, and Flex without the `flex` feature).
+/// `linear`'s weight packed for the kernel, packed once in this thread's outermost inference
+/// scope and kept until it ends: inside a scope, inference weights do not change (the server's
+/// workers and `tuwen vqa` answer every request in one scope; training never comes here). An
+/// entry of another shape (another model reusing an id) is packed again.
+fn packed_weight(linear: &Linear) -> Rc<PackedB> {
+    let [d_in, d_out] = linear.weight.dims();
+    let id = linear.weight.id;
+    let cached = PACKED.with_borrow(|cache| cache.get(&id).cloned());
+    if let Some(packed) = cached.filter(|p| (p.k(), p.n()) == (d_in, d_out)) {
+        return packed;
+    }
+    let weight = linear.weight.val().into_data();
+    let w = f32s(&weight, "linear weight");
+    let packed = Rc::new(PackedB::new(Operand::Rows(w), d_in, d_out));
+    PACKED.with_borrow_mut(|cache| cache.insert(id, Rc::clone(&packed)));
+    packed
+}
+
+/// [`linear_bf16`] for inference: `x` is taken by value (a tensor nothing else holds reads back
+/// to the host without a copy), multiplied on the host and sent back with the f32 bias added.
 fn linear_bf16_host(linear: &Linear, x: Tensor<2>) -> Tensor<2> {
     let device = x.device();
     let rows = x.dims()[0];
-    let weight = linear.weight.val().into_data();
-    let d_out = weight.shape()[1];
+    let packed = packed_weight(linear);
+    let d_out = packed.n();
     let input = x.into_data();
-    let w = f32s(&weight, "linear weight");
-    let d_in = w.len() / d_out.max(1);
-    let input = Operand::Rows(f32s(&input, "linear input"));
-    let mut out = bf16_product(input, rows, Operand::Rows(w), d_in, d_out);
+    let mut out = bf16_product(Operand::Rows(f32s(&input, "linear input")), rows, &packed);
     if let Some(bias) = &linear.bias {
         let bias = bias.val().into_data();
         let bias = f32s(&bias, "linear bias");
@@ -328,6 +349,28 @@ mod tests {
             check(y32, &want_y, 1.0, "f32 y") > 1e-4,
             "the f32 run's y came out bf16"
         );
+    }
+
+    /// Packed weights live as long as the outermost scope: a new scope sees changed weights.
+    #[test]
+    fn a_new_scope_packs_the_weights_again() {
+        let device = Device::flex();
+        if !bf16_supported(&device) {
+            eprintln!("this CPU lacks AVX512-BF16: nothing to compare");
+            return;
+        }
+        let (mut linear, x) = layer_and_input(&device);
+        let once = values(with_bf16(|| linear_positions(&linear, x.clone())));
+        let id = linear.weight.id;
+        linear.weight = linear.weight.map(|w| w.mul_scalar(2.0));
+        assert_eq!(linear.weight.id, id, "the same parameter");
+        let bias = linear.bias.as_ref().unwrap().val();
+        let twice = values(with_bf16(|| linear_positions(&linear, x.clone())));
+        let bias: Vec<f32> = tuwen_weights::host::computed(bias.into_data(), "bias");
+        for (i, (a, b)) in once.iter().zip(&twice).enumerate() {
+            let want = 2.0 * (a - bias[i % 40]) + bias[i % 40];
+            assert!((b - want).abs() < 1e-4, "[{i}]: {b} vs {want}");
+        }
     }
 
     /// ndarray under autodiff has no bf16 operation: the scope runs the layer in f32.

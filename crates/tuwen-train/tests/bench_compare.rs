@@ -296,6 +296,77 @@ fn minilm_forward(work: &str, bf16: bool, what: &str) {
     });
 }
 
+/// Answers of a VQA v2 answer vocabulary (the size of the answer head in the answer works).
+const VQA_ANSWERS: usize = 3129;
+
+/// `tuwen vqa`'s work for one question: the `visualbert-minilm` encoder over one row (32
+/// tokens + 36 regions of 2048-d) and a VQA answer head (`AnswerHead`: 384 -> 768 -> GELU ->
+/// LayerNorm -> 3,129 answers), the batch uploaded and the sigmoid scores read back — the
+/// latency of answering one question. The reference: `VisualBertModel` and the same head in
+/// PyTorch modules, in eval mode under `torch.inference_mode()`.
+#[test]
+#[ignore = "a benchmark: run by `cargo xtask bench`"]
+fn visualbert_minilm_answer() {
+    minilm_answer("visualbert-minilm-answer", Precision::F32);
+}
+
+/// The same answer with the linear layers in bf16 (`tuwen vqa --precision bf16`; the
+/// reference under `torch.autocast("cpu", torch.bfloat16)`).
+#[test]
+#[ignore = "a benchmark: run by `cargo xtask bench`"]
+fn visualbert_minilm_answer_bf16() {
+    minilm_answer("visualbert-minilm-answer-bf16", Precision::Bf16);
+}
+
+fn minilm_answer(work: &str, precision: Precision) {
+    let device = backend().0;
+    let (cfg, mut model, host, spec) = workloads::minilm_run(&device);
+    let encoder = workloads::encoder_config(&cfg, &spec.shape, spec.bert.clone());
+    let hidden = encoder.bert.hidden_size;
+    model.vqa = Some(tuwen_fusion::lxmert::AnswerHead::new(
+        hidden,
+        VQA_ANSWERS,
+        &device,
+    ));
+    let question = host.split(host.rows).remove(0);
+    let Encoder::VisualBert(visual_bert) = &model.encoder else {
+        panic!("visualbert-minilm is a VisualBERT");
+    };
+    let params = workloads::params(&visual_bert.visual_bert) + workloads::params(&model.vqa);
+    let what = format!(
+        "one VQA answer{}: visualbert-minilm encoder + answer head (3,129), 1 x (T32 + R36 x 2048-d)",
+        precision_note(precision, &device)
+    );
+    let counts = counts(3, 30);
+    let kind = match precision {
+        Precision::F32 => "answer",
+        Precision::Bf16 => "answer-bf16",
+    };
+    let dir = bench_dir(work);
+    workloads::export(
+        &dir,
+        work,
+        &what,
+        kind,
+        &encoder,
+        &cfg,
+        &question,
+        params,
+        counts.0.max(1),
+        counts.1,
+    );
+    workloads::add_meta(&dir, "answers", VQA_ANSWERS.into());
+    // One scope for every question, as `tuwen vqa` and the server's workers answer.
+    precision.run(|| {
+        measure(work, false, &what, params, counts, || {
+            let scores = model
+                .answer_scores(&question.to_device(&device))
+                .expect("answer scores");
+            scores[0]
+        })
+    });
+}
+
 /// `tuwen extract-regions`'s per-image work on four real photos (the `photos` asset: coffee,
 /// chelsea, motorcycle_left, rocket; decoded before timing): resize to a shorter side of 448,
 /// the ImageNet MobileNetV2's feature map, RoIAlign 7 x 7 of the ~190 detector-free proposals,

@@ -410,6 +410,15 @@ pub fn export(
     .expect("writing meta.json");
 }
 
+/// Adds `key: value` to the `meta.json` [`export`] wrote in `dir` (what one work alone needs).
+pub fn add_meta(dir: &Path, key: &str, value: serde_json::Value) {
+    let path = dir.join("meta.json");
+    let text = std::fs::read_to_string(&path).expect("reading meta.json");
+    let mut meta: serde_json::Value = serde_json::from_str(&text).expect("meta.json");
+    meta[key] = value;
+    std::fs::write(&path, serde_json::to_string(&meta).expect("json")).expect("writing meta.json");
+}
+
 /// Parameters of `module` (both sides print theirs: equal counts mean equal models).
 pub fn params<M: Module>(module: &M) -> usize {
     module.num_params()
