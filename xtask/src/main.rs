@@ -120,7 +120,8 @@ enum Task {
         #[arg(long)]
         criterion: bool,
         /// Works to run (test-name filters: default_step, visualbert_minilm_step,
-        /// visualbert_minilm_forward); with --criterion, criterion's arguments.
+        /// visualbert_minilm_forward, visualbert_minilm_answer, extract_regions; a `_bf16`
+        /// suffix for the bf16 ones); with --criterion, criterion's arguments.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
