@@ -15,8 +15,15 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, binary};
 use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
+use burn::backend::{
+    Autodiff, Backend, BackendTensor, Dispatch, DispatchTensorKind, Flex, TensorMetadata,
+    backend_extension,
+};
 use burn::tensor::{DType, Shape, Tensor, TensorData};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
 use tuwen_kernels::bf16::{Operand, PackedB};
 
 /// Burn backend extension: `lhs [m, k] x rhs [k, n]` with both operands rounded to bf16
@@ -143,6 +150,56 @@ impl<B: Bf16Matmul, C: CheckpointStrategy> Bf16Matmul for Autodiff<B, C> {
             }
         }
     }
+}
+
+/// A weight packed for the kernel, and the Flex tensor it was packed from (kept alive, so its
+/// buffer's address cannot be reused by other values while the entry exists).
+struct PackedWeight {
+    source: FloatTensor<Flex>,
+    packed: Rc<PackedB>,
+}
+
+thread_local! {
+    /// Inference weights packed in this thread's bf16 scope, by their buffer's address.
+    static PACKED: RefCell<HashMap<usize, PackedWeight>> = RefCell::new(HashMap::new());
+}
+
+/// `weight` (`[d_in, d_out]`, a plain Flex tensor) packed for the kernel, packed once while
+/// this thread's bf16 scope lasts. Entries are keyed by the weight's buffer (address, layout),
+/// not by parameter id: two models (even with the same ids, as runs fine-tuned from one
+/// pretraining run have) never share one. The entry holds the weight, so its buffer can neither
+/// be reused for other values nor written in place (Flex copies a buffer it does not own alone
+/// before writing) while the entry exists. The entries go when the scope ends
+/// ([`forget_packed_weights`]).
+pub(crate) fn packed_weight(weight: Tensor<2>) -> Rc<PackedB> {
+    let [d_in, d_out] = weight.dims();
+    let DispatchTensorKind::Flex(BackendTensor::Float(source)) = weight.into_dispatch().kind else {
+        panic!("packed_weight takes a plain f32 Flex tensor");
+    };
+    let key = Arc::as_ptr(&source.data_arc()) as *const u8 as usize;
+    let same =
+        |entry: &PackedWeight| entry.source.layout() == source.layout() && entry.packed.k() == d_in;
+    if let Some(packed) = PACKED.with_borrow(|cache| {
+        cache
+            .get(&key)
+            .filter(|e| same(e))
+            .map(|e| Rc::clone(&e.packed))
+    }) {
+        return packed;
+    }
+    let view = MatrixView::of(source.clone());
+    let packed = Rc::new(PackedB::new(view.operand(), d_in, d_out));
+    let entry = PackedWeight {
+        source,
+        packed: Rc::clone(&packed),
+    };
+    PACKED.with_borrow_mut(|cache| cache.insert(key, entry));
+    packed
+}
+
+/// Drops this thread's packed weights (its last bf16 scope ended).
+pub(crate) fn forget_packed_weights() {
+    PACKED.with_borrow_mut(HashMap::clear);
 }
 
 /// `lhs x rhs` in bf16 with f32 sums, on a Flex device (with or without autodiff).

@@ -9,19 +9,18 @@
 //! Where it applies: CPU backends of a CPU with AVX512-BF16 (`tuwen_kernels::bf16`). Training
 //! (autodiff, Flex: `[run] precision = "bf16"`) goes through a Burn backend extension of
 //! tuwen's own whose backward runs its two products in bf16 as well; it needs tuwen-fusion's
-//! `flex` feature (on in the `tuwen` CLI). Inference (Flex, ndarray) multiplies in host memory,
-//! each weight packed once per outermost scope and kept while the scope lasts (a scope's
-//! inference weights must not change: the server's workers and `tuwen vqa` answer every request
-//! in one scope). Elsewhere — a GPU backend (Burn's own dtypes are the way there), ndarray under
+//! `flex` feature (on in the `tuwen` CLI). Inference (Flex, ndarray) multiplies in host memory;
+//! on Flex each weight is packed for the kernel once and kept while the thread's bf16 scope
+//! lasts (keyed by the weight's buffer: the server's workers and `tuwen vqa` answer every
+//! request in one scope). Only the Transformer's linear layers: the pooler and the task heads
+//! (`Linear::forward`) stay f32. Elsewhere — a GPU backend (Burn's own dtypes are the way there), ndarray under
 //! autodiff, a CPU without the instruction set — the scope changes nothing and the layers run in
 //! f32; [`bf16_supported`] says which (`tuwen vqa --precision bf16` and `tuwen train` with bf16
 //! refuse those cases).
 
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::cell::Cell;
 use std::rc::Rc;
 
-use burn::module::ParamId;
 use burn::nn::Linear;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
@@ -29,8 +28,6 @@ use tuwen_kernels::bf16::{Operand, PackedB};
 
 thread_local! {
     static BF16: Cell<bool> = const { Cell::new(false) };
-    /// Inference weights packed for the kernel in this thread's outermost scope, by parameter.
-    static PACKED: RefCell<HashMap<ParamId, Rc<PackedB>>> = RefCell::new(HashMap::new());
 }
 
 /// Precision of the Transformer's linear layers (`[run] precision` of a training run, and
@@ -63,12 +60,10 @@ impl Precision {
         }
     }
 
-    /// Runs `f` in this precision (bf16: inside [`with_bf16`]).
+    /// Runs `f` in this precision: bf16 inside a [`with_bf16`] scope; f32 with the linear
+    /// layers in f32 even inside an outer bf16 scope (restored when `f` ends).
     pub fn run<R>(self, f: impl FnOnce() -> R) -> R {
-        match self {
-            Precision::F32 => f(),
-            Precision::Bf16 => with_bf16(f),
-        }
+        scoped(self == Precision::Bf16, f)
     }
 
     /// Whether this precision runs on `device` ([`bf16_supported`]); the error says why not.
@@ -99,17 +94,23 @@ impl Precision {
 /// Runs `f` with this thread's linear layers in bf16 where supported (see the module docs).
 /// Scopes nest; the previous setting returns when `f` ends (or panics).
 pub fn with_bf16<R>(f: impl FnOnce() -> R) -> R {
+    scoped(true, f)
+}
+
+/// Runs `f` with this thread's bf16 flag set to `bf16`, restored when `f` ends (or panics);
+/// the weights packed in a bf16 scope go when the thread leaves its last one.
+fn scoped<R>(bf16: bool, f: impl FnOnce() -> R) -> R {
     struct Restore(bool);
     impl Drop for Restore {
         fn drop(&mut self) {
             BF16.with(|s| s.set(self.0));
+            #[cfg(feature = "flex")]
             if !self.0 {
-                // The outermost scope ends: its packed weights go.
-                PACKED.with_borrow_mut(HashMap::clear);
+                crate::bf16_op::forget_packed_weights();
             }
         }
     }
-    let _restore = Restore(BF16.with(|s| s.replace(true)));
+    let _restore = Restore(BF16.with(|s| s.replace(bf16)));
     f()
 }
 
@@ -165,22 +166,18 @@ fn f32s<'a>(data: &'a TensorData, what: &str) -> &'a [f32] {
         .unwrap_or_else(|e| panic!("{what}: the backend returned no f32 values: {e:?}"))
 }
 
-/// `linear`'s weight packed for the kernel, packed once in this thread's outermost inference
-/// scope and kept until it ends: inside a scope, inference weights do not change (the server's
-/// workers and `tuwen vqa` answer every request in one scope; training never comes here). An
-/// entry of another shape (another model reusing an id) is packed again.
+/// `linear`'s weight packed for the kernel: on Flex packed once per scope and kept
+/// (`bf16_op::packed_weight`), elsewhere (ndarray) packed for this product.
 fn packed_weight(linear: &Linear) -> Rc<PackedB> {
-    let [d_in, d_out] = linear.weight.dims();
-    let id = linear.weight.id;
-    let cached = PACKED.with_borrow(|cache| cache.get(&id).cloned());
-    if let Some(packed) = cached.filter(|p| (p.k(), p.n()) == (d_in, d_out)) {
-        return packed;
+    let weight = linear.weight.val();
+    #[cfg(feature = "flex")]
+    if crate::host::is_flex(&weight.device()) {
+        return crate::bf16_op::packed_weight(weight);
     }
-    let weight = linear.weight.val().into_data();
+    let [d_in, d_out] = weight.dims();
+    let weight = weight.into_data();
     let w = f32s(&weight, "linear weight");
-    let packed = Rc::new(PackedB::new(Operand::Rows(w), d_in, d_out));
-    PACKED.with_borrow_mut(|cache| cache.insert(id, Rc::clone(&packed)));
-    packed
+    Rc::new(PackedB::new(Operand::Rows(w), d_in, d_out))
 }
 
 /// [`linear_bf16`] for inference: `x` is taken by value (a tensor nothing else holds reads back
@@ -351,26 +348,46 @@ mod tests {
         );
     }
 
-    /// Packed weights live as long as the outermost scope: a new scope sees changed weights.
+    /// Packed weights follow the weights, not the parameter ids: two layers with one id and
+    /// different weights (runs fine-tuned from one pretraining run) in one scope each multiply
+    /// by their own, and a layer changed between two scopes by its new one.
     #[test]
-    fn a_new_scope_packs_the_weights_again() {
+    fn packed_weights_follow_the_weights_not_the_parameter_ids() {
         let device = Device::flex();
         if !bf16_supported(&device) {
             eprintln!("this CPU lacks AVX512-BF16: nothing to compare");
             return;
         }
-        let (mut linear, x) = layer_and_input(&device);
-        let once = values(with_bf16(|| linear_positions(&linear, x.clone())));
-        let id = linear.weight.id;
-        linear.weight = linear.weight.map(|w| w.mul_scalar(2.0));
-        assert_eq!(linear.weight.id, id, "the same parameter");
-        let bias = linear.bias.as_ref().unwrap().val();
-        let twice = values(with_bf16(|| linear_positions(&linear, x.clone())));
-        let bias: Vec<f32> = tuwen_weights::host::computed(bias.into_data(), "bias");
-        for (i, (a, b)) in once.iter().zip(&twice).enumerate() {
-            let want = 2.0 * (a - bias[i % 40]) + bias[i % 40];
-            assert!((b - want).abs() < 1e-4, "[{i}]: {b} vs {want}");
-        }
+        let (linear, x) = layer_and_input(&device);
+        let mut doubled = linear.clone();
+        doubled.weight = doubled.weight.map(|w| w.mul_scalar(2.0));
+        assert_eq!(doubled.weight.id, linear.weight.id, "the same parameter id");
+        let bias: Vec<f32> =
+            tuwen_weights::host::computed(linear.bias.as_ref().unwrap().val().into_data(), "bias");
+        let check = |once: &[f32], twice: &[f32]| {
+            for (i, (a, b)) in once.iter().zip(twice).enumerate() {
+                let want = 2.0 * (a - bias[i % 40]) + bias[i % 40];
+                assert!((b - want).abs() < 1e-4, "[{i}]: {b} vs {want}");
+            }
+        };
+        let (once, twice) = with_bf16(|| {
+            let once = values(linear_positions(&linear, x.clone()));
+            (once, values(linear_positions(&doubled, x.clone())))
+        });
+        check(&once, &twice);
+        let again = values(with_bf16(|| linear_positions(&doubled, x.clone())));
+        check(&once, &again);
+    }
+
+    /// `Precision::F32.run` leaves an outer bf16 scope for its closure.
+    #[test]
+    fn an_f32_scope_inside_a_bf16_one_runs_f32() {
+        let device = Device::flex();
+        let (linear, x) = layer_and_input(&device);
+        let f32_out = values(linear_positions(&linear, x.clone()));
+        let inner = with_bf16(|| Precision::F32.run(|| linear_positions(&linear, x.clone())));
+        assert_eq!(values(inner), f32_out);
+        assert_eq!(Precision::current(), Precision::F32);
     }
 
     /// ndarray under autodiff has no bf16 operation: the scope runs the layer in f32.

@@ -152,6 +152,11 @@ pub fn matmul(a: Operand<'_>, m: usize, b: &PackedB, out: &mut [f32]) {
     assert_eq!(a.len(), m * k, "A holds m x k values");
     assert_eq!(out.len(), m * n, "C holds m x n values");
     assert!(available(), "bf16 matmul needs AVX512-BF16");
+    if k == 0 {
+        // An empty sum.
+        out.fill(0.0);
+        return;
+    }
     if m == 0 || n == 0 {
         return;
     }
@@ -422,6 +427,7 @@ mod tests {
             (12, 1100, 32),
             (50, 64, 96),
             (33, 17, 64),
+            (4, 0, 5),
         ] {
             let a = values(m * k, 1);
             let b = values(k * n, 2);

@@ -655,6 +655,40 @@ fn a_bf16_step_is_bf16_on_every_device() {
     );
 }
 
+/// `[run] precision = "bf16"` reaches the training loop: two steps of a run log other losses
+/// than the same run in f32 (the first step's forward already multiplies in bf16), close to them.
+#[test]
+fn a_bf16_run_trains_in_bf16() {
+    use tuwen_fusion::precision::{Precision, bf16_supported};
+    if !bf16_supported(&flex().autodiff()) {
+        eprintln!("no bf16 training here (CPU without AVX512-BF16): nothing to check");
+        return;
+    }
+    let losses = |precision: Precision| {
+        let mut cfg = tiny();
+        cfg.run.steps = 2;
+        cfg.run.precision = precision;
+        let dir = tempfile::tempdir().unwrap();
+        tuwen_train::pretrain::run(&cfg, dir.path(), &[flex()], None, |_| {}).unwrap();
+        let config = std::fs::read_to_string(dir.path().join("config.toml")).unwrap();
+        assert!(
+            config.contains(&format!("precision = \"{}\"", precision.name())),
+            "{config}"
+        );
+        lines(dir.path())
+            .iter()
+            .filter_map(|v| v.get("train/mlm").and_then(|l| l.as_f64()))
+            .collect::<Vec<f64>>()
+    };
+    let (f32_losses, bf16_losses) = (losses(Precision::F32), losses(Precision::Bf16));
+    assert_eq!(f32_losses.len(), 2);
+    assert_eq!(bf16_losses.len(), 2);
+    for (a, b) in f32_losses.iter().zip(&bf16_losses) {
+        assert!(a != b, "the bf16 run logged the f32 run's loss {a}");
+        assert!((a - b).abs() < 0.02 * a.abs(), "{a} vs {b}");
+    }
+}
+
 /// bf16 training is refused, with the reason, where it cannot run (ndarray has no bf16
 /// operation under autodiff; without AVX512-BF16 nothing does).
 #[test]
