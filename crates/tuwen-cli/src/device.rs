@@ -340,9 +340,15 @@ impl Precision {
     /// Runs `f` with the linear layers in this precision on `device` (after [`Self::check`]).
     pub fn run<R>(self, device: DeviceName, f: impl FnOnce() -> Result<R>) -> Result<R> {
         self.check(device)?;
-        match self {
-            Precision::F32 => f(),
-            Precision::Bf16 => tuwen_fusion::precision::with_bf16(f),
+        tuwen_fusion::precision::Precision::from(self).run(f)
+    }
+}
+
+impl From<Precision> for tuwen_fusion::precision::Precision {
+    fn from(precision: Precision) -> Self {
+        match precision {
+            Precision::F32 => Self::F32,
+            Precision::Bf16 => Self::Bf16,
         }
     }
 }

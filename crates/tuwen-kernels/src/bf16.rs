@@ -161,35 +161,42 @@ pub fn matmul(a: Operand<'_>, m: usize, b: &PackedB, out: &mut [f32]) {
         return;
     }
     let pairs = k.div_ceil(2);
-    SCRATCH.with_borrow_mut(|a16| {
-        // A rounded once: row i holds `pairs` bf16 pairs; zero rows pad it to whole MR blocks
-        // (the kernel always computes MR rows: a fixed count keeps its accumulators in
-        // registers). The buffer is kept for the thread's next product: a fresh one of this
-        // size would be page-faulted in again each time. Every row is written below.
-        a16.resize(m.div_ceil(MR) * MR * pairs, 0);
-        match a {
-            Operand::Rows(a) => a16[..m * pairs]
-                .par_chunks_mut(pairs.max(1))
-                .zip(a.par_chunks(k.max(1)))
-                // SAFETY: `available()` was checked above.
-                .for_each(|(dst, row)| unsafe { round_row(row, dst) }),
-            Operand::Transposed(at) => a16[..m * pairs]
-                .par_chunks_mut(16 * pairs.max(1))
-                .enumerate()
-                // SAFETY: `available()` was checked above.
-                .for_each(|(block, dst)| unsafe { round_columns(at, m, k, 16 * block, dst) }),
-        }
-        a16[m * pairs..].fill(0);
-        // Row blocks of about an equal share per thread, multiples of MR.
-        let rows = (m.div_ceil(rayon::current_num_threads() * 4))
-            .div_ceil(MR)
-            .max(1)
-            * MR;
-        let a16 = &a16[..];
-        out.par_chunks_mut(rows * n)
+    // The thread's kept buffer, taken out while in use: a product this thread starts while it
+    // waits (rayon runs other jobs then) takes a fresh one instead of finding it borrowed.
+    let mut a16 = SCRATCH.take();
+    round_a(a, m, k, &mut a16);
+    // Row blocks of about an equal share per thread, multiples of MR.
+    let rows = (m.div_ceil(rayon::current_num_threads() * 4))
+        .div_ceil(MR)
+        .max(1)
+        * MR;
+    let a16_rows = &a16[..];
+    out.par_chunks_mut(rows * n)
+        .enumerate()
+        .for_each(|(t, c)| block(&a16_rows[t * rows * pairs..], c.len() / n, pairs, b, c));
+    SCRATCH.set(a16);
+}
+
+/// `a` (`[m, k]`) rounded once into `a16`: row i holds `k / 2` (rounded up) bf16 pairs; zero
+/// rows pad it to whole MR blocks (the kernel always computes MR rows: a fixed count keeps its
+/// accumulators in registers). The buffer is kept for the thread's next product: a fresh one
+/// of this size would be page-faulted in again each time.
+fn round_a(a: Operand<'_>, m: usize, k: usize, a16: &mut Vec<u32>) {
+    let pairs = k.div_ceil(2);
+    a16.resize(m.div_ceil(MR) * MR * pairs, 0);
+    match a {
+        Operand::Rows(a) => a16[..m * pairs]
+            .par_chunks_mut(pairs.max(1))
+            .zip(a.par_chunks(k.max(1)))
+            // SAFETY: the caller (`matmul`) checked `available()`.
+            .for_each(|(dst, row)| unsafe { round_row(row, dst) }),
+        Operand::Transposed(at) => a16[..m * pairs]
+            .par_chunks_mut(16 * pairs.max(1))
             .enumerate()
-            .for_each(|(t, c)| block(&a16[t * rows * pairs..], c.len() / n, pairs, b, c));
-    });
+            // SAFETY: the caller (`matmul`) checked `available()`.
+            .for_each(|(block, dst)| unsafe { round_columns(at, m, k, 16 * block, dst) }),
+    }
+    a16[m * pairs..].fill(0);
 }
 
 /// Rows `i0..` of `A` (as many as `dst` holds, up to 16) rounded into pairs from `at`, `A`
