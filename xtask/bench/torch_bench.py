@@ -217,26 +217,38 @@ def step_work(meta, batch, autocast=None):
     return model, run
 
 
-def forward_work(meta, batch, autocast=None):
+def inference_model(meta, batch):
+    """`VisualBertModel` (with its pooler) in eval mode, tuwen's box encoding attached."""
     m = meta["model"]
     model = VisualBertModel(hf_config(m), add_pooling_layer=True)
     located = with_location(model, m["location_dim"])
     if located is not None:
         located.boxes = batch["boxes"]
     model.eval()
+    return model
+
+
+def inference(model, batch, autocast, read):
+    """`read` of the model's output on `batch` under `torch.inference_mode()` (and bf16
+    autocast when `autocast` is given)."""
+    with torch.inference_mode(), torch.autocast(
+        "cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None
+    ):
+        out = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            visual_embeds=batch["visual_embeds"],
+            visual_attention_mask=batch["visual_attention_mask"],
+        )
+        return read(out)
+
+
+def forward_work(meta, batch, autocast=None):
+    model = inference_model(meta, batch)
 
     def run():
-        with torch.inference_mode(), torch.autocast(
-            "cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None
-        ):
-            out = model(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                visual_embeds=batch["visual_embeds"],
-                visual_attention_mask=batch["visual_attention_mask"],
-            )
-            # Read back as f32, as tuwen's side reads its f32 hidden states.
-            hidden = out.last_hidden_state.float()
+        # Read back as f32, as tuwen's side reads its f32 hidden states.
+        hidden = inference(model, batch, autocast, lambda out: out.last_hidden_state.float())
         return float(hidden[0, 0, 0])
 
     return model, run
@@ -246,35 +258,22 @@ def answer_work(meta, batch, autocast=None):
     """`tuwen vqa` for one question: VisualBertModel's pooled output through the VQA answer head
     (LXMERT's / tuwen's `AnswerHead`: hidden -> 2 hidden -> GELU -> LayerNorm -> answers), the
     sigmoid scores read back."""
-    m = meta["model"]
-    model = VisualBertModel(hf_config(m), add_pooling_layer=True)
-    located = with_location(model, m["location_dim"])
-    if located is not None:
-        located.boxes = batch["boxes"]
-    h = m["hidden_size"]
+    model = inference_model(meta, batch)
+    h = meta["model"]["hidden_size"]
     head = torch.nn.Sequential(
         torch.nn.Linear(h, 2 * h),
         torch.nn.GELU(),
         torch.nn.LayerNorm(2 * h, eps=1e-12),
         torch.nn.Linear(2 * h, meta["answers"]),
-    )
-    both = torch.nn.ModuleList([model, head])
-    both.eval()
+    ).eval()
 
     def run():
-        with torch.inference_mode(), torch.autocast(
-            "cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None
-        ):
-            out = model(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                visual_embeds=batch["visual_embeds"],
-                visual_attention_mask=batch["visual_attention_mask"],
-            )
-            scores = torch.sigmoid(head(out.pooler_output)).float()
+        scores = inference(
+            model, batch, autocast, lambda out: torch.sigmoid(head(out.pooler_output)).float()
+        )
         return float(scores[0, 0])
 
-    return both, run
+    return torch.nn.ModuleList([model, head]), run
 
 
 def extract_work(meta, _batch):

@@ -216,43 +216,13 @@ mod tests {
         tuwen_weights::host::computed(t.into_data(), "test")
     }
 
-    /// In a scope the layer is `bf16(x) bf16(W)` summed in f32, plus the f32 bias.
-    #[test]
-    fn a_scope_multiplies_the_rounded_operands() {
-        let device = Device::flex();
-        if !bf16_supported(&device) {
-            eprintln!("this CPU lacks AVX512-BF16: nothing to compare");
-            return;
+    /// `device` when it runs bf16 here; `None`, said on stderr, on a CPU without AVX512-BF16.
+    fn bf16_device(device: Device) -> Option<Device> {
+        let supported = bf16_supported(&device);
+        if !supported {
+            eprintln!("this CPU lacks AVX512-BF16 (or the flex feature is off): nothing to check");
         }
-        let (linear, x) = layer_and_input(&device);
-        let f32_out = values(linear_positions(&linear, x.clone()));
-        let bf16_out = values(with_bf16(|| linear_positions(&linear, x.clone())));
-        let round = |t: Tensor<2>| -> Vec<f32> {
-            let v: Vec<f32> = tuwen_weights::host::computed(t.into_data(), "test");
-            v.into_iter().map(tuwen_kernels::bf16::round).collect()
-        };
-        let xs = round(x.clone().reshape([14, 48]));
-        let w = round(linear.weight.val());
-        let bias = linear.bias.as_ref().unwrap().val().into_data();
-        let b: Vec<f32> = tuwen_weights::host::computed(bias, "test");
-        let mut worst_f32 = 0.0f32;
-        for i in 0..14 {
-            for j in 0..40 {
-                let exact: f64 = (0..48)
-                    .map(|t| f64::from(xs[i * 48 + t]) * f64::from(w[t * 40 + j]))
-                    .sum::<f64>()
-                    + f64::from(b[j]);
-                let got = bf16_out[i * 40 + j];
-                assert!(
-                    (f64::from(got) - exact).abs() < 1e-5,
-                    "({i}, {j}): {got} vs {exact}"
-                );
-                worst_f32 = worst_f32.max((got - f32_out[i * 40 + j]).abs());
-            }
-        }
-        assert!(worst_f32 > 1e-4, "the scope ran in f32 ({worst_f32})");
-        // The scope ends with its closure.
-        assert_eq!(values(linear_positions(&linear, x)), f32_out);
+        supported.then_some(device)
     }
 
     /// `a b` in f64 for row-major `a` `[m, k]`, `b` `[k, n]`.
@@ -273,8 +243,22 @@ mod tests {
         v.into_iter().map(tuwen_kernels::bf16::round).collect()
     }
 
-    fn transposed(t: Tensor<2>) -> Tensor<2> {
-        t.transpose()
+    /// `linear`'s exact bf16 output for `x` `[14, 48]`: the rounded operands' product in f64
+    /// plus the f32 bias.
+    fn exact_output(linear: &Linear, x: Tensor<2>) -> Vec<f64> {
+        let mut out = exact(
+            &rounded(x),
+            &rounded(linear.weight.val().inner()),
+            14,
+            48,
+            40,
+        );
+        let bias = linear.bias.as_ref().unwrap().val().inner().into_data();
+        let bias: Vec<f32> = tuwen_weights::host::computed(bias, "bias");
+        out.iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v += f64::from(bias[i % 40]));
+        out
     }
 
     /// The largest difference of `got` from `want`, after checking each is within `tol`.
@@ -290,16 +274,36 @@ mod tests {
         worst
     }
 
+    /// In a scope the layer is `bf16(x) bf16(W)` summed in f32, plus the f32 bias.
+    #[test]
+    fn a_scope_multiplies_the_rounded_operands() {
+        let Some(device) = bf16_device(Device::flex()) else {
+            return;
+        };
+        let (linear, x) = layer_and_input(&device);
+        let f32_out = linear_positions(&linear, x.clone()).reshape([14, 40]);
+        let bf16_out = with_bf16(|| linear_positions(&linear, x.clone())).reshape([14, 40]);
+        let want = exact_output(&linear, x.clone().reshape([14, 48]));
+        check(bf16_out.clone(), &want, 1e-5, "y");
+        let f32_values: Vec<f32> = tuwen_weights::host::computed(f32_out.into_data(), "f32");
+        let f32_values: Vec<f64> = f32_values.into_iter().map(f64::from).collect();
+        let worst_f32 = check(bf16_out, &f32_values, 1.0, "bf16 vs f32");
+        assert!(worst_f32 > 1e-4, "the scope ran in f32 ({worst_f32})");
+        // The scope ends with its closure.
+        let after = values(linear_positions(&linear, x))
+            .into_iter()
+            .map(f64::from);
+        assert_eq!(after.collect::<Vec<f64>>(), f32_values);
+    }
+
     /// Training in bf16 on Flex: the forward is `bf16(x) bf16(W) + b`, and the backward's two
     /// products are bf16 too: `dx = bf16(dy) bf16(W)ᵀ`, `dW = bf16(x)ᵀ bf16(dy)` (sums in f32),
     /// as PyTorch's autocast differentiates `nn.Linear`. The f32 gradients differ.
     #[test]
     fn training_in_a_scope_differentiates_in_bf16() {
-        let device = Device::flex().autodiff();
-        if !bf16_supported(&device) {
-            eprintln!("this CPU lacks AVX512-BF16 (or the flex feature is off): nothing to check");
+        let Some(device) = bf16_device(Device::flex().autodiff()) else {
             return;
-        }
+        };
         let (linear, x) = layer_and_input(&device);
         let x = x.require_grad();
         let upstream = Tensor::<3>::random([2, 7, 40], Distribution::Normal(0.0, 1.0), &device);
@@ -314,21 +318,12 @@ mod tests {
         };
         let (y16, dx16, dw16) = grads_of(true);
         let (y32, dx32, dw32) = grads_of(false);
-        let (xs, w) = (
-            rounded(x.clone().inner().reshape([14, 48])),
-            rounded(linear.weight.val().inner()),
-        );
-        let dy = rounded(upstream.inner().reshape([14, 40]));
-        let bias: Vec<f32> =
-            tuwen_weights::host::computed(linear.bias.as_ref().unwrap().val().into_data(), "b");
-        let mut want_y = exact(&xs, &w, 14, 48, 40);
-        want_y
-            .iter_mut()
-            .enumerate()
-            .for_each(|(i, v)| *v += f64::from(bias[i % 40]));
+        let x_rows = x.clone().inner().reshape([14, 48]);
+        let want_y = exact_output(&linear, x_rows.clone());
         check(y16, &want_y, 1e-5, "y");
-        let w_t = rounded(transposed(linear.weight.val().inner()));
-        let x_t = rounded(transposed(x.clone().inner().reshape([14, 48])));
+        let dy = rounded(upstream.inner().reshape([14, 40]));
+        let w_t = rounded(linear.weight.val().inner().transpose());
+        let x_t = rounded(x_rows.transpose());
         let want_dx = exact(&dy, &w_t, 14, 40, 48);
         let want_dw = exact(&x_t, &dy, 48, 14, 40);
         check(dx16, &want_dx, 1e-5, "dx");
@@ -353,11 +348,9 @@ mod tests {
     /// by their own, and a layer changed between two scopes by its new one.
     #[test]
     fn packed_weights_follow_the_weights_not_the_parameter_ids() {
-        let device = Device::flex();
-        if !bf16_supported(&device) {
-            eprintln!("this CPU lacks AVX512-BF16: nothing to compare");
+        let Some(device) = bf16_device(Device::flex()) else {
             return;
-        }
+        };
         let (linear, x) = layer_and_input(&device);
         let mut doubled = linear.clone();
         doubled.weight = doubled.weight.map(|w| w.mul_scalar(2.0));
